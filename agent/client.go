@@ -1,0 +1,273 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tunnel-dev/tunnel/proto"
+	"github.com/tunnel-dev/tunnel/tunnel"
+)
+
+// helloTimeout bounds the wait for the relay's Welcome.
+const helloTimeout = 15 * time.Second
+
+// streamHeaderTimeout bounds reading a stream's header after it opened.
+const streamHeaderTimeout = 10 * time.Second
+
+// livedLongEnough is how long a session must have lasted for the next
+// reconnect to start again from the shortest backoff.
+const livedLongEnough = 10 * time.Second
+
+// client is the reconnect loop shared by Run and Listen.
+type client struct {
+	cfg    Config
+	u      *url.URL
+	log    *slog.Logger
+	handle func(ctx context.Context, st *tunnel.Stream, index int)
+
+	// Kept across attempts so a reconnect asks for the same names, with the
+	// secret that proves they are ours.
+	secret string
+	names  []string
+}
+
+func newClient(cfg Config, u *url.URL, handle func(context.Context, *tunnel.Stream, int)) *client {
+	names := make([]string, len(cfg.Tunnels))
+	for i, t := range cfg.Tunnels {
+		names[i] = t.Name
+	}
+	return &client{cfg: cfg, u: u, log: cfg.Logger.With("relay", u.Host), handle: handle, names: names}
+}
+
+func (c *client) emit(ev Event) {
+	if c.cfg.OnEvent != nil {
+		c.cfg.OnEvent(ev)
+	}
+}
+
+// PermanentError wraps an error that retrying cannot fix.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// isPermanent reports whether err means the same attempt cannot succeed
+// later: the relay refused the name, the token or the version.
+func isPermanent(err error) bool {
+	var perr *proto.Error
+	if errors.As(err, &perr) {
+		return perr.Permanent()
+	}
+	var uerr *tunnel.UpgradeError
+	if errors.As(err, &uerr) {
+		switch uerr.Status {
+		case http.StatusRequestTimeout, http.StatusTooManyRequests:
+			return false
+		}
+		return uerr.Status >= 400 && uerr.Status < 500
+	}
+	return false
+}
+
+// run connects and reconnects until ctx is done or a permanent error. online,
+// if not nil, is called after every successful handshake.
+func (c *client) run(ctx context.Context, online func([]proto.Granted)) error {
+	bo := backoff{min: c.cfg.MinBackoff, max: c.cfg.MaxBackoff}
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		connected, err := c.attempt(ctx, online)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if isPermanent(err) {
+			return &PermanentError{Err: err}
+		}
+		if connected {
+			if time.Since(start) >= livedLongEnough {
+				bo.reset()
+			}
+			attempt = 1
+		}
+		delay := bo.next()
+		c.emit(Event{Kind: EventOffline, Err: err, Attempt: attempt, Retry: delay})
+		c.log.Warn("relay connection failed; reconnecting", "attempt", attempt, "next_in", delay.Round(time.Millisecond).String(), "err", err)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// attempt runs one session: connect, hello, serve until it ends. connected
+// reports whether the relay granted the names.
+func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (connected bool, err error) {
+	conn, err := tunnel.DialControl(ctx, c.u, tunnel.DialOptions{
+		Token:       c.cfg.Token,
+		TLSConfig:   c.cfg.TLSConfig,
+		DialContext: c.cfg.DialContext,
+	})
+	if err != nil {
+		return false, err
+	}
+	sess, err := tunnel.Client(conn, c.log)
+	if err != nil {
+		conn.Close()
+		return false, err
+	}
+	defer sess.Close()
+
+	ctrl, err := sess.OpenStream()
+	if err != nil {
+		return false, fmt.Errorf("open control stream: %w", err)
+	}
+	hello := &proto.Hello{Version: proto.Version, Client: Software, Secret: c.secret, Events: c.cfg.OnEvent != nil}
+	for _, n := range c.names {
+		hello.Tunnels = append(hello.Tunnels, proto.TunnelRequest{Name: n})
+	}
+	ctrl.SetDeadline(time.Now().Add(helloTimeout))
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
+	if err := proto.WriteMessage(ctrl, hello); err != nil {
+		return false, fmt.Errorf("send hello: %w", err)
+	}
+	welcome, err := proto.ReadAs[*proto.Welcome](ctrl)
+	if err != nil {
+		var perr *proto.Error
+		if errors.As(err, &perr) {
+			// Hang up first so the relay, which waits for it, can close cleanly.
+			sess.Close()
+			return false, perr
+		}
+		return false, fmt.Errorf("read welcome: %w", err)
+	}
+	if len(welcome.Tunnels) != len(c.names) {
+		return false, fmt.Errorf("relay granted %d names for %d asked", len(welcome.Tunnels), len(c.names))
+	}
+	ctrl.SetDeadline(time.Time{})
+	if !stop() {
+		return false, ctx.Err()
+	}
+	c.secret = welcome.Secret
+	for i, g := range welcome.Tunnels {
+		c.names[i] = g.Name
+	}
+	c.log.Info("tunnel online", "tunnels", fmt.Sprint(welcome.Tunnels))
+	if online != nil {
+		online(welcome.Tunnels)
+	}
+	c.emit(Event{Kind: EventOnline, Tunnels: welcome.Tunnels})
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer sess.Close()
+		c.readControl(ctrl)
+	})
+	wg.Go(func() {
+		for {
+			ys, err := sess.AcceptStream()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { c.serveStream(sctx, ys) })
+		}
+	})
+
+	select {
+	case <-ctx.Done():
+		// Tell the relay to free the names now, and wait briefly for it to
+		// hang up so the goodbye is not lost to a reset.
+		ctrl.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		if proto.WriteMessage(ctrl, &proto.Goodbye{}) == nil {
+			select {
+			case <-sess.CloseChan():
+			case <-time.After(2 * time.Second):
+			}
+		}
+	case <-sess.CloseChan():
+	}
+	cancel()
+	sess.Close()
+	wg.Wait()
+	return true, errors.New("connection to relay lost")
+}
+
+// readControl handles the relay's messages on the control stream until it
+// closes.
+func (c *client) readControl(ctrl net.Conn) {
+	for {
+		m, err := proto.ReadMessage(ctrl)
+		if err != nil {
+			return
+		}
+		switch m := m.(type) {
+		case *proto.Event:
+			c.emit(Event{Kind: EventRequest, Request: m})
+		case *proto.Notice:
+			c.log.Info("relay notice", "kind", string(m.Kind), "message", m.Message)
+			c.emit(Event{Kind: EventNotice, Notice: m})
+		default:
+			c.log.Debug("ignoring control message", "type", m.Type().String())
+		}
+	}
+}
+
+// serveStream reads a stream's header and hands it to the tunnel it names.
+// The agent serves only the names it was granted: a stream for any other
+// name is refused.
+func (c *client) serveStream(ctx context.Context, ys *yamux.Stream) {
+	hctx, cancel := context.WithTimeout(ctx, streamHeaderTimeout)
+	st, hdr, err := tunnel.AcceptStream(hctx, ys)
+	cancel()
+	if err != nil {
+		c.log.Debug("bad stream", "err", err)
+		return
+	}
+	for i, n := range c.names {
+		if n == hdr.Name {
+			c.handle(ctx, st, i)
+			return
+		}
+	}
+	st.Refuse(proto.Errorf(proto.CodeUnknownTunnel, "this agent does not serve %q", hdr.Name))
+}
+
+// serveLocal dials the local target for one stream and joins the two.
+func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, local string) {
+	d := net.Dialer{Timeout: cfg.LocalDialTimeout}
+	lc, err := d.DialContext(ctx, "tcp", local)
+	if err != nil {
+		reason := err
+		for u := errors.Unwrap(reason); u != nil; u = errors.Unwrap(reason) {
+			reason = u
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			reason = errors.New("connection refused")
+		}
+		cfg.Logger.Warn("local target does not answer", "local", local, "err", err)
+		st.Refuse(proto.Errorf(proto.CodeLocalDial, "nothing answers on %s (%v)", local, reason))
+		return
+	}
+	if err := st.Accept(); err != nil {
+		st.Close()
+		lc.Close()
+		return
+	}
+	if err := tunnel.Join(st, lc, nil); err != nil {
+		cfg.Logger.Debug("stream ended with error", "local", local, "err", err)
+	}
+}

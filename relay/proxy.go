@@ -1,0 +1,291 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/proto"
+)
+
+type visitorKey struct{}
+
+// visitorInfo travels in the request context to the transport's dial, which
+// writes it into the stream header.
+type visitorInfo struct {
+	name   string
+	remote string
+	scheme string
+}
+
+// setupProxy builds the reverse proxy whose transport opens streams on this
+// session. Each tunnel name is its own host in the transport's pool, so
+// keep-alive streams are reused per name, end to end.
+func (as *agentSession) setupProxy() {
+	as.tr = &http.Transport{
+		Proxy: nil, // never an outbound proxy: every dial is a stream to the agent
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			name, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			return as.openStream(ctx, name)
+		},
+		MaxIdleConns:        0,
+		MaxIdleConnsPerHost: 32,
+		IdleConnTimeout:     90 * time.Second,
+		// The visitor's Accept-Encoding goes through untouched and the
+		// response comes back as the local server sent it.
+		DisableCompression: true,
+		ForceAttemptHTTP2:  false,
+	}
+	as.proxy = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			v, _ := pr.In.Context().Value(visitorKey{}).(visitorInfo)
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = v.name
+			// The local server sees the public host name it is served under.
+			pr.Out.Host = pr.In.Host
+			// Rewrite mode has already removed the visitor's own
+			// X-Forwarded-* and Forwarded headers; set ours.
+			pr.SetXForwarded()
+		},
+		Transport:    as.tr,
+		BufferPool:   proxyBuffers{},
+		ErrorHandler: as.srv.proxyError,
+		ErrorLog:     log.New(errorLogWriter{as.log}, "", 0),
+	}
+}
+
+type proxyBuffers struct{}
+
+var proxyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (proxyBuffers) Get() []byte  { return *proxyBufPool.Get().(*[]byte) }
+func (proxyBuffers) Put(b []byte) { proxyBufPool.Put(&b) }
+
+// proxy forwards one visitor request to the agent holding name.
+func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
+	host := canonicalHost(r.Host)
+	as, heldUntil := s.reg.lookup(name)
+	if as == nil {
+		if !heldUntil.IsZero() {
+			writePage(w, r, http.StatusBadGateway, "Tunnel offline",
+				fmt.Sprintf("The agent for %s disconnected; the name is held for it for another %v. Try again shortly.",
+					host, time.Until(heldUntil).Round(time.Second)))
+			return
+		}
+		writePage(w, r, http.StatusNotFound, "No such tunnel",
+			fmt.Sprintf("No agent holds the tunnel %q (%s). Start one with: tunnel expose -p 8080 -s %s", name, host, name))
+		return
+	}
+	if !s.beginRequest() {
+		writePage(w, r, http.StatusServiceUnavailable, "Relay restarting", "The relay is shutting down; try again shortly.")
+		return
+	}
+	defer s.reqWG.Done()
+
+	stripForeignUpgrade(r.Header)
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	ctx := context.WithValue(r.Context(), visitorKey{}, visitorInfo{name: name, remote: r.RemoteAddr, scheme: scheme})
+	rec := &recorder{ResponseWriter: w, srv: s}
+	var in countingReader
+	if r.Body != nil && r.Body != http.NoBody {
+		in.r = r.Body
+		r.Body = &in
+	}
+	start := time.Now()
+	as.proxy.ServeHTTP(rec, r.WithContext(ctx))
+	if as.events {
+		ev := &proto.Event{
+			Name:      name,
+			Time:      start,
+			Remote:    r.RemoteAddr,
+			Method:    r.Method,
+			Path:      r.URL.RequestURI(),
+			Status:    rec.status,
+			Duration:  time.Since(start),
+			BytesIn:   in.n.Load(),
+			BytesOut:  rec.bytes.Load(),
+			WebSocket: rec.hijacked != nil,
+		}
+		if rec.hijacked != nil {
+			ev.BytesIn, ev.BytesOut = rec.hijacked.in.Load(), rec.hijacked.out.Load()
+		}
+		as.notify(ev)
+	}
+}
+
+// beginRequest registers an in-flight request, unless shutdown has reached
+// the point of closing upgraded connections.
+func (s *Server) beginRequest() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hijackClosed {
+		return false
+	}
+	s.reqWG.Add(1)
+	return true
+}
+
+// stripForeignUpgrade removes any Upgrade other than WebSocket (h2c, for
+// instance): only WebSocket upgrades are passed to the agent.
+func stripForeignUpgrade(h http.Header) {
+	up := h.Get("Upgrade")
+	if up == "" || strings.EqualFold(strings.TrimSpace(up), "websocket") {
+		return
+	}
+	h.Del("Upgrade")
+	h.Del("HTTP2-Settings")
+	var keep []string
+	for _, v := range h.Values("Connection") {
+		for _, t := range strings.Split(v, ",") {
+			t = strings.TrimSpace(t)
+			if t != "" && !strings.EqualFold(t, "upgrade") && !strings.EqualFold(t, "http2-settings") {
+				keep = append(keep, t)
+			}
+		}
+	}
+	h.Del("Connection")
+	if len(keep) > 0 {
+		h.Set("Connection", strings.Join(keep, ", "))
+	}
+}
+
+// proxyError answers a request that could not be proxied, saying which part
+// of the path failed.
+func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	host := canonicalHost(r.Host)
+	rec, _ := w.(*recorder)
+	var perr *proto.Error
+	switch {
+	case r.Context().Err() != nil:
+		// The visitor went away; nobody is left to answer.
+		if rec != nil {
+			rec.status = 499
+		}
+		return
+	case errors.As(err, &perr) && perr.Code == proto.CodeLocalDial:
+		writePage(w, r, http.StatusBadGateway, "agent online, but "+perr.Message,
+			fmt.Sprintf("The agent for %s is connected, but the local server it forwards to did not accept the connection. Is it running?", host))
+	case errors.Is(err, errSessionGone):
+		writePage(w, r, http.StatusBadGateway, "Tunnel offline",
+			fmt.Sprintf("The agent for %s disconnected while this request was on its way.", host))
+	case errors.Is(err, errTooManyStreams):
+		w.Header().Set("Retry-After", "1")
+		writePage(w, r, http.StatusServiceUnavailable, "Tunnel busy",
+			fmt.Sprintf("%s has too many connections open at once; try again shortly.", host))
+	case errors.Is(err, context.DeadlineExceeded):
+		writePage(w, r, http.StatusGatewayTimeout, "Agent did not answer",
+			fmt.Sprintf("The agent for %s did not answer in time.", host))
+	default:
+		s.log.Debug("proxy error", "host", host, "err", err)
+		writePage(w, r, http.StatusBadGateway, "Bad gateway",
+			fmt.Sprintf("The request to %s failed on its way to the local server: %v", host, err))
+	}
+}
+
+// recorder captures the status and size of a proxied response and tracks a
+// hijacked (upgraded) connection so shutdown can close it.
+type recorder struct {
+	http.ResponseWriter
+	srv      *Server
+	status   int
+	bytes    atomic.Int64
+	hijacked *trackedConn
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 || (r.status >= 100 && r.status < 200 && code >= 200) {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(p)
+	r.bytes.Add(int64(n))
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach Flush and deadlines.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Hijack hands out the visitor's connection for an upgraded (101) response.
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	tc := &trackedConn{Conn: conn, srv: r.srv}
+	if !r.srv.trackHijacked(tc, true) {
+		conn.Close()
+		return nil, nil, errors.New("relay is shutting down")
+	}
+	r.status = http.StatusSwitchingProtocols
+	r.hijacked = tc
+	return tc, brw, nil
+}
+
+// trackedConn is an upgraded visitor connection: counted, and removed from
+// the relay's set when closed.
+type trackedConn struct {
+	net.Conn
+	srv     *Server
+	in, out atomic.Int64
+	once    sync.Once
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() { c.srv.trackHijacked(c, false) })
+	return c.Conn.Close()
+}
+
+// CloseWrite keeps half-close working through the wrapper.
+func (c *trackedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+type countingReader struct {
+	r io.ReadCloser
+	n atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *countingReader) Close() error { return c.r.Close() }

@@ -1,0 +1,350 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tunnel-dev/tunnel/proto"
+	"github.com/tunnel-dev/tunnel/tunnel"
+)
+
+// helloTimeout bounds the time from the upgrade to a sent Welcome.
+const helloTimeout = 10 * time.Second
+
+// agentSession is one connected agent: its yamux session, the names it holds
+// and the reverse proxy that reaches it.
+type agentSession struct {
+	srv    *Server
+	sess   *yamux.Session
+	log    *slog.Logger
+	remote string
+	secret string
+	names  []string
+	urls   map[string]string
+	events bool
+
+	ctrl    net.Conn
+	out     chan proto.Message // to the control stream; dropped when full
+	streams chan struct{}      // a slot per open stream, at most tunnel.MaxStreams
+	proxy   *httputil.ReverseProxy
+	tr      *http.Transport
+
+	goodbye   atomic.Bool
+	closeOnce sync.Once
+	done      chan struct{}
+}
+
+// handleConnect upgrades an agent's control connection and serves its
+// session until it ends. It runs in the HTTP handler's goroutine, which the
+// relay tracks, so the session is owned and waited for.
+func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
+	if !tunnel.IsControlRequest(r) {
+		http.Error(w, tunnel.ErrNotUpgrade.Error(), http.StatusUpgradeRequired)
+		return
+	}
+	if s.draining.Load() {
+		http.Error(w, "relay is shutting down; retry shortly", http.StatusServiceUnavailable)
+		return
+	}
+	s.sessWG.Add(1)
+	defer s.sessWG.Done()
+	conn, err := tunnel.AcceptControl(w, r)
+	if err != nil {
+		s.log.Warn("agent upgrade failed", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	log := s.log.With("agent", r.RemoteAddr)
+	sess, err := tunnel.Server(conn, log)
+	if err != nil {
+		conn.Close()
+		log.Warn("start session", "err", err)
+		return
+	}
+	as := &agentSession{
+		srv:     s,
+		sess:    sess,
+		log:     log,
+		remote:  r.RemoteAddr,
+		urls:    make(map[string]string),
+		out:     make(chan proto.Message, 256),
+		streams: make(chan struct{}, tunnel.MaxStreams),
+		done:    make(chan struct{}),
+	}
+	if !s.addSession(as) {
+		sess.Close()
+		return
+	}
+	defer s.removeSession(as)
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	_, port, _ := net.SplitHostPort(r.Host)
+	if err := as.handshake(scheme, port); err != nil {
+		as.refuse(err)
+		return
+	}
+	as.serve()
+}
+
+func (s *Server) addSession(as *agentSession) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hijackClosed {
+		return false
+	}
+	s.sessions[as] = struct{}{}
+	return true
+}
+
+func (s *Server) removeSession(as *agentSession) {
+	s.mu.Lock()
+	delete(s.sessions, as)
+	s.mu.Unlock()
+}
+
+// handshake reads the agent's Hello and answers Welcome.
+func (as *agentSession) handshake(scheme, port string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), helloTimeout)
+	defer cancel()
+	ys, err := as.sess.AcceptStreamWithContext(ctx)
+	if err != nil {
+		return fmt.Errorf("accept control stream: %w", err)
+	}
+	as.ctrl = ys
+	ys.SetDeadline(time.Now().Add(helloTimeout))
+	hello, err := proto.ReadAs[*proto.Hello](ys)
+	if err != nil {
+		return fmt.Errorf("read hello: %w", err)
+	}
+	if hello.Version < proto.MinVersion {
+		return proto.Errorf(proto.CodeVersion, "agent protocol version %d is too old; this relay needs %d or newer: update tunnel", hello.Version, proto.MinVersion)
+	}
+	if len(hello.Tunnels) == 0 {
+		return proto.Errorf(proto.CodeBadRequest, "hello asks for no tunnels")
+	}
+	if len(hello.Tunnels) > 16 {
+		return proto.Errorf(proto.CodeBadRequest, "hello asks for %d tunnels; at most 16 per agent", len(hello.Tunnels))
+	}
+	secret := hello.Secret
+	if secret == "" {
+		secret = newSecret()
+	} else if len(secret) < 16 || len(secret) > 128 {
+		return proto.Errorf(proto.CodeBadRequest, "reconnect secret must be 16 to 128 characters")
+	}
+	as.secret = secret
+	as.events = hello.Events
+	names, replaced, err := as.srv.reg.claim(as, hello.Tunnels, secret)
+	if err != nil {
+		return err
+	}
+	as.names = names
+	for _, old := range replaced {
+		old.log.Info("replaced by the same agent's new session")
+		old.close()
+	}
+	welcome := &proto.Welcome{Secret: secret, Grace: as.srv.cfg.Grace, Server: Software}
+	for _, n := range names {
+		u := scheme + "://" + n + "." + as.srv.cfg.Domain
+		if port != "" && !(scheme == "http" && port == "80") && !(scheme == "https" && port == "443") {
+			u += ":" + port
+		}
+		as.urls[n] = u
+		welcome.Tunnels = append(welcome.Tunnels, proto.Granted{Name: n, URL: u})
+	}
+	as.setupProxy()
+	if err := proto.WriteMessage(ys, welcome); err != nil {
+		as.srv.reg.release(as, names, false)
+		return fmt.Errorf("write welcome: %w", err)
+	}
+	ys.SetDeadline(time.Time{})
+	as.log = as.log.With("names", strings.Join(names, ","))
+	as.log.Info("tunnel online", "urls", strings.Join(sortedValues(as.urls), " "))
+	return nil
+}
+
+func sortedValues(m map[string]string) []string {
+	var out []string
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+// refuse sends err to the agent on the control stream (when there is one),
+// waits briefly for the agent to hang up so the message is not lost to a
+// reset, and closes the session.
+func (as *agentSession) refuse(err error) {
+	var perr *proto.Error
+	if !errors.As(err, &perr) {
+		as.log.Warn("agent handshake failed", "err", err)
+		as.sess.Close()
+		return
+	}
+	as.log.Info("agent refused", "code", perr.Code.String(), "reason", perr.Message)
+	if as.ctrl != nil {
+		as.ctrl.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if proto.WriteMessage(as.ctrl, perr) == nil {
+			as.ctrl.Close()
+			select {
+			case <-as.sess.CloseChan():
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}
+	as.sess.Close()
+}
+
+func newSecret() string {
+	var b [24]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// serve runs the established session until it ends, then releases its names.
+func (as *agentSession) serve() {
+	var wg sync.WaitGroup
+	wg.Go(as.readControl)
+	wg.Go(as.writeControl)
+	wg.Go(as.refuseStreams)
+	<-as.sess.CloseChan()
+	as.close()
+	wg.Wait()
+	as.tr.CloseIdleConnections()
+	hold := !as.goodbye.Load()
+	as.srv.reg.release(as, as.names, hold)
+	if hold {
+		as.log.Info("tunnel offline; names held for reconnect", "grace", as.srv.cfg.Grace.String())
+	} else {
+		as.log.Info("tunnel closed by agent; names released")
+	}
+}
+
+func (as *agentSession) close() {
+	as.closeOnce.Do(func() {
+		close(as.done)
+		as.sess.Close()
+	})
+}
+
+// readControl handles messages from the agent on the control stream.
+func (as *agentSession) readControl() {
+	defer as.close()
+	for {
+		m, err := proto.ReadMessage(as.ctrl)
+		if err != nil {
+			return
+		}
+		switch m.(type) {
+		case *proto.Goodbye:
+			as.goodbye.Store(true)
+			return
+		default:
+			as.log.Debug("ignoring control message", "type", m.Type().String())
+		}
+	}
+}
+
+// writeControl sends queued notices and events to the agent.
+func (as *agentSession) writeControl() {
+	for {
+		select {
+		case <-as.done:
+			return
+		case m := <-as.out:
+			as.ctrl.SetWriteDeadline(time.Now().Add(tunnel.WriteTimeout))
+			if err := proto.WriteMessage(as.ctrl, m); err != nil {
+				as.close()
+				return
+			}
+		}
+	}
+}
+
+// notify queues m for the agent; it never blocks, and drops m when the
+// agent does not keep up.
+func (as *agentSession) notify(m proto.Message) {
+	select {
+	case as.out <- m:
+	default:
+	}
+}
+
+// refuseStreams closes any stream the agent opens toward the relay: only the
+// relay opens data streams, and unaccepted streams would pile up.
+func (as *agentSession) refuseStreams() {
+	for {
+		st, err := as.sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		st.Close()
+	}
+}
+
+// errSessionGone is returned when a request's agent session ended.
+var errSessionGone = errors.New("agent disconnected")
+
+// errTooManyStreams is returned when the agent's stream slots stay full.
+var errTooManyStreams = errors.New("too many concurrent connections to this tunnel")
+
+// openStream opens a data stream for name, waiting for a free slot and for
+// the agent's answer at most OpenTimeout.
+func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, as.srv.cfg.OpenTimeout)
+	defer cancel()
+	select {
+	case as.streams <- struct{}{}:
+	case <-as.done:
+		return nil, errSessionGone
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, errTooManyStreams
+		}
+		return nil, ctx.Err()
+	}
+	hdr := &proto.StreamHeader{Name: name}
+	if v, ok := ctx.Value(visitorKey{}).(visitorInfo); ok {
+		hdr.Remote, hdr.Scheme = v.remote, v.scheme
+	}
+	st, err := tunnel.OpenStream(ctx, as.sess, hdr)
+	if err != nil {
+		<-as.streams
+		if as.sess.IsClosed() {
+			return nil, errSessionGone
+		}
+		return nil, err
+	}
+	return &slotConn{Conn: st, release: func() { <-as.streams }}, nil
+}
+
+// slotConn gives back its stream slot when closed.
+type slotConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *slotConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
+
+// CloseWrite keeps half-close working through the wrapper.
+func (c *slotConn) CloseWrite() error {
+	return c.Conn.(*tunnel.Stream).CloseWrite()
+}
