@@ -9,6 +9,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"strings"
 	"sync"
@@ -60,6 +61,12 @@ func (as *agentSession) setupProxy() {
 			// X-Forwarded-* and Forwarded headers; set ours.
 			pr.SetXForwarded()
 		},
+		ModifyResponse: func(res *http.Response) error {
+			if res.StatusCode == http.StatusSwitchingProtocols {
+				return as.switchProtocols(res)
+			}
+			return nil
+		},
 		Transport:    as.tr,
 		BufferPool:   proxyBuffers{},
 		ErrorHandler: as.srv.proxyError,
@@ -107,6 +114,14 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 		in.r = r.Body
 		r.Body = &in
 	}
+	var up *upgrade
+	if r.Header.Get("Upgrade") != "" {
+		up = &upgrade{rec: rec}
+		ctx = context.WithValue(ctx, upgradeKey{}, up)
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			GotConn: func(info httptrace.GotConnInfo) { up.backend = info.Conn },
+		})
+	}
 	start := time.Now()
 	as.proxy.ServeHTTP(rec, r.WithContext(ctx))
 	if as.events {
@@ -122,8 +137,8 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 			BytesOut:  rec.bytes.Load(),
 			WebSocket: rec.hijacked != nil,
 		}
-		if rec.hijacked != nil {
-			ev.BytesIn, ev.BytesOut = rec.hijacked.in.Load(), rec.hijacked.out.Load()
+		if up != nil && rec.hijacked != nil {
+			ev.BytesIn, ev.BytesOut = up.counts.AToB.Load(), up.counts.BToA.Load()
 		}
 		as.notify(ev)
 	}
@@ -172,6 +187,8 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	rec, _ := w.(*recorder)
 	var perr *proto.Error
 	switch {
+	case errors.Is(err, errUpgraded):
+		return
 	case r.Context().Err() != nil:
 		// The visitor went away; nobody is left to answer.
 		if rec != nil {
@@ -243,25 +260,12 @@ func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return tc, brw, nil
 }
 
-// trackedConn is an upgraded visitor connection: counted, and removed from
-// the relay's set when closed.
+// trackedConn is an upgraded visitor connection, removed from the relay's
+// set when closed.
 type trackedConn struct {
 	net.Conn
-	srv     *Server
-	in, out atomic.Int64
-	once    sync.Once
-}
-
-func (c *trackedConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.in.Add(int64(n))
-	return n, err
-}
-
-func (c *trackedConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	c.out.Add(int64(n))
-	return n, err
+	srv  *Server
+	once sync.Once
 }
 
 func (c *trackedConn) Close() error {

@@ -1,0 +1,329 @@
+// Package e2e runs the relay and the agent together in one process, with real
+// HTTP and WebSocket servers and clients on 127.0.0.1, and checks what a
+// visitor and the person at the laptop see.
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"go.uber.org/goleak"
+
+	"github.com/tunnel-dev/tunnel/agent"
+	"github.com/tunnel-dev/tunnel/relay"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testLogger sends logs to t.Log, so they show only for failing tests.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// testRelay is a relay serving on a loopback port.
+type testRelay struct {
+	*relay.Server
+	addr string // 127.0.0.1:port
+	done chan error
+}
+
+// startRelay serves a relay for domain "localhost" on addr ("" for any free
+// port) and closes it when the test ends.
+func startRelay(t testing.TB, addr string, mod ...func(*relay.Config)) *testRelay {
+	t.Helper()
+	cfg := relay.Config{Domain: "localhost", Logger: testLogger(t)}
+	for _, f := range mod {
+		f(&cfg)
+	}
+	rs, err := relay.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	var ln net.Listener
+	// A restarted relay may need a moment until the old socket is gone.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		ln, err = net.Listen("tcp", addr)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &testRelay{Server: rs, addr: ln.Addr().String(), done: make(chan error, 1)}
+	go func() { tr.done <- rs.Serve(ln) }()
+	t.Cleanup(tr.stop)
+	return tr
+}
+
+func (tr *testRelay) stop() {
+	tr.Close()
+	<-tr.done
+	tr.done <- nil // stop is idempotent
+}
+
+func (tr *testRelay) url() string { return "http://" + tr.addr }
+
+// testAgent is an agent.Run in the background.
+type testAgent struct {
+	cancel  context.CancelFunc
+	done    chan error
+	online  chan []string // URLs, one value per successful handshake
+	offline chan error
+	events  chan agent.Event // request events
+}
+
+// startAgent runs an agent for the given tunnels against relayURL and waits
+// until it is online. The test fails if it is not online within 10 s.
+func startAgent(t testing.TB, relayURL string, tunnels []agent.Tunnel, mod ...func(*agent.Config)) (*testAgent, []string) {
+	t.Helper()
+	ta, err := runAgent(t, relayURL, tunnels, mod...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case urls := <-ta.online:
+		return ta, urls
+	case err := <-ta.done:
+		t.Fatalf("agent stopped before it was online: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent not online after 10s")
+	}
+	return nil, nil
+}
+
+// runAgent starts an agent without waiting for it.
+func runAgent(t testing.TB, relayURL string, tunnels []agent.Tunnel, mod ...func(*agent.Config)) (*testAgent, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ta := &testAgent{
+		cancel:  cancel,
+		done:    make(chan error, 1),
+		online:  make(chan []string, 16),
+		offline: make(chan error, 64),
+		events:  make(chan agent.Event, 1024),
+	}
+	cfg := agent.Config{
+		Relay:      relayURL,
+		Tunnels:    tunnels,
+		Logger:     testLogger(t),
+		MinBackoff: 50 * time.Millisecond,
+		MaxBackoff: 500 * time.Millisecond,
+		OnEvent: func(e agent.Event) {
+			switch e.Kind {
+			case agent.EventOnline:
+				var urls []string
+				for _, g := range e.Tunnels {
+					urls = append(urls, g.URL)
+				}
+				ta.online <- urls
+			case agent.EventOffline:
+				select {
+				case ta.offline <- e.Err:
+				default:
+				}
+			case agent.EventRequest:
+				select {
+				case ta.events <- e:
+				default:
+				}
+			}
+		},
+	}
+	for _, f := range mod {
+		f(&cfg)
+	}
+	go func() { ta.done <- agent.Run(ctx, cfg) }()
+	t.Cleanup(ta.stop)
+	return ta, nil
+}
+
+// stop cancels the agent (it says goodbye to the relay) and waits for it.
+func (ta *testAgent) stop() {
+	ta.cancel()
+	if err, ok := <-ta.done; ok {
+		close(ta.done)
+		_ = err
+	}
+}
+
+// visitorClient returns an HTTP client that sends every request to the relay
+// at relayAddr whatever the URL's host ("*.localhost" does not resolve in
+// Go), and keeps at most one connection open.
+func visitorClient(relayAddr string) *http.Client {
+	return &http.Client{Transport: visitorTransport(relayAddr, nil)}
+}
+
+func visitorTransport(relayAddr string, local net.Addr) *http.Transport {
+	d := &net.Dialer{LocalAddr: local}
+	return &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, network, relayAddr)
+		},
+		MaxConnsPerHost:    1,
+		DisableCompression: true,
+	}
+}
+
+// dialWS opens a WebSocket to url through the relay at relayAddr.
+func dialWS(ctx context.Context, relayAddr, url string) (*websocket.Conn, error) {
+	c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: visitorClient(relayAddr)})
+	if err != nil {
+		return nil, err
+	}
+	c.SetReadLimit(1 << 20)
+	return c, nil
+}
+
+// localServer is the laptop's server: a real HTTP server on 127.0.0.1 with
+// a few endpoints the tests use, and a WebSocket echo at /ws.
+type localServer struct {
+	addr  string
+	srv   *http.Server
+	conns atomic.Int64 // TCP connections accepted
+}
+
+func startLocal(t testing.TB) *localServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := &localServer{addr: ln.Addr().String()}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		c.SetReadLimit(1 << 20)
+		for {
+			typ, msg, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			if err := c.Write(r.Context(), typ, msg); err != nil {
+				return
+			}
+		}
+	})
+	// /headers answers with the request's Host, headers and peer address.
+	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "host=%s\n", r.Host)
+		for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded", "Upgrade", "Http2-Settings"} {
+			fmt.Fprintf(w, "%s=%s\n", k, strings.Join(r.Header.Values(k), ","))
+		}
+	})
+	// /sha256 answers with the hash and length of the request body.
+	mux.HandleFunc("/sha256", func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		fmt.Fprintf(w, "%d %s", n, hex.EncodeToString(h.Sum(nil)))
+	})
+	// /bytes?n=N streams N deterministic bytes.
+	mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		io.Copy(w, io.LimitReader(newPattern(), n))
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s", r.Method, r.URL.RequestURI())
+	})
+	ls.srv = &http.Server{
+		Handler: mux,
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				ls.conns.Add(1)
+			}
+		},
+	}
+	go ls.srv.Serve(ln)
+	t.Cleanup(func() { ls.srv.Close() })
+	return ls
+}
+
+// pattern is an endless deterministic byte stream (a counter), cheap to
+// generate and to check.
+type pattern struct{ i byte }
+
+func newPattern() *pattern { return &pattern{} }
+
+func (p *pattern) Read(b []byte) (int, error) {
+	for k := range b {
+		b[k] = p.i
+		p.i = p.i*31 + 7
+	}
+	return len(b), nil
+}
+
+func patternHash(n int64) string {
+	h := sha256.New()
+	io.Copy(h, io.LimitReader(newPattern(), n))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// get fetches url through the relay and returns status and body.
+func get(t testing.TB, c *http.Client, url string, hdr ...string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: read body: %v", url, err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// waitFor polls cond every 10 ms until it holds or d passes.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+var _ sync.Mutex

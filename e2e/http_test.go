@@ -1,0 +1,189 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/tunnel-dev/tunnel/agent"
+)
+
+// A plain request reaches the local server with its method, path, query and
+// Host, and the answer comes back unchanged.
+func TestHTTPRequestResponse(t *testing.T) {
+	rl := startRelay(t, "")
+	local := startLocal(t)
+	_, urls := startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
+	if want := "http://demo.localhost:" + port(rl.addr); urls[0] != want {
+		t.Fatalf("URL = %q, want %q", urls[0], want)
+	}
+	c := visitorClient(rl.addr)
+
+	status, body := get(t, c, urls[0]+"/anything?x=1")
+	if status != 200 || body != "GET /anything?x=1" {
+		t.Fatalf("GET = %d %q", status, body)
+	}
+	resp, err := c.Post(urls[0]+"/sha256", "application/octet-stream", strings.NewReader("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := "5 2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"; string(b) != want {
+		t.Fatalf("POST /sha256 = %q, want %q", b, want)
+	}
+	// The local server sees the public host name.
+	_, body = get(t, c, urls[0]+"/headers")
+	if !strings.Contains(body, "host=demo.localhost:"+port(rl.addr)) {
+		t.Fatalf("local server saw:\n%s", body)
+	}
+}
+
+// The relay routes by the Host header's name, case-insensitively and
+// ignoring the port, and two tunnels never see each other's traffic.
+func TestRoutingByHost(t *testing.T) {
+	rl := startRelay(t, "")
+	a, b := startLocal(t), startLocal(t)
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "alpha", Local: a.addr}})
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "beta", Local: b.addr}})
+	c := visitorClient(rl.addr)
+	for _, host := range []string{"alpha.localhost", "ALPHA.LocalHost:1234", "alpha.localhost."} {
+		req, _ := http.NewRequest("GET", "http://x/headers", nil)
+		req.Host = host
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("Host %q: status %d %s", host, resp.StatusCode, body)
+		}
+	}
+	get(t, c, "http://alpha.localhost/a")
+	get(t, c, "http://beta.localhost/b")
+	get(t, c, "http://beta.localhost/b")
+	if a.conns.Load() != 1 || b.conns.Load() != 1 {
+		t.Fatalf("local connections: alpha %d, beta %d; want 1 each", a.conns.Load(), b.conns.Load())
+	}
+}
+
+// The relay's own host answers with a landing page and a health check; an
+// unknown tunnel gets a 404 that names it.
+func TestRelayPages(t *testing.T) {
+	rl := startRelay(t, "")
+	c := visitorClient(rl.addr)
+
+	status, body := get(t, c, "http://localhost/healthz")
+	if status != 200 || body != "ok\n" {
+		t.Fatalf("/healthz = %d %q", status, body)
+	}
+	status, body = get(t, c, "http://localhost/", "Accept", "text/html")
+	if status != 200 || !strings.Contains(body, "tunnel expose -p 8080") {
+		t.Fatalf("landing = %d %q", status, body)
+	}
+	status, body = get(t, c, "http://nosuch.localhost/")
+	if status != 404 || !strings.Contains(body, `No agent holds the tunnel "nosuch"`) {
+		t.Fatalf("unknown tunnel = %d %q", status, body)
+	}
+	status, body = get(t, c, "http://a.b.localhost/")
+	if status != 404 || !strings.Contains(body, "not a tunnel name") {
+		t.Fatalf("two-label name = %d %q", status, body)
+	}
+	status, body = get(t, c, "http://nosuch.localhost/", "Accept", "text/html")
+	if status != 404 || !strings.Contains(body, "<h1>404 — No such tunnel</h1>") {
+		t.Fatalf("HTML 404 = %d %q", status, body)
+	}
+}
+
+// X-Forwarded-For/-Proto/-Host are set by the relay from what it saw; values
+// a visitor sends to spoof them are dropped.
+func TestForwardedHeaders(t *testing.T) {
+	rl := startRelay(t, "")
+	local := startLocal(t)
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
+	// A visitor from 127.0.0.2, distinct from the relay's and agent's 127.0.0.1.
+	c := &http.Client{Transport: visitorTransport(rl.addr, &net.TCPAddr{IP: net.ParseIP("127.0.0.2")})}
+	_, body := get(t, c, "http://demo.localhost/headers",
+		"X-Forwarded-For", "6.6.6.6", "X-Forwarded-Host", "evil.example", "X-Forwarded-Proto", "https", "Forwarded", "for=6.6.6.6")
+	for _, want := range []string{
+		"X-Forwarded-For=127.0.0.2\n",
+		"X-Forwarded-Proto=http\n",
+		"X-Forwarded-Host=demo.localhost\n",
+		"Forwarded=\n",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("local server headers lack %q:\n%s", want, body)
+		}
+	}
+}
+
+// An Upgrade other than WebSocket (h2c) is stripped before the request
+// reaches the local server.
+func TestForeignUpgradeStripped(t *testing.T) {
+	rl := startRelay(t, "")
+	local := startLocal(t)
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
+	_, body := get(t, visitorClient(rl.addr), "http://demo.localhost/headers",
+		"Connection", "Upgrade, HTTP2-Settings", "Upgrade", "h2c", "HTTP2-Settings", "AAMAAABkAAQAAP__")
+	if !strings.Contains(body, "Upgrade=\n") || !strings.Contains(body, "Http2-Settings=\n") {
+		t.Fatalf("h2c upgrade reached the local server:\n%s", body)
+	}
+}
+
+// An agent whose local server is down answers 502 "agent online, but nothing
+// answers on <target>", which differs from the page for an agent that is
+// gone.
+func TestLocalServerDown(t *testing.T) {
+	rl := startRelay(t, "")
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: dead}})
+	status, body := get(t, visitorClient(rl.addr), "http://demo.localhost/")
+	want := "agent online, but nothing answers on " + dead
+	if status != http.StatusBadGateway || !strings.Contains(body, want) {
+		t.Fatalf("got %d %q, want 502 containing %q", status, body, want)
+	}
+}
+
+// 20,000 sequential requests on one visitor connection use one stream and
+// one connection to the local server: keep-alive holds end to end.
+func TestKeepAliveEndToEnd(t *testing.T) {
+	rl := startRelay(t, "")
+	local := startLocal(t)
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
+	var visitorConns int
+	tr := visitorTransport(rl.addr, nil)
+	dial := tr.DialContext
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		visitorConns++
+		return dial(ctx, network, addr)
+	}
+	c := &http.Client{Transport: tr}
+	const n = 20000
+	for i := range n {
+		resp, err := c.Get(fmt.Sprintf("http://demo.localhost/r/%d", i))
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || !bytes.Equal(b, fmt.Appendf(nil, "GET /r/%d", i)) {
+			t.Fatalf("request %d: %q %v", i, b, err)
+		}
+	}
+	if visitorConns != 1 || local.conns.Load() != 1 {
+		t.Fatalf("%d requests: %d visitor connections, %d local connections; want 1 and 1", n, visitorConns, local.conns.Load())
+	}
+}
+
+func port(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
