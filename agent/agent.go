@@ -40,8 +40,9 @@ type Config struct {
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// LocalDialTimeout bounds each dial of a local target. Default 5 s.
 	LocalDialTimeout time.Duration
-	// MinBackoff and MaxBackoff bound the delay between reconnect attempts.
-	// Defaults 500 ms and 30 s.
+	// MinBackoff and MaxBackoff shape the delay between reconnect attempts:
+	// the n-th retry waits a random time up to MinBackoff·2^(n-1), capped at
+	// MaxBackoff ("full jitter"). Defaults 500 ms and 30 s.
 	MinBackoff, MaxBackoff time.Duration
 	// OnEvent, if not nil, receives status changes and one event per
 	// request. It is called from the agent's goroutines and must not block.

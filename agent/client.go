@@ -100,7 +100,12 @@ func (c *client) run(ctx context.Context, online func([]proto.Granted)) error {
 		}
 		delay := bo.next()
 		c.emit(Event{Kind: EventOffline, Err: err, Attempt: attempt, Retry: delay})
-		c.log.Warn("relay connection failed; reconnecting", "attempt", attempt, "next_in", delay.Round(time.Millisecond).String(), "err", err)
+		// With OnEvent set the caller shows this itself; keep the log quiet.
+		level := slog.LevelWarn
+		if c.cfg.OnEvent != nil {
+			level = slog.LevelDebug
+		}
+		c.log.Log(ctx, level, "relay connection failed; reconnecting", "attempt", attempt, "next_in", delay.Round(time.Millisecond).String(), "err", err)
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():

@@ -97,6 +97,7 @@ type testAgent struct {
 	online  chan []string // URLs, one value per successful handshake
 	offline chan error
 	events  chan agent.Event // request events
+	notices chan string      // notice kinds from the relay
 }
 
 // startAgent runs an agent for the given tunnels against relayURL and waits
@@ -127,6 +128,7 @@ func runAgent(t testing.TB, relayURL string, tunnels []agent.Tunnel, mod ...func
 		online:  make(chan []string, 16),
 		offline: make(chan error, 64),
 		events:  make(chan agent.Event, 1024),
+		notices: make(chan string, 16),
 	}
 	cfg := agent.Config{
 		Relay:      relayURL,
@@ -145,6 +147,11 @@ func runAgent(t testing.TB, relayURL string, tunnels []agent.Tunnel, mod ...func
 			case agent.EventOffline:
 				select {
 				case ta.offline <- e.Err:
+				default:
+				}
+			case agent.EventNotice:
+				select {
+				case ta.notices <- string(e.Notice.Kind):
 				default:
 				}
 			case agent.EventRequest:

@@ -24,7 +24,6 @@
 package proto
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -236,12 +235,10 @@ func ReadMessage(r io.Reader) (Message, error) {
 		}
 		return nil, err
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(m); err != nil {
+	// json.Unmarshal, unlike a json.Decoder, rejects anything but white space
+	// after the value (a Decoder's More misses a trailing '}' or ']').
+	if err := json.Unmarshal(body, m); err != nil {
 		return nil, fmt.Errorf("proto: decode %v: %w", m.Type(), err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("proto: decode %v: trailing data", m.Type())
 	}
 	return m, nil
 }

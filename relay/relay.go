@@ -89,6 +89,9 @@ type Server struct {
 	servers  map[*http.Server]struct{}
 	sessions map[*agentSession]struct{}
 	hijacked map[net.Conn]struct{}
+	// fresh holds connections that have not sent a request yet. Browsers
+	// open such spare sockets; http.Server.Shutdown would wait 5 s for each.
+	fresh map[net.Conn]struct{}
 	// hijackClosed is set once shutdown has closed the upgraded connections;
 	// later upgrades are refused.
 	hijackClosed bool
@@ -109,6 +112,7 @@ func New(cfg Config) (*Server, error) {
 		servers:  make(map[*http.Server]struct{}),
 		sessions: make(map[*agentSession]struct{}),
 		hijacked: make(map[net.Conn]struct{}),
+		fresh:    make(map[net.Conn]struct{}),
 	}, nil
 }
 
@@ -170,6 +174,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          log.New(errorLogWriter{s.log}, "", 0),
+		ConnState:         s.connState,
 	}
 	s.mu.Lock()
 	if s.closed {
@@ -184,6 +189,16 @@ func (s *Server) Serve(ln net.Listener) error {
 		return nil
 	}
 	return err
+}
+
+func (s *Server) connState(c net.Conn, state http.ConnState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if state == http.StateNew {
+		s.fresh[c] = struct{}{}
+	} else {
+		delete(s.fresh, c)
+	}
 }
 
 type errorLogWriter struct{ l *slog.Logger }
@@ -208,7 +223,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for as := range s.sessions {
 		as.notify(&proto.Notice{Kind: proto.NoticeDraining, Message: "relay is shutting down; reconnect shortly"})
 	}
+	fresh := make([]net.Conn, 0, len(s.fresh))
+	for c := range s.fresh {
+		fresh = append(fresh, c)
+	}
 	s.mu.Unlock()
+	// No request is in flight on these; a client retries on a new connection.
+	for _, c := range fresh {
+		c.Close()
+	}
 
 	var wg sync.WaitGroup
 	var firstErr error
@@ -247,16 +270,25 @@ func (s *Server) Close() error {
 func (s *Server) closeAll() {
 	s.mu.Lock()
 	s.hijackClosed = true
+	conns := make([]net.Conn, 0, len(s.hijacked))
 	for c := range s.hijacked {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	// Closing a tracked connection takes s.mu to untrack itself.
+	for _, c := range conns {
 		c.Close()
 	}
-	s.mu.Unlock()
 	s.reqWG.Wait()
 	s.mu.Lock()
+	sessions := make([]*agentSession, 0, len(s.sessions))
 	for as := range s.sessions {
-		as.close()
+		sessions = append(sessions, as)
 	}
 	s.mu.Unlock()
+	for _, as := range sessions {
+		as.close()
+	}
 	s.sessWG.Wait()
 	s.reg.stop()
 }

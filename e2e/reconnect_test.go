@@ -1,0 +1,175 @@
+package e2e
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/agent"
+)
+
+// cutProxy forwards TCP connections to target and can sever all of them at
+// once, as a dropped Wi-Fi or a NAT timeout would.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	wg     sync.WaitGroup
+}
+
+func startCutProxy(t testing.TB, target string) *cutProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target}
+	p.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, up)
+			p.mu.Unlock()
+			p.wg.Go(func() { io.Copy(up, c); up.Close() })
+			p.wg.Go(func() { io.Copy(c, up); c.Close() })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		p.cut()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// cut closes every connection the proxy carries.
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// dialVia makes the agent reach the relay through the proxy.
+func dialVia(p *cutProxy) func(*agent.Config) {
+	return func(c *agent.Config) {
+		c.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, p.ln.Addr().String())
+		}
+	}
+}
+
+// When the agent's connection is severed, the agent reconnects and the same
+// URL serves again.
+func TestReconnectAfterCut(t *testing.T) {
+	rl := startRelay(t, "")
+	local := startLocal(t)
+	proxy := startCutProxy(t, rl.addr)
+	ag, urls := startAgent(t, rl.url(), []agent.Tunnel{{Local: local.addr}}, dialVia(proxy))
+	c := visitorClient(rl.addr)
+	for i := range 3 {
+		proxy.cut()
+		select {
+		case <-ag.offline:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("cut %d: agent did not notice", i)
+		}
+		select {
+		case again := <-ag.online:
+			if again[0] != urls[0] {
+				t.Fatalf("cut %d: URL changed from %s to %s", i, urls[0], again[0])
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("cut %d: agent not back online", i)
+		}
+		if status, body := get(t, c, urls[0]+"/after-cut"); status != 200 || body != "GET /after-cut" {
+			t.Fatalf("cut %d: %d %q", i, status, body)
+		}
+	}
+}
+
+// While the agent is away, its name is held for it: visitors get a 502
+// "Tunnel offline" and another agent cannot take the name.
+func TestNameHeldDuringGrace(t *testing.T) {
+	rl := startRelay(t, "")
+	local := startLocal(t)
+	proxy := startCutProxy(t, rl.addr)
+	ag, _ := startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}}, dialVia(proxy),
+		func(c *agent.Config) { c.MinBackoff, c.MaxBackoff = time.Hour, time.Hour }) // stays away
+	proxy.cut()
+	<-ag.offline
+	c := visitorClient(rl.addr)
+	var body string
+	waitFor(t, 5*time.Second, "the relay to hold the name", func() bool {
+		var status int
+		status, body = get(t, c, "http://demo.localhost/")
+		return status == http.StatusBadGateway && strings.Contains(body, "held for it")
+	})
+	if !strings.Contains(body, "Tunnel offline") {
+		t.Fatalf("offline page: %q", body)
+	}
+	other, _ := runAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
+	err := <-other.done
+	other.done <- err
+	if err == nil || !strings.Contains(err.Error(), "held for its disconnected agent") {
+		t.Fatalf("other agent during grace: %v", err)
+	}
+}
+
+// Stopping an agent (Ctrl-C) releases its name at once: the next visitor
+// gets 404, and another agent may claim it.
+func TestGoodbyeReleasesName(t *testing.T) {
+	rl := startRelay(t, "")
+	local := startLocal(t)
+	ag, _ := startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
+	ag.stop()
+	if status, body := get(t, visitorClient(rl.addr), "http://demo.localhost/"); status != 404 {
+		t.Fatalf("after goodbye: %d %q", status, body)
+	}
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
+}
+
+// A relay restarted on the same port gets every agent back under its old
+// name, random names included.
+func TestRelayRestart(t *testing.T) {
+	rl := startRelay(t, "")
+	local := startLocal(t)
+	named, namedURLs := startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
+	random, randomURLs := startAgent(t, rl.url(), []agent.Tunnel{{Local: local.addr}})
+
+	rl.stop()
+	<-named.offline
+	<-random.offline
+	rl2 := startRelay(t, rl.addr)
+	for _, a := range []struct {
+		ag   *testAgent
+		urls []string
+	}{{named, namedURLs}, {random, randomURLs}} {
+		select {
+		case again := <-a.ag.online:
+			if again[0] != a.urls[0] {
+				t.Fatalf("after restart: URL %s, want %s", again[0], a.urls[0])
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatal("agent not back after relay restart")
+		}
+		if status, _ := get(t, visitorClient(rl2.addr), a.urls[0]+"/"); status != 200 {
+			t.Fatalf("%s after restart: %d", a.urls[0], status)
+		}
+	}
+}

@@ -1,0 +1,129 @@
+package tunnel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+)
+
+// Buffer sizes of Join. An idle direction blocks in a read of smallBuf bytes;
+// a pooled bigBuf is taken only while data keeps arriving in full reads and
+// is given back as soon as the flow slows down. An idle WebSocket therefore
+// pins 2×smallBuf instead of the 2×32 KiB of io.Copy.
+const (
+	smallBuf = 512
+	bigBuf   = 32 << 10
+)
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
+
+// Counts are the bytes Join moved, readable while it runs.
+type Counts struct {
+	AToB atomic.Int64 // bytes read from a and written to b
+	BToA atomic.Int64 // bytes read from b and written to a
+}
+
+// Join copies bytes both ways between a and b until both directions are done,
+// then closes both. When one side reaches EOF, Join half-closes the other
+// (CloseWrite, where the connection has it) and keeps copying the other
+// direction, so a client that shuts its write side still gets its reply. An
+// error in either direction aborts both, and so does the owner closing a or
+// b. counts, if not nil, is updated as bytes move. A clean end in both
+// directions, or an abort by the owner, returns nil.
+func Join(a, b net.Conn, counts *Counts) error {
+	if counts == nil {
+		counts = new(Counts)
+	}
+	// abort unblocks the other direction, whichever direction failed.
+	abort := func() {
+		a.Close()
+		b.Close()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		err := pipe(b, a, &counts.AToB)
+		if err != nil {
+			abort()
+		}
+		errc <- err
+	}()
+	err1 := pipe(a, b, &counts.BToA)
+	if err1 != nil {
+		abort()
+	}
+	err2 := <-errc
+	a.Close()
+	b.Close()
+	// The direction that failed first has the real error; the other one
+	// saw its connection closed by abort.
+	for _, err := range []error{err1, err2} {
+		if err != nil && err != errAborted {
+			return err
+		}
+	}
+	return nil
+}
+
+// errAborted is pipe's result when a connection was closed under it, by the
+// other direction's abort or by Join's owner.
+var errAborted = errors.New("tunnel: join aborted")
+
+// pipe copies src to dst until EOF or an error, then half-closes dst.
+func pipe(dst, src net.Conn, n *atomic.Int64) error {
+	var small [smallBuf]byte
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			bufPool.Put(big)
+		}
+	}()
+	for {
+		buf := small[:]
+		if big != nil {
+			buf = *big
+		}
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			nw, werr := dst.Write(buf[:nr])
+			n.Add(int64(nw))
+			if werr != nil {
+				if errors.Is(werr, net.ErrClosed) {
+					return errAborted
+				}
+				return werr
+			}
+		}
+		switch {
+		case big == nil && nr == len(buf):
+			// Data is flowing faster than one small read: switch to a big buffer.
+			big = bufPool.Get().(*[]byte)
+		case big != nil && nr < len(buf)/8:
+			// The flow slowed down: give the big buffer back before blocking.
+			bufPool.Put(big)
+			big = nil
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return closeWrite(dst)
+			}
+			if errors.Is(rerr, net.ErrClosed) {
+				// Closed by the other direction's failure or by our owner.
+				return errAborted
+			}
+			return rerr
+		}
+	}
+}
+
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
+	}
+	// No half-close: ending the whole connection is the only way to signal EOF.
+	return c.Close()
+}

@@ -1,0 +1,280 @@
+package tunnel_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/tunnel"
+)
+
+// joinFixture is Join between two connections, each with a far end the test
+// drives: client ⇄ a ═Join═ b ⇄ server, like visitor ⇄ relay ⇄ agent.
+type joinFixture struct {
+	client, server net.Conn // the far ends
+	counts         tunnel.Counts
+	done           chan error // Join's result
+}
+
+// halfCloser is a connection that can send EOF and keep reading.
+type halfCloser interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// joinTCP joins two real TCP connections on 127.0.0.1.
+func joinTCP(t *testing.T) *joinFixture {
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	return startJoin(t, client, a, b, server)
+}
+
+// joinStream joins a TCP connection with a tunnel.Stream, as the relay does;
+// the server is the agent's end of the stream.
+func joinStream(t *testing.T) *joinFixture {
+	client, a := tcpPair(t)
+	agent, relay, stop := sessionPair(t)
+	t.Cleanup(stop)
+	opened, accepted := rawStreamPair(t, relay, agent)
+	b, server := tunnel.NewStream(opened, nil), tunnel.NewStream(accepted, nil)
+	return startJoin(t, client, a, b, server)
+}
+
+func startJoin(t *testing.T, client, a, b, server net.Conn) *joinFixture {
+	f := &joinFixture{client: client, server: server, done: make(chan error, 1)}
+	go func() { f.done <- tunnel.Join(a, b, &f.counts) }()
+	t.Cleanup(func() {
+		client.Close()
+		server.Close()
+		f.wait(t)
+	})
+	return f
+}
+
+// wait returns Join's result, failing the test if Join does not return.
+// The timeout is a failure guard, not a readiness wait.
+func (f *joinFixture) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-f.done:
+		f.done <- err // later calls see the same result
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("Join did not return")
+		return nil
+	}
+}
+
+var joinKinds = []struct {
+	name  string
+	start func(*testing.T) *joinFixture
+}{
+	{"TCP", joinTCP},
+	{"Stream", joinStream},
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+// sendAndClose writes data to c and then half-closes it.
+func sendAndClose(c net.Conn, data []byte) error {
+	if _, err := c.Write(data); err != nil {
+		return err
+	}
+	return c.(halfCloser).CloseWrite()
+}
+
+// TestJoinCopiesBothWays sends several MiB each way at the same time and
+// checks every byte arrives (sha256), the counts match, and Join ends
+// cleanly after both sides half-closed.
+func TestJoinCopiesBothWays(t *testing.T) {
+	for _, kind := range joinKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			f := kind.start(t)
+			up := randomBytes(t, 5<<20)   // client → server
+			down := randomBytes(t, 3<<20) // server → client
+
+			errc := make(chan error, 2)
+			go func() { errc <- sendAndClose(f.client, up) }()
+			go func() { errc <- sendAndClose(f.server, down) }()
+			gotDown := make(chan []byte, 1)
+			go func() {
+				b, _ := io.ReadAll(f.client)
+				gotDown <- b
+			}()
+			gotUp, err := io.ReadAll(f.server)
+			if err != nil {
+				t.Fatalf("server read: %v", err)
+			}
+			for range 2 {
+				if err := <-errc; err != nil {
+					t.Fatalf("write: %v", err)
+				}
+			}
+			if sha256.Sum256(gotUp) != sha256.Sum256(up) {
+				t.Errorf("server got %d bytes that differ from the %d sent", len(gotUp), len(up))
+			}
+			if d := <-gotDown; sha256.Sum256(d) != sha256.Sum256(down) {
+				t.Errorf("client got %d bytes that differ from the %d sent", len(d), len(down))
+			}
+			if err := f.wait(t); err != nil {
+				t.Errorf("Join = %v, want nil after a clean end", err)
+			}
+			if got := f.counts.AToB.Load(); got != int64(len(up)) {
+				t.Errorf("counts.AToB = %d, want %d", got, len(up))
+			}
+			if got := f.counts.BToA.Load(); got != int64(len(down)) {
+				t.Errorf("counts.BToA = %d, want %d", got, len(down))
+			}
+		})
+	}
+}
+
+// TestJoinHalfClose checks the request/response pattern that needs
+// half-close: the client sends and shuts its write side; the server answers
+// only after it has seen that EOF, and the client still gets the whole
+// answer through Join.
+func TestJoinHalfClose(t *testing.T) {
+	for _, kind := range joinKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			f := kind.start(t)
+			reply := randomBytes(t, 2<<20)
+			if err := sendAndClose(f.client, []byte("request")); err != nil {
+				t.Fatal(err)
+			}
+			req, err := io.ReadAll(f.server) // ends only at the propagated EOF
+			if err != nil || string(req) != "request" {
+				t.Fatalf("server read %q, %v", req, err)
+			}
+			go sendAndClose(f.server, reply)
+			got, err := io.ReadAll(f.client)
+			if err != nil {
+				t.Fatalf("client read: %v", err)
+			}
+			if !bytes.Equal(got, reply) {
+				t.Errorf("client got %d bytes, want the %d-byte reply", len(got), len(reply))
+			}
+			if err := f.wait(t); err != nil {
+				t.Errorf("Join = %v, want nil", err)
+			}
+		})
+	}
+}
+
+// TestJoinOtherDirectionKeepsFlowing checks that after one direction ended
+// (the client's EOF), the other direction still carries many separate
+// writes, and that Join waits for it rather than ending at the first EOF.
+func TestJoinOtherDirectionKeepsFlowing(t *testing.T) {
+	for _, kind := range joinKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			f := kind.start(t)
+			if err := f.client.(halfCloser).CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := io.Copy(io.Discard, f.server); n != 0 || err != nil {
+				t.Fatalf("server read %d bytes, %v; want EOF", n, err)
+			}
+			buf := make([]byte, 1000)
+			for i := range 100 {
+				for j := range buf {
+					buf[j] = byte(i)
+				}
+				if _, err := f.server.Write(buf); err != nil {
+					t.Fatalf("server write %d after the client's EOF: %v", i, err)
+				}
+				if _, err := io.ReadFull(f.client, buf); err != nil {
+					t.Fatalf("client read %d: %v", i, err)
+				}
+				if buf[0] != byte(i) || buf[len(buf)-1] != byte(i) {
+					t.Fatalf("chunk %d arrived corrupted", i)
+				}
+				select {
+				case err := <-f.done:
+					t.Fatalf("Join returned (%v) while a direction was still open", err)
+				default:
+				}
+			}
+			f.server.(halfCloser).CloseWrite()
+			if err := f.wait(t); err != nil {
+				t.Errorf("Join = %v, want nil", err)
+			}
+			if got := f.counts.BToA.Load(); got != 100*1000 {
+				t.Errorf("counts.BToA = %d, want %d", got, 100*1000)
+			}
+		})
+	}
+}
+
+// TestJoinIdleBothClosed checks that an idle Join returns nil once both far
+// ends have closed.
+func TestJoinIdleBothClosed(t *testing.T) {
+	for _, kind := range joinKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			f := kind.start(t)
+			f.client.Close()
+			f.server.Close()
+			if err := f.wait(t); err != nil {
+				t.Errorf("Join = %v, want nil", err)
+			}
+		})
+	}
+}
+
+// TestJoinResetEndsBoth checks that an error on one side (the client resets
+// its TCP connection) ends both directions: Join returns the error and the
+// server sees its connection end although it never closed its side.
+func TestJoinResetEndsBoth(t *testing.T) {
+	for _, kind := range joinKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			f := kind.start(t)
+			// Prove the pipe is up before the reset.
+			f.client.Write([]byte("x"))
+			if _, err := io.ReadFull(f.server, make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+			f.client.(*net.TCPConn).SetLinger(0)
+			f.client.Close() // sends RST
+			if err := f.wait(t); err == nil {
+				t.Error("Join = nil after a connection reset, want the error")
+			}
+			if _, err := f.server.Read(make([]byte, 1)); err == nil {
+				t.Error("server's connection still open after the client's reset")
+			}
+		})
+	}
+}
+
+// TestJoinOwnerCloseEndsBoth checks that the owner of a Join can stop it by
+// closing just one of the two connections (as a relay does on shutdown):
+// Join then closes the other and returns, without an error.
+func TestJoinOwnerCloseEndsBoth(t *testing.T) {
+	for _, side := range []string{"a", "b"} {
+		t.Run(side, func(t *testing.T) {
+			client, a := tcpPair(t)
+			b, server := tcpPair(t)
+			f := startJoin(t, client, a, b, server)
+			if side == "a" {
+				a.Close()
+			} else {
+				b.Close()
+			}
+			if err := f.wait(t); err != nil {
+				t.Errorf("Join = %v, want nil", err)
+			}
+			// Both far ends see the end.
+			if _, err := client.Read(make([]byte, 1)); err == nil {
+				t.Error("client's connection still open")
+			}
+			if _, err := server.Read(make([]byte, 1)); err == nil {
+				t.Error("server's connection still open")
+			}
+		})
+	}
+}

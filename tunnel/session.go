@@ -1,0 +1,118 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// Timings of the yamux session, chosen together: a peer that stops answering
+// is noticed within KeepAliveInterval + WriteTimeout (20 s).
+const (
+	// KeepAliveInterval is how often each side pings the other.
+	KeepAliveInterval = 10 * time.Second
+	// WriteTimeout bounds one frame write on the shared connection; a ping
+	// that cannot be written in this time closes the session.
+	WriteTimeout = 10 * time.Second
+	// StreamWindow is the most one stream may have in flight unacknowledged,
+	// and so the most a slow reader can make the other side buffer for it.
+	// 2 MiB carries ~40 MB/s per stream at 50 ms RTT; yamux's default of
+	// 256 KiB would cap a single download at ~5 MB/s.
+	StreamWindow = 2 << 20
+	// MaxStreams is the most streams the relay keeps open toward one agent at
+	// once. It stays below yamux's accept backlog (256) so that OpenStream
+	// never blocks on unanswered SYNs.
+	MaxStreams = 200
+)
+
+// YamuxConfig returns the session configuration both ends use. yamux's own
+// log lines go to logger at debug level.
+func YamuxConfig(logger *slog.Logger) *yamux.Config {
+	c := yamux.DefaultConfig()
+	c.AcceptBacklog = 256
+	c.EnableKeepAlive = true
+	c.KeepAliveInterval = KeepAliveInterval
+	c.ConnectionWriteTimeout = WriteTimeout
+	c.MaxStreamWindowSize = StreamWindow
+	// Opening a stream is bounded by our own deadlines (OpenStream below);
+	// yamux's StreamOpenTimeout would close the whole session instead.
+	c.StreamOpenTimeout = 0
+	// A stream we closed whose peer never closes its side is freed after this.
+	c.StreamCloseTimeout = time.Minute
+	c.LogOutput = nil
+	c.Logger = log.New(slogWriter{logger}, "", 0)
+	return c
+}
+
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	if w.l != nil {
+		w.l.Debug(strings.TrimSpace(string(p)), "component", "yamux")
+	}
+	return len(p), nil
+}
+
+// Client starts the agent's side of a session on an upgraded connection.
+func Client(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
+	return yamux.Client(conn, YamuxConfig(logger))
+}
+
+// Server starts the relay's side of a session on an upgraded connection.
+func Server(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
+	return yamux.Server(conn, YamuxConfig(logger))
+}
+
+// deadline sets conn's deadline from ctx and returns a function that clears
+// it again. It also makes a cancelled ctx interrupt blocked I/O at once.
+func deadline(ctx context.Context, conn net.Conn) (clear func()) {
+	if d, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(d)
+	}
+	// The mutex orders a cancellation racing with clear: once cleared, a
+	// late cancellation must not set a past deadline on a trusted conn.
+	var mu sync.Mutex
+	cleared := false
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !cleared {
+			conn.SetDeadline(time.Unix(1, 0))
+		}
+	})
+	return func() {
+		stop()
+		mu.Lock()
+		cleared = true
+		mu.Unlock()
+		conn.SetDeadline(time.Time{})
+	}
+}
+
+// ctxErr prefers the context's error over the I/O error it caused.
+func ctxErr(ctx context.Context, err error) error {
+	cerr := ctx.Err()
+	if cerr == nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		// The connection's deadline is the context's, and its timer may fire
+		// a moment before the context's own.
+		if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+			cerr = context.DeadlineExceeded
+		}
+	}
+	if cerr != nil {
+		return fmt.Errorf("%w (%v)", cerr, err)
+	}
+	return err
+}
+
+var _ io.Closer = (*yamux.Session)(nil)

@@ -1,0 +1,219 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tunnel-dev/tunnel/proto"
+)
+
+// Stream is one proxied connection inside a session. It is a full net.Conn:
+// unlike a bare yamux stream, Close ends both directions locally (pending and
+// later Reads and Writes fail with net.ErrClosed), while CloseWrite sends only
+// a FIN so the peer reads EOF and can still answer.
+type Stream struct {
+	s      *yamux.Stream
+	remote net.Addr
+
+	closeOnce sync.Once
+	mu        sync.Mutex
+	closed    bool
+
+	// yamux ignores a deadline that has passed while its receive buffer holds
+	// data or its send window is open. Read and Write check these copies
+	// first, so that an expired deadline fails them at once, as on TCP.
+	readDeadline  atomic.Pointer[time.Time]
+	writeDeadline atomic.Pointer[time.Time]
+}
+
+// expired reports whether the deadline in d has passed.
+func expired(d *atomic.Pointer[time.Time]) bool {
+	t := d.Load()
+	return t != nil && !t.IsZero() && !time.Now().Before(*t)
+}
+
+// NewStream wraps a yamux stream. remote, if not nil, is reported by
+// RemoteAddr instead of the session's peer address (the agent uses the
+// visitor's address).
+func NewStream(s *yamux.Stream, remote net.Addr) *Stream {
+	return &Stream{s: s, remote: remote}
+}
+
+func (c *Stream) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+func (c *Stream) mapErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if c.isClosed() {
+		err = net.ErrClosed
+	} else if errors.Is(err, yamux.ErrTimeout) {
+		err = os.ErrDeadlineExceeded
+	} else if errors.Is(err, yamux.ErrStreamClosed) {
+		// Writing after CloseWrite, as for a TCP socket after shutdown(SHUT_WR).
+		err = net.ErrClosed
+	}
+	if err == io.EOF {
+		return err
+	}
+	return &net.OpError{Op: op, Net: "tunnel", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+// Read implements net.Conn.
+func (c *Stream) Read(b []byte) (int, error) {
+	if c.isClosed() {
+		return 0, c.mapErr("read", net.ErrClosed)
+	}
+	if expired(&c.readDeadline) {
+		return 0, c.mapErr("read", os.ErrDeadlineExceeded)
+	}
+	n, err := c.s.Read(b)
+	return n, c.mapErr("read", err)
+}
+
+// Write implements net.Conn.
+func (c *Stream) Write(b []byte) (int, error) {
+	if c.isClosed() {
+		return 0, c.mapErr("write", net.ErrClosed)
+	}
+	if expired(&c.writeDeadline) {
+		return 0, c.mapErr("write", os.ErrDeadlineExceeded)
+	}
+	n, err := c.s.Write(b)
+	return n, c.mapErr("write", err)
+}
+
+// CloseWrite sends a FIN: the peer reads EOF, this side can still read.
+func (c *Stream) CloseWrite() error {
+	return c.s.Close()
+}
+
+// Close closes both directions. Blocked Reads and Writes return at once.
+func (c *Stream) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		// Wake blocked calls; the closed flag turns their timeout into ErrClosed.
+		past := time.Unix(1, 0)
+		c.s.SetDeadline(past)
+		c.s.Close()
+	})
+	return nil
+}
+
+// LocalAddr implements net.Conn.
+func (c *Stream) LocalAddr() net.Addr { return c.s.LocalAddr() }
+
+// RemoteAddr implements net.Conn.
+func (c *Stream) RemoteAddr() net.Addr {
+	if c.remote != nil {
+		return c.remote
+	}
+	return c.s.RemoteAddr()
+}
+
+// SetDeadline implements net.Conn.
+func (c *Stream) SetDeadline(t time.Time) error {
+	if c.isClosed() {
+		return c.mapErr("set", net.ErrClosed)
+	}
+	c.readDeadline.Store(&t)
+	c.writeDeadline.Store(&t)
+	return c.s.SetDeadline(t)
+}
+
+// SetReadDeadline implements net.Conn.
+func (c *Stream) SetReadDeadline(t time.Time) error {
+	if c.isClosed() {
+		return c.mapErr("set", net.ErrClosed)
+	}
+	c.readDeadline.Store(&t)
+	return c.s.SetReadDeadline(t)
+}
+
+// SetWriteDeadline implements net.Conn.
+func (c *Stream) SetWriteDeadline(t time.Time) error {
+	if c.isClosed() {
+		return c.mapErr("set", net.ErrClosed)
+	}
+	c.writeDeadline.Store(&t)
+	return c.s.SetWriteDeadline(t)
+}
+
+// OpenStream opens a data stream for one visitor connection: it writes hdr
+// and waits for the agent's StreamReply, all within ctx. A refusal from the
+// agent (e.g. its local target does not answer) is returned as a *proto.Error.
+// The caller must bound the number of concurrent calls per session below
+// MaxStreams, so that yamux never blocks on its SYN backlog.
+func OpenStream(ctx context.Context, sess *yamux.Session, hdr *proto.StreamHeader) (*Stream, error) {
+	ys, err := sess.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("open stream: %w", err)
+	}
+	st := NewStream(ys, nil)
+	clear := deadline(ctx, st)
+	err = proto.WriteMessage(st, hdr)
+	if err == nil {
+		var reply *proto.StreamReply
+		reply, err = proto.ReadAs[*proto.StreamReply](st)
+		if err == nil && reply.Error != nil {
+			err = reply.Error
+		}
+	}
+	clear()
+	if err != nil {
+		st.Close()
+		var perr *proto.Error
+		if errors.As(err, &perr) {
+			return nil, perr
+		}
+		return nil, fmt.Errorf("open stream: %w", ctxErr(ctx, err))
+	}
+	return st, nil
+}
+
+// AcceptStream reads the header of a stream the relay opened, within ctx.
+// The caller answers with Reply or Refuse.
+func AcceptStream(ctx context.Context, ys *yamux.Stream) (*Stream, *proto.StreamHeader, error) {
+	st := NewStream(ys, nil)
+	clear := deadline(ctx, st)
+	hdr, err := proto.ReadAs[*proto.StreamHeader](st)
+	clear()
+	if err != nil {
+		st.Close()
+		return nil, nil, fmt.Errorf("read stream header: %w", ctxErr(ctx, err))
+	}
+	if hdr.Remote != "" {
+		if ap, perr := netipAddrPort(hdr.Remote); perr == nil {
+			st.remote = ap
+		}
+	}
+	return st, hdr, nil
+}
+
+// Accept tells the relay the stream is served; bytes may flow after it.
+func (c *Stream) Accept() error {
+	return proto.WriteMessage(c, &proto.StreamReply{})
+}
+
+// Refuse tells the relay why the stream cannot be served and closes it.
+func (c *Stream) Refuse(e *proto.Error) error {
+	err := proto.WriteMessage(c, &proto.StreamReply{Error: e})
+	c.CloseWrite()
+	c.Close()
+	return err
+}

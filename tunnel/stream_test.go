@@ -1,0 +1,278 @@
+package tunnel_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/net/nettest"
+
+	"github.com/tunnel-dev/tunnel/proto"
+
+	"github.com/tunnel-dev/tunnel/tunnel"
+)
+
+// TestStreamConn runs the net.Conn conformance suite on *tunnel.Stream, in
+// both orientations: the end that opened the yamux stream and the end that
+// accepted it. Deadlines, Close waking blocked calls and concurrent use
+// must all behave as for a TCP connection.
+func TestStreamConn(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		openerIsC1 bool
+	}{{"OpenerFirst", true}, {"AcceptorFirst", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
+				agent, relay, stopSess := sessionPair(t)
+				opened, accepted := rawStreamPair(t, relay, agent)
+				s1, s2 := tunnel.NewStream(opened, nil), tunnel.NewStream(accepted, nil)
+				stop = func() {
+					s1.Close()
+					s2.Close()
+					stopSess()
+				}
+				if tc.openerIsC1 {
+					return s1, s2, stop, nil
+				}
+				return s2, s1, stop, nil
+			})
+		})
+	}
+}
+
+// TestOpenAcceptStream checks the data-stream handshake end to end: the
+// relay's OpenStream delivers the header to the agent's AcceptStream, the
+// agent's Accept lets OpenStream return, and then bytes flow both ways with
+// half-close (the relay's CloseWrite is an EOF to the agent, which can still
+// answer).
+func TestOpenAcceptStream(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	want := proto.StreamHeader{Name: "demo", Remote: "192.0.2.7:4321", Scheme: "https"}
+	type opened struct {
+		st  *tunnel.Stream
+		err error
+	}
+	openc := make(chan opened, 1)
+	go func() {
+		hdr := want
+		st, err := tunnel.OpenStream(ctx, relay, &hdr)
+		openc <- opened{st, err}
+	}()
+
+	ys, err := agent.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ast, hdr, err := tunnel.AcceptStream(ctx, ys)
+	if err != nil {
+		t.Fatalf("AcceptStream: %v", err)
+	}
+	defer ast.Close()
+	if *hdr != want {
+		t.Errorf("agent got header %+v, want %+v", *hdr, want)
+	}
+	if got := ast.RemoteAddr().String(); got != want.Remote {
+		t.Errorf("agent's RemoteAddr = %s, want the visitor's %s", got, want.Remote)
+	}
+	if err := ast.Accept(); err != nil {
+		t.Fatalf("Accept: %v", err)
+	}
+	o := <-openc
+	if o.err != nil {
+		t.Fatalf("OpenStream: %v", o.err)
+	}
+	rst := o.st
+	defer rst.Close()
+
+	// Relay → agent, then the relay half-closes.
+	if _, err := rst.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	if err := rst.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(ast)
+	if err != nil || string(got) != "request" {
+		t.Fatalf("agent read %q, %v; want %q, EOF", got, err, "request")
+	}
+	// The agent still answers after the relay's EOF.
+	if _, err := ast.Write([]byte("response")); err != nil {
+		t.Fatalf("agent write after the peer's CloseWrite: %v", err)
+	}
+	ast.CloseWrite()
+	got, err = io.ReadAll(rst)
+	if err != nil || string(got) != "response" {
+		t.Fatalf("relay read %q, %v; want %q, EOF", got, err, "response")
+	}
+	// Writing after CloseWrite fails like a TCP socket after shutdown.
+	if _, err := rst.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("write after CloseWrite: err = %v, want net.ErrClosed", err)
+	}
+}
+
+// TestOpenStreamRefused checks that the agent's Refuse reaches the relay as
+// a *proto.Error from OpenStream, matching its sentinel with errors.Is.
+func TestOpenStreamRefused(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	errc := make(chan error, 1)
+	go func() {
+		st, err := tunnel.OpenStream(ctx, relay, &proto.StreamHeader{Name: "demo"})
+		if st != nil {
+			st.Close()
+		}
+		errc <- err
+	}()
+	ys, err := agent.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ast, _, err := tunnel.AcceptStream(ctx, ys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ast.Refuse(proto.Errorf(proto.CodeLocalDial, "dial 127.0.0.1:8080: connection refused")); err != nil {
+		t.Fatalf("Refuse: %v", err)
+	}
+	err = <-errc
+	var perr *proto.Error
+	if !errors.As(err, &perr) {
+		t.Fatalf("OpenStream err = %v (%T), want a *proto.Error", err, err)
+	}
+	if !errors.Is(err, proto.ErrLocalDial) {
+		t.Errorf("errors.Is(%v, ErrLocalDial) = false", err)
+	}
+	if perr.Message != "dial 127.0.0.1:8080: connection refused" {
+		t.Errorf("message = %q", perr.Message)
+	}
+	// Refuse closed the agent's end.
+	if _, err := ast.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("write after Refuse: err = %v, want net.ErrClosed", err)
+	}
+}
+
+// TestOpenStreamDeadline checks that OpenStream gives up when ctx expires
+// while the agent accepted the stream but never answers, and says so with
+// context.DeadlineExceeded.
+func TestOpenStreamDeadline(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+
+	start := time.Now()
+	st, err := tunnel.OpenStream(ctx, relay, &proto.StreamHeader{Name: "demo"})
+	if err == nil {
+		st.Close()
+		t.Fatal("OpenStream succeeded without a reply")
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("err = %v, want context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("OpenStream returned after %v, long past its 200ms deadline", d)
+	}
+	// The silent agent did receive the stream; the session is still usable.
+	ys, err := agent.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ys.Close()
+	if relay.IsClosed() {
+		t.Error("a stream timeout closed the whole session")
+	}
+}
+
+// TestOpenStreamCancel checks that cancelling ctx interrupts an OpenStream
+// that is waiting for the reply.
+func TestOpenStreamCancel(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	errc := make(chan error, 1)
+	go func() {
+		st, err := tunnel.OpenStream(ctx, relay, &proto.StreamHeader{Name: "demo"})
+		if st != nil {
+			st.Close()
+		}
+		errc <- err
+	}()
+	// Wait until the header has arrived, so OpenStream is waiting for the reply.
+	ys, err := agent.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ys.Close()
+	if _, err := proto.ReadAs[*proto.StreamHeader](ys); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v, want context.Canceled", err)
+	}
+}
+
+// TestAcceptStreamDeadline checks that the agent's AcceptStream does not wait
+// forever for a header that never comes.
+func TestAcceptStreamDeadline(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	opened, accepted := rawStreamPair(t, relay, agent)
+	defer opened.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, _, err := tunnel.AcceptStream(ctx, accepted); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("err = %v, want context.DeadlineExceeded", err)
+	}
+}
+
+// TestAcceptStreamWrongFrame checks that a data stream must start with a
+// StreamHeader.
+func TestAcceptStreamWrongFrame(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	opened, accepted := rawStreamPair(t, relay, agent)
+	defer opened.Close()
+	if err := proto.WriteMessage(opened, &proto.Hello{Version: proto.Version}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, _, err := tunnel.AcceptStream(ctx, accepted); err == nil {
+		t.Error("AcceptStream accepted a stream that began with a Hello")
+	}
+}
+
+// TestStreamCloseUnblocks checks that Close wakes a Read blocked on an idle
+// stream and that it then reports net.ErrClosed.
+func TestStreamCloseUnblocks(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	opened, accepted := rawStreamPair(t, relay, agent)
+	defer accepted.Close()
+	st := tunnel.NewStream(opened, nil)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := st.Read(make([]byte, 1))
+		errc <- err
+	}()
+	st.Close()
+	if err := <-errc; !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Read after Close: err = %v, want net.ErrClosed", err)
+	}
+	if err := st.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
