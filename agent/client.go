@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -74,9 +75,12 @@ func isPermanent(err error) bool {
 		case http.StatusRequestTimeout, http.StatusTooManyRequests:
 			return false
 		}
-		return uerr.Status >= 400 && uerr.Status < 500
+		// 3xx: the URL is wrong (e.g. http:// for an https relay).
+		return uerr.Status >= 300 && uerr.Status < 500
 	}
-	return false
+	// The relay's certificate cannot be trusted: retrying will not change it.
+	var verr *tls.CertificateVerificationError
+	return errors.As(err, &verr)
 }
 
 // run connects and reconnects until ctx is done or a permanent error. online,

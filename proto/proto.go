@@ -130,11 +130,15 @@ type Welcome struct {
 type Granted struct {
 	Name string `json:"name"`
 	URL  string `json:"url"` // e.g. "http://demo.localhost:8000"
+	// CertPending: the relay is obtaining the name's certificate; a Notice
+	// cert-ready or cert-failed follows.
+	CertPending bool `json:"cert_pending,omitempty"`
 }
 
 // Notice is an informational message from the relay on the control stream.
 type Notice struct {
 	Kind    NoticeKind `json:"kind"`
+	Name    string     `json:"name,omitempty"` // the tunnel it concerns, if any
 	Message string     `json:"message,omitempty"`
 }
 
@@ -146,6 +150,11 @@ const (
 	// NoticeDraining: the relay is shutting down; in-flight requests finish,
 	// then the session closes and the agent should reconnect.
 	NoticeDraining NoticeKind = "draining"
+	// NoticeCertReady: the certificate for Name is ready; its https URL works.
+	NoticeCertReady NoticeKind = "cert-ready"
+	// NoticeCertFailed: the CA did not issue Name's certificate; Message
+	// says why. The relay tries again after a cool-down.
+	NoticeCertFailed NoticeKind = "cert-failed"
 )
 
 // Goodbye tells the relay to release the agent's names now instead of holding

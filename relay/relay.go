@@ -6,6 +6,7 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -16,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/crypto/acme"
 
 	"github.com/tunnel-dev/tunnel/proto"
 )
@@ -44,7 +47,26 @@ type Config struct {
 	OpenTimeout time.Duration
 	// Logger receives the relay's logs. Default slog.Default().
 	Logger *slog.Logger
+
+	// TLSCertFile and TLSKeyFile name a certificate and its key, e.g. a
+	// wildcard for *.Domain from a DNS-01 client. It serves the names it
+	// covers and is reloaded when the files change.
+	TLSCertFile, TLSKeyFile string
+	// ACME, if not nil, obtains certificates for the names the files do not
+	// cover. With neither ACME nor files the relay serves plain HTTP.
+	ACME *ACMEConfig
+	// StateDir keeps ACME account keys and certificates (directory 0700,
+	// files 0600). Required with ACME.
+	StateDir string
+	// HTTPAddr is Run's second listener in TLS mode: ACME HTTP-01 challenges
+	// and redirects to https. Empty means none.
+	HTTPAddr string
+	// HSTS adds Strict-Transport-Security to every response over TLS.
+	HSTS bool
 }
+
+// tlsOn reports whether the relay serves TLS.
+func (c *Config) tlsOn() bool { return c.ACME != nil || c.TLSCertFile != "" || c.TLSKeyFile != "" }
 
 func (c *Config) setDefaults() error {
 	c.Domain = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(c.Domain)), ".")
@@ -55,9 +77,13 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("relay: domain %q must be a bare host name such as example.com, without scheme or port", c.Domain)
 	}
 	if c.Addr == "" {
-		c.Addr = ":80"
-		if c.Domain == "localhost" {
+		switch {
+		case c.tlsOn():
+			c.Addr = ":443"
+		case c.Domain == "localhost":
 			c.Addr = "127.0.0.1:8000"
+		default:
+			c.Addr = ":80"
 		}
 	}
 	if c.Grace == 0 {
@@ -78,9 +104,10 @@ func (c *Config) setDefaults() error {
 // Server is a relay. It is an http.Handler for the public port; Serve runs it
 // on a listener with suitable server settings.
 type Server struct {
-	cfg Config
-	log *slog.Logger
-	reg *registry
+	cfg   Config
+	log   *slog.Logger
+	reg   *registry
+	certs *certs // nil in plain-HTTP mode
 
 	draining atomic.Bool
 
@@ -97,6 +124,7 @@ type Server struct {
 	hijackClosed bool
 
 	sessWG sync.WaitGroup // one per agent session
+	bgWG   sync.WaitGroup // certificate fetches
 	reqWG  sync.WaitGroup // one per proxied request, including upgraded ones
 }
 
@@ -105,7 +133,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	return &Server{
+	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,
 		reg:      newRegistry(cfg.Grace),
@@ -113,8 +141,36 @@ func New(cfg Config) (*Server, error) {
 		sessions: make(map[*agentSession]struct{}),
 		hijacked: make(map[net.Conn]struct{}),
 		fresh:    make(map[net.Conn]struct{}),
-	}, nil
+	}
+	if cfg.tlsOn() {
+		c, err := newCerts(&s.cfg, s.reg)
+		if err != nil {
+			return nil, err
+		}
+		s.certs = c
+		if c.needsACME(cfg.Domain) {
+			s.fetchCert(cfg.Domain, nil)
+		}
+	}
+	return s, nil
 }
+
+// fetchCert obtains name's certificate in the background and calls done, if
+// not nil, with the result.
+func (s *Server) fetchCert(name string, done func(error)) {
+	s.bgWG.Go(func() {
+		err := s.certs.prefetch(name)
+		if err == nil {
+			s.log.Info("certificate ready", "name", name)
+		}
+		if done != nil {
+			done(err)
+		}
+	})
+}
+
+// TLS reports whether the relay serves HTTPS.
+func (s *Server) TLS() bool { return s.certs != nil }
 
 // Domain returns the apex domain the relay serves.
 func (s *Server) Domain() string { return s.cfg.Domain }
@@ -123,6 +179,19 @@ func (s *Server) Domain() string { return s.cfg.Domain }
 // the relay's own pages and the agents' connect endpoint.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	host := canonicalHost(r.Host)
+	if r.TLS != nil {
+		// A browser may reuse one TLS connection for several names (HTTP/2
+		// coalescing with a wildcard certificate). Send it to a connection
+		// of its own, so one tunnel's connection never carries another's.
+		if sni := strings.TrimSuffix(strings.ToLower(r.TLS.ServerName), "."); sni != "" && sni != host {
+			writePage(w, r, http.StatusMisdirectedRequest, "Misdirected request",
+				fmt.Sprintf("This connection was opened for %s, not %s; retry on a new connection.", sni, host))
+			return
+		}
+		if s.cfg.HSTS {
+			w.Header().Set("Strict-Transport-Security", "max-age=31536000")
+		}
+	}
 	if name, ok := strings.CutSuffix(host, "."+s.cfg.Domain); ok {
 		if strings.Contains(name, ".") {
 			writePage(w, r, http.StatusNotFound, "No such tunnel",
@@ -165,11 +234,26 @@ func canonicalHost(hostport string) string {
 	return strings.TrimSuffix(strings.ToLower(host), ".")
 }
 
-// Serve accepts connections on ln until Shutdown or Close. It returns nil
-// after a shutdown.
+// Serve accepts visitors and agents on ln until Shutdown or Close: HTTPS
+// when the relay has certificates, plain HTTP otherwise. It returns nil after
+// a shutdown.
 func (s *Server) Serve(ln net.Listener) error {
+	return s.serve(ln, s, s.certs != nil)
+}
+
+// ServeRedirect serves the port-80 listener of a TLS relay: ACME HTTP-01
+// challenges, and a redirect to https for everything else.
+func (s *Server) ServeRedirect(ln net.Listener) error {
+	if s.certs == nil {
+		ln.Close()
+		return errors.New("relay: ServeRedirect needs TLS: the relay serves plain HTTP on its main listener")
+	}
+	return s.serve(ln, s.certs.httpHandler(), false)
+}
+
+func (s *Server) serve(ln net.Listener, h http.Handler, useTLS bool) error {
 	hs := &http.Server{
-		Handler:           s,
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -184,7 +268,18 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.servers[hs] = struct{}{}
 	s.mu.Unlock()
-	err := hs.Serve(ln)
+	var err error
+	if useTLS {
+		hs.TLSConfig = &tls.Config{
+			GetCertificate: s.certs.GetCertificate,
+			// acme-tls/1 lets the CA validate TLS-ALPN-01 on this port.
+			NextProtos: []string{"h2", "http/1.1", acme.ALPNProto},
+			MinVersion: tls.VersionTLS12,
+		}
+		err = hs.ServeTLS(ln, "", "")
+	} else {
+		err = hs.Serve(ln)
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -290,6 +385,7 @@ func (s *Server) closeAll() {
 		as.close()
 	}
 	s.sessWG.Wait()
+	s.bgWG.Wait()
 	s.reg.stop()
 }
 
@@ -319,15 +415,31 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	if err != nil {
 		return fmt.Errorf("relay: listen on %s: %w", s.cfg.Addr, err)
 	}
-	s.log.Info("relay listening", "addr", ln.Addr().String(), "domain", s.cfg.Domain)
+	var httpLn net.Listener
+	if s.certs != nil && s.cfg.HTTPAddr != "" {
+		if httpLn, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("relay: listen on %s (ACME HTTP-01 and redirects; empty --http-addr turns it off): %w", s.cfg.HTTPAddr, err)
+		}
+		s.log.Info("relay redirecting to https", "addr", httpLn.Addr().String())
+	}
+	s.log.Info("relay listening", "addr", ln.Addr().String(), "domain", s.cfg.Domain, "tls", s.certs != nil)
 	if ready != nil {
 		ready(ln.Addr())
 	}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
+	n := 1
 	go func() { errc <- s.Serve(ln) }()
+	if httpLn != nil {
+		n++
+		go func() { errc <- s.ServeRedirect(httpLn) }()
+	}
 	select {
 	case err := <-errc:
 		s.Close()
+		for range n - 1 {
+			<-errc
+		}
 		return err
 	case <-ctx.Done():
 	}
@@ -337,7 +449,9 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	if err := s.Shutdown(sctx); err != nil {
 		s.log.Warn("drain deadline passed; closed remaining connections", "err", err)
 	}
-	<-errc
+	for range n {
+		<-errc
+	}
 	s.log.Info("relay stopped")
 	return nil
 }

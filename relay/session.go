@@ -163,7 +163,9 @@ func (as *agentSession) handshake(scheme, port string) error {
 			u += ":" + port
 		}
 		as.urls[n] = u
-		welcome.Tunnels = append(welcome.Tunnels, proto.Granted{Name: n, URL: u})
+		g := proto.Granted{Name: n, URL: u}
+		g.CertPending = as.srv.certs != nil && as.srv.certs.needsACME(n+"."+as.srv.cfg.Domain)
+		welcome.Tunnels = append(welcome.Tunnels, g)
 	}
 	as.setupProxy()
 	if err := proto.WriteMessage(ys, welcome); err != nil {
@@ -171,6 +173,17 @@ func (as *agentSession) handshake(scheme, port string) error {
 		return fmt.Errorf("write welcome: %w", err)
 	}
 	ys.SetDeadline(time.Time{})
+	for _, g := range welcome.Tunnels {
+		if g.CertPending {
+			as.srv.fetchCert(g.Name+"."+as.srv.cfg.Domain, func(err error) {
+				if err != nil {
+					as.notify(&proto.Notice{Kind: proto.NoticeCertFailed, Name: g.Name, Message: err.Error()})
+				} else {
+					as.notify(&proto.Notice{Kind: proto.NoticeCertReady, Name: g.Name})
+				}
+			})
+		}
+	}
 	as.log = as.log.With("names", strings.Join(names, ","))
 	as.log.Info("tunnel online", "urls", strings.Join(sortedValues(as.urls), " "))
 	return nil

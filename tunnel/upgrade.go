@@ -109,6 +109,10 @@ func handshake(ctx context.Context, conn net.Conn, relayURL *url.URL, opts DialO
 		cfg.NextProtos = []string{"http/1.1"}
 		tc := tls.Client(conn, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
+			var verr *tls.CertificateVerificationError
+			if errors.As(err, &verr) {
+				return conn, fmt.Errorf("relay certificate not trusted (%w); for a private CA pass its certificate with --ca-file", err)
+			}
 			return conn, fmt.Errorf("TLS handshake with relay: %w", ctxErr(ctx, err))
 		}
 		conn = tc
@@ -141,6 +145,9 @@ func handshake(ctx context.Context, conn net.Conn, relayURL *url.URL, opts DialO
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		resp.Body.Close()
 		reason := strings.TrimSpace(strings.SplitN(string(body), "\n", 2)[0])
+		if loc := resp.Header.Get("Location"); resp.StatusCode/100 == 3 && loc != "" {
+			reason = "redirected to " + loc + "; use that scheme and host in the relay URL"
+		}
 		return conn, &UpgradeError{Status: resp.StatusCode, Reason: reason}
 	}
 	if !strings.EqualFold(resp.Header.Get("Upgrade"), proto.UpgradeProtocol) {
