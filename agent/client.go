@@ -40,6 +40,11 @@ type client struct {
 	// secret that proves they are ours.
 	secret string
 	names  []string
+
+	// failFirst makes run return the first attempt's error, whatever it is,
+	// instead of retrying (Listen reports it to its caller).
+	failFirst bool
+	draining  bool // the relay announced a shutdown during this session
 }
 
 func newClient(cfg Config, u *url.URL, handle func(context.Context, *tunnel.Stream, int)) *client {
@@ -95,6 +100,9 @@ func (c *client) run(ctx context.Context, online func([]proto.Granted)) error {
 		}
 		if isPermanent(err) {
 			return &PermanentError{Err: err}
+		}
+		if c.failFirst && !connected && attempt == 1 {
+			return err
 		}
 		if connected {
 			if time.Since(start) >= livedLongEnough {
@@ -212,7 +220,11 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 	cancel()
 	sess.Close()
 	wg.Wait()
-	return true, errors.New("connection to relay lost")
+	if c.draining {
+		c.draining = false
+		return true, errors.New("relay shut down or restarted")
+	}
+	return true, errors.New("connection to relay lost (closed, or no answer to keepalives within 20 s)")
 }
 
 // readControl handles the relay's messages on the control stream until it
@@ -227,6 +239,9 @@ func (c *client) readControl(ctrl net.Conn) {
 		case *proto.Event:
 			c.emit(Event{Kind: EventRequest, Request: m})
 		case *proto.Notice:
+			if m.Kind == proto.NoticeDraining {
+				c.draining = true
+			}
 			c.log.Info("relay notice", "kind", string(m.Kind), "message", m.Message)
 			c.emit(Event{Kind: EventNotice, Notice: m})
 		default:
@@ -276,6 +291,14 @@ func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, local strin
 		lc.Close()
 		return
 	}
+	// When the session ends, a lost relay reads as EOF on the stream and
+	// Join would wait for the local server to close its side, which a
+	// long-poll or a handler that ignores its context never does.
+	stop := context.AfterFunc(ctx, func() {
+		st.Close()
+		lc.Close()
+	})
+	defer stop()
 	if err := tunnel.Join(st, lc, nil); err != nil {
 		cfg.Logger.Debug("stream ended with error", "local", local, "err", err)
 	}

@@ -23,8 +23,9 @@ type Listener struct {
 }
 
 // Listen claims a public name on the relay and returns a Listener for it. It
-// returns once the relay granted the name, or with the error that prevented
-// it; ctx bounds only this first connection. cfg.Tunnels may hold one Tunnel
+// returns once the relay granted the name, or with the error of that first
+// attempt (it does not retry it); ctx bounds only this first connection.
+// Later outages are retried in the background. cfg.Tunnels may hold one Tunnel
 // (its Local is ignored) or none for a random name.
 func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	if len(cfg.Tunnels) > 1 {
@@ -50,10 +51,13 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 			st.Close()
 		}
 	})
+	c.failFirst = true
 	ready := make(chan []proto.Granted, 1)
 	go func() {
 		defer close(l.done)
 		l.err = c.run(runCtx, func(g []proto.Granted) {
+			// From now on, outages are retried like Run does.
+			c.failFirst = false
 			select {
 			case ready <- g:
 			default:

@@ -213,6 +213,15 @@ type localServer struct {
 	addr  string
 	srv   *http.Server
 	conns atomic.Int64 // TCP connections accepted
+
+	mu    sync.Mutex
+	paths []string // request paths seen by the catch-all handler
+}
+
+func (ls *localServer) seen() string {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return strings.Join(ls.paths, " ")
 }
 
 func startLocal(t testing.TB) *localServer {
@@ -264,6 +273,9 @@ func startLocal(t testing.TB) *localServer {
 		io.Copy(w, io.LimitReader(newPattern(), n))
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		ls.mu.Lock()
+		ls.paths = append(ls.paths, r.URL.Path)
+		ls.mu.Unlock()
 		fmt.Fprintf(w, "%s %s", r.Method, r.URL.RequestURI())
 	})
 	ls.srv = &http.Server{
@@ -333,4 +345,3 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-var _ sync.Mutex

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/http/httputil"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,15 +37,18 @@ func (as *agentSession) setupProxy() {
 	as.tr = &http.Transport{
 		Proxy: nil, // never an outbound proxy: every dial is a stream to the agent
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			name, _, err := net.SplitHostPort(addr)
+			host, _, err := net.SplitHostPort(addr)
 			if err != nil {
 				return nil, err
 			}
+			name, _, _ := strings.Cut(host, ".")
 			return as.openStream(ctx, name)
 		},
-		MaxIdleConns:        0,
-		MaxIdleConnsPerHost: 32,
-		IdleConnTimeout:     90 * time.Second,
+		// Idle streams hold stream slots: keep them well below MaxStreams
+		// in total, whatever the number of names and visitors.
+		MaxIdleConns:        32,
+		MaxIdleConnsPerHost: 8,
+		IdleConnTimeout:     60 * time.Second,
 		// The visitor's Accept-Encoding goes through untouched and the
 		// response comes back as the local server sent it.
 		DisableCompression: true,
@@ -54,7 +58,7 @@ func (as *agentSession) setupProxy() {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			v, _ := pr.In.Context().Value(visitorKey{}).(visitorInfo)
 			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = v.name
+			pr.Out.URL.Host = poolKey(v.name, pr.In.RemoteAddr)
 			// The local server sees the public host name it is served under.
 			pr.Out.Host = pr.In.Host
 			// Rewrite mode has already removed the visitor's own
@@ -72,6 +76,18 @@ func (as *agentSession) setupProxy() {
 		ErrorHandler: as.srv.proxyError,
 		ErrorLog:     log.New(errorLogWriter{as.log}, "", 0),
 	}
+}
+
+// poolKey is the transport's host for a request: the tunnel name, then the
+// visitor's address. Keep-alive streams are thus reused only by the visitor
+// connection that opened them, so the StreamHeader's visitor address (which
+// agent.Listen reports as RemoteAddr) stays true for every request on it.
+func poolKey(name, remote string) string {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return name
+	}
+	return fmt.Sprintf("%s.%x-%x", name, ap.Addr().AsSlice(), ap.Port())
 }
 
 type proxyBuffers struct{}
@@ -129,8 +145,8 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 			Name:      name,
 			Time:      start,
 			Remote:    r.RemoteAddr,
-			Method:    r.Method,
-			Path:      r.URL.RequestURI(),
+			Method:    truncate(r.Method, 32),
+			Path:      truncate(r.URL.RequestURI(), maxEventPath),
 			Status:    rec.status,
 			Duration:  time.Since(start),
 			BytesIn:   in.n.Load(),
@@ -142,6 +158,17 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 		}
 		as.notify(ev)
 	}
+}
+
+// maxEventPath bounds the path in an Event, so that a visitor's long URL
+// (up to 64 KiB of headers) cannot make the message exceed MaxMessageSize.
+const maxEventPath = 1024
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 // beginRequest registers an in-flight request, unless shutdown has reached

@@ -27,9 +27,11 @@ const helloTimeout = 10 * time.Second
 // agentSession is one connected agent: its yamux session, the names it holds
 // and the reverse proxy that reaches it.
 type agentSession struct {
-	srv    *Server
-	sess   *yamux.Session
-	log    *slog.Logger
+	srv  *Server
+	sess *yamux.Session
+	log  *slog.Logger // never reassigned: other goroutines use it
+	// nlog adds the granted names; only the session's own goroutine uses it.
+	nlog   *slog.Logger
 	remote string
 	secret string
 	names  []string
@@ -55,11 +57,10 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, tunnel.ErrNotUpgrade.Error(), http.StatusUpgradeRequired)
 		return
 	}
-	if s.draining.Load() {
+	if !s.beginSession() {
 		http.Error(w, "relay is shutting down; retry shortly", http.StatusServiceUnavailable)
 		return
 	}
-	s.sessWG.Add(1)
 	defer s.sessWG.Done()
 	conn, err := tunnel.AcceptControl(w, r)
 	if err != nil {
@@ -98,6 +99,19 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	as.serve()
+}
+
+// beginSession counts a new agent session, unless the relay is shutting
+// down. The check and the Add are under s.mu, which closeAll also takes
+// before it waits, so no Add can race with the Wait.
+func (s *Server) beginSession() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining.Load() || s.hijackClosed {
+		return false
+	}
+	s.sessWG.Add(1)
+	return true
 }
 
 func (s *Server) addSession(as *agentSession) bool {
@@ -147,6 +161,9 @@ func (as *agentSession) handshake(scheme, port string) error {
 	}
 	as.secret = secret
 	as.events = hello.Events
+	// Everything a request may touch is ready before claim makes the session
+	// visible to visitors.
+	as.setupProxy()
 	names, replaced, err := as.srv.reg.claim(as, hello.Tunnels, secret)
 	if err != nil {
 		return err
@@ -167,9 +184,10 @@ func (as *agentSession) handshake(scheme, port string) error {
 		g.CertPending = as.srv.certs != nil && as.srv.certs.needsACME(n+"."+as.srv.cfg.Domain)
 		welcome.Tunnels = append(welcome.Tunnels, g)
 	}
-	as.setupProxy()
 	if err := proto.WriteMessage(ys, welcome); err != nil {
-		as.srv.reg.release(as, names, false)
+		// Hold the names: the agent's old session may already be closed,
+		// and the agent will retry with the same secret.
+		as.srv.reg.release(as, names, true)
 		return fmt.Errorf("write welcome: %w", err)
 	}
 	ys.SetDeadline(time.Time{})
@@ -184,8 +202,8 @@ func (as *agentSession) handshake(scheme, port string) error {
 			})
 		}
 	}
-	as.log = as.log.With("names", strings.Join(names, ","))
-	as.log.Info("tunnel online", "urls", strings.Join(sortedValues(as.urls), " "))
+	as.nlog = as.log.With("names", strings.Join(names, ","))
+	as.nlog.Info("tunnel online", "urls", strings.Join(sortedValues(as.urls), " "))
 	return nil
 }
 
@@ -240,9 +258,9 @@ func (as *agentSession) serve() {
 	hold := !as.goodbye.Load()
 	as.srv.reg.release(as, as.names, hold)
 	if hold {
-		as.log.Info("tunnel offline; names held for reconnect", "grace", as.srv.cfg.Grace.String())
+		as.nlog.Info("tunnel offline; names held for reconnect", "grace", as.srv.cfg.Grace.String())
 	} else {
-		as.log.Info("tunnel closed by agent; names released")
+		as.nlog.Info("tunnel closed by agent; names released")
 	}
 }
 
@@ -280,6 +298,11 @@ func (as *agentSession) writeControl() {
 		case m := <-as.out:
 			as.ctrl.SetWriteDeadline(time.Now().Add(tunnel.WriteTimeout))
 			if err := proto.WriteMessage(as.ctrl, m); err != nil {
+				if errors.Is(err, proto.ErrTooLarge) {
+					// Nothing was written; the message is lost, not the session.
+					as.log.Debug("dropped oversized control message", "type", m.Type().String())
+					continue
+				}
 				as.close()
 				return
 			}

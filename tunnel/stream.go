@@ -160,7 +160,7 @@ func (c *Stream) SetWriteDeadline(t time.Time) error {
 // The caller must bound the number of concurrent calls per session below
 // MaxStreams, so that yamux never blocks on its SYN backlog.
 func OpenStream(ctx context.Context, sess *yamux.Session, hdr *proto.StreamHeader) (*Stream, error) {
-	ys, err := sess.OpenStream()
+	ys, err := openYamux(ctx, sess)
 	if err != nil {
 		return nil, fmt.Errorf("open stream: %w", err)
 	}
@@ -184,6 +184,35 @@ func OpenStream(ctx context.Context, sess *yamux.Session, hdr *proto.StreamHeade
 		return nil, fmt.Errorf("open stream: %w", ctxErr(ctx, err))
 	}
 	return st, nil
+}
+
+// openYamux opens a yamux stream within ctx. yamux's OpenStream has no
+// context and blocks while its SYN backlog is full, which a stalled agent can
+// cause even under the caller's cap: a stream closed before the agent
+// acknowledged it keeps its backlog credit until the agent answers. If ctx
+// ends first, the stream is closed as soon as yamux hands it over; the
+// goroutine ends then, or when the session closes.
+func openYamux(ctx context.Context, sess *yamux.Session) (*yamux.Stream, error) {
+	type result struct {
+		s   *yamux.Stream
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		s, err := sess.OpenStream()
+		ch <- result{s, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.s, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.s != nil {
+				r.s.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
 }
 
 // AcceptStream reads the header of a stream the relay opened, within ctx.

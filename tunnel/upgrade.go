@@ -28,7 +28,17 @@ type UpgradeError struct {
 }
 
 func (e *UpgradeError) Error() string {
-	return fmt.Sprintf("relay refused the connection: %d %s: %s", e.Status, http.StatusText(e.Status), e.Reason)
+	msg := fmt.Sprintf("relay refused the connection: %d %s", e.Status, http.StatusText(e.Status))
+	if e.Reason != "" && !strings.HasPrefix(e.Reason, "<") { // not an HTML page
+		msg += ": " + e.Reason
+	}
+	switch e.Status {
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		msg += " (is the relay URL that of a tunnel relay?)"
+	case http.StatusUpgradeRequired, http.StatusBadRequest:
+		msg += " (a proxy in front of the relay must pass the Connection and Upgrade headers)"
+	}
+	return msg
 }
 
 // DialOptions configures DialControl. The zero value dials with net.Dialer
