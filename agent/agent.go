@@ -76,6 +76,14 @@ const (
 	EventNotice
 )
 
+// Notice kinds a relay sends (Event.Notice.Kind), re-exported so that users
+// of this package need not import proto.
+const (
+	NoticeDraining   = proto.NoticeDraining
+	NoticeCertReady  = proto.NoticeCertReady
+	NoticeCertFailed = proto.NoticeCertFailed
+)
+
 // Event is a change of state or a request, for display.
 type Event struct {
 	Kind    EventKind

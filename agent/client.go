@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -181,7 +182,11 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 	for i, g := range welcome.Tunnels {
 		c.names[i] = g.Name
 	}
-	c.log.Info("tunnel online", "tunnels", fmt.Sprint(welcome.Tunnels))
+	urls := make([]string, len(welcome.Tunnels))
+	for i, g := range welcome.Tunnels {
+		urls[i] = g.URL
+	}
+	c.log.Info("tunnel online", "urls", strings.Join(urls, " "))
 	if online != nil {
 		online(welcome.Tunnels)
 	}

@@ -114,7 +114,8 @@ func (c *certs) known(name string) bool {
 }
 
 func (c *certs) policy(_ context.Context, host string) error {
-	if !c.known(host) {
+	// autocert's HTTP-01 handler passes the Host header, port included.
+	if !c.known(canonicalHost(host)) {
 		return fmt.Errorf("no tunnel is named %s here", host)
 	}
 	return nil

@@ -110,6 +110,7 @@ type Server struct {
 	certs *certs // nil in plain-HTTP mode
 
 	draining atomic.Bool
+	apexOnce sync.Once
 
 	mu       sync.Mutex
 	closed   bool
@@ -148,9 +149,6 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 		s.certs = c
-		if c.needsACME(cfg.Domain) {
-			s.fetchCert(cfg.Domain, nil)
-		}
 	}
 	return s, nil
 }
@@ -238,6 +236,15 @@ func canonicalHost(hostport string) string {
 // when the relay has certificates, plain HTTP otherwise. It returns nil after
 // a shutdown.
 func (s *Server) Serve(ln net.Listener) error {
+	if s.certs != nil {
+		// Fetch the apex certificate once the relay accepts connections:
+		// the CA's TLS-ALPN-01 validation needs a listener to answer it.
+		s.apexOnce.Do(func() {
+			if s.certs.needsACME(s.cfg.Domain) {
+				s.fetchCert(s.cfg.Domain, nil)
+			}
+		})
+	}
 	return s.serve(ln, s, s.certs != nil)
 }
 

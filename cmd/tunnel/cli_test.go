@@ -147,6 +147,9 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"expose", "-p", "0"}, 2, `tunnel: invalid argument "0" for "-p, --port" flag: want a TCP port from 1 to 65535`},
 		{[]string{"expos"}, 2, `tunnel: unknown command "expos"; did you mean "expose"?`},
 		{[]string{"relay"}, 2, "tunnel: no domain: pass --domain (the apex your wildcard DNS points at, or localhost) or set TUNNEL_DOMAIN"},
+		{[]string{"relay", "--domain", "example.com"}, 2, "tunnel: choose how to serve example.com: --acme-accept-tos [--acme-email you@example.com] for automatic certificates, --tls-cert/--tls-key for your own, or --plain for HTTP only"},
+		{[]string{"relay", "--domain", "example.com", "--plain", "--acme-accept-tos"}, 2, "tunnel: --plain serves HTTP only and cannot go with --acme-accept-tos: drop one or the other"},
+		{[]string{"expose", "-p", "8080", "--ca-file", "/nonexistent/ca.pem"}, 2, "tunnel: --ca-file: open /nonexistent/ca.pem: no such file or directory"},
 		{[]string{"version"}, 0, ""},
 	} {
 		p := startTunnel(t, tt.args[0], []string{"TUNNEL_DOMAIN="}, tt.args...)

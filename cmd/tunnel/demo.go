@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -26,6 +27,13 @@ type DemoOptions struct {
 
 	Addr string // the relay's listen address
 	Name string // the tunnel's name
+
+	TLSCert, TLSKey string // with these, the relay serves HTTPS on Addr
+	CAFile          string // extra roots the agent trusts for the relay
+
+	// TLSConfig is what the agent trusts: the system roots and CAFile's;
+	// nil without --ca-file.
+	TLSConfig *tls.Config
 }
 
 // NewCmdDemo returns `tunnel demo`. runF, if not nil, replaces running the
@@ -33,14 +41,33 @@ type DemoOptions struct {
 func NewCmdDemo(f *Factory, runF func(*DemoOptions) error) *cobra.Command {
 	opts := &DemoOptions{IO: f.IO, Logger: f.Logger}
 	cmd := &cobra.Command{
-		Use:   "demo [--addr HOST:PORT] [-s NAME]",
+		Use:   "demo [--addr HOST:PORT] [-s NAME] [--tls-cert FILE --tls-key FILE [--ca-file FILE]]",
 		Short: "Run a relay, an agent and a WebSocket echo page in one process",
 		Long: `Start a relay for *.localhost, a small local web app with a WebSocket echo
 server, and an agent that exposes the app through the relay; then print the
 app's public URL. Open it in a browser to watch a WebSocket go through the
-tunnel. Ctrl-C stops everything.`,
+tunnel. Ctrl-C stops everything.
+
+With --tls-cert and --tls-key (a certificate for localhost and *.localhost)
+the relay serves HTTPS and the page uses wss; --ca-file names the CA that
+issued it, if the system does not trust it already.`,
+		Example: `  tunnel demo
+  tunnel demo --tls-cert localhost.pem --tls-key localhost-key.pem --ca-file ca.pem`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if (opts.TLSCert == "") != (opts.TLSKey == "") {
+				return usageErrorf(cmd, "--tls-cert and --tls-key go together: pass both, the certificate chain and its private key")
+			}
+			if opts.CAFile != "" {
+				if opts.TLSCert == "" {
+					return usageErrorf(cmd, "--ca-file is the CA of --tls-cert: pass --tls-cert and --tls-key too, or drop --ca-file")
+				}
+				cfg, err := tlsConfigTrusting(opts.CAFile)
+				if err != nil {
+					return usageErrorf(cmd, "--ca-file: %v", err)
+				}
+				opts.TLSConfig = cfg
+			}
 			if runF != nil {
 				return runF(opts)
 			}
@@ -49,7 +76,10 @@ tunnel. Ctrl-C stops everything.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&opts.Addr, "addr", "127.0.0.1:0", "the relay's listen `address` (port 0 picks a free one)")
-	fl.StringVarP(&opts.Name, "subdomain", "s", "demo", "tunnel `name`: the page is at http://NAME.localhost:PORT")
+	fl.StringVarP(&opts.Name, "subdomain", "s", "demo", "tunnel `name`: the page is at http(s)://NAME.localhost:PORT")
+	fl.StringVar(&opts.TLSCert, "tls-cert", "", "certificate `file` (PEM) for localhost and *.localhost: serve the demo over HTTPS")
+	fl.StringVar(&opts.TLSKey, "tls-key", "", "private key `file` (PEM) of --tls-cert")
+	fl.StringVar(&opts.CAFile, "ca-file", "", "PEM `file` of the CA that issued --tls-cert, if the system does not trust it")
 	return cmd
 }
 
@@ -81,6 +111,9 @@ func demoRun(ctx context.Context, opts *DemoOptions) error {
 			// sockets, which http.Server.Shutdown waits up to 5 s for.
 			DrainTimeout: time.Second,
 			Logger:       opts.Logger,
+			// HTTPS on Addr only: no ACME, no port-80 listener.
+			TLSCertFile: opts.TLSCert,
+			TLSKeyFile:  opts.TLSKey,
 		}, func(addr net.Addr) { ready <- addr })
 		stopAgent()
 		relayDone <- err
@@ -98,12 +131,25 @@ func demoRun(ctx context.Context, opts *DemoOptions) error {
 		}
 		fmt.Fprintln(w, "open it in a browser and send a message; Ctrl-C to stop")
 	})
-	err = agent.Run(agentCtx, agent.Config{
+	cfg := agent.Config{
 		Relay:   "http://" + addr.String(),
 		Tunnels: []agent.Tunnel{{Name: opts.Name, Local: app.addr}},
 		OnEvent: p.onEvent,
 		Logger:  opts.Logger,
-	})
+	}
+	if opts.TLSCert != "" {
+		// The certificate names localhost, not the listener's IP address,
+		// and the relay wants the Host it serves to match the TLS server
+		// name: ask for https://localhost and dial the listener itself.
+		_, port, _ := net.SplitHostPort(addr.String())
+		cfg.Relay = "https://" + net.JoinHostPort("localhost", port)
+		cfg.TLSConfig = opts.TLSConfig
+		cfg.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr.String())
+		}
+	}
+	err = agent.Run(agentCtx, cfg)
 	p.close()
 	stopRelay()
 	return errors.Join(err, <-relayDone)

@@ -15,15 +15,16 @@ import (
 	"github.com/chromedp/chromedp"
 )
 
-// startDemo runs `tunnel demo` and returns it with the page URL it printed
-// and the relay's address.
-func startDemo(t *testing.T) (demo *proc, url, relayAddr string) {
+// startDemo runs `tunnel demo` with extra arguments and returns it with the
+// page URL it printed, which must have the given scheme, and the relay's
+// address.
+func startDemo(t *testing.T, scheme string, extra ...string) (demo *proc, url, relayAddr string) {
 	t.Helper()
-	demo = startTunnel(t, "demo", nil, "demo", "--addr", "127.0.0.1:0")
+	demo = startTunnel(t, "demo", nil, append([]string{"demo", "--addr", "127.0.0.1:0"}, extra...)...)
 	got := demo.stdout.first(t, 2)
-	m := regexp.MustCompile(`^http://demo\.localhost:(\d+)$`).FindStringSubmatch(got[0])
+	m := regexp.MustCompile(`^` + scheme + `://demo\.localhost:(\d+)$`).FindStringSubmatch(got[0])
 	if m == nil {
-		t.Fatalf("demo printed %q first, want http://demo.localhost:PORT", got[0])
+		t.Fatalf("demo printed %q first, want %s://demo.localhost:PORT", got[0], scheme)
 	}
 	if !strings.Contains(got[1], "browser") || !strings.Contains(got[1], "Ctrl-C") {
 		t.Errorf("demo's second line %q should say what to do", got[1])
@@ -43,9 +44,22 @@ func stopDemo(t *testing.T, demo *proc) {
 // TestDemo checks the demo without a browser: the page comes through the
 // relay, the WebSocket at /ws echoes through it, and Ctrl-C exits 0.
 func TestDemo(t *testing.T) {
-	demo, url, relayAddr := startDemo(t)
-	client := viaRelay(t, relayAddr)
+	demo, url, relayAddr := startDemo(t, "http")
+	checkDemo(t, demo, url, viaRelay(t, relayAddr))
+}
 
+// TestDemoTLS checks the demo with a certificate: the page is at https and
+// its WebSocket echoes over wss.
+func TestDemoTLS(t *testing.T) {
+	certs := newTestCerts(t, "localhost", "*.localhost")
+	demo, url, relayAddr := startDemo(t, "https", "--tls-cert", certs.CertFile, "--tls-key", certs.KeyFile, "--ca-file", certs.CAFile)
+	checkDemo(t, demo, url, viaTLSRelay(t, relayAddr, certs, "demo.localhost"))
+}
+
+// checkDemo fetches the page, echoes a message over its WebSocket and stops
+// the demo.
+func checkDemo(t *testing.T, demo *proc, url string, client *http.Client) {
+	t.Helper()
 	status, body := get(t, client, url+"/")
 	if status != http.StatusOK {
 		t.Fatalf("GET %s: status %d", url, status)
@@ -64,11 +78,11 @@ func TestDemo(t *testing.T) {
 
 const chromiumPath = "/usr/bin/chromium"
 
-// TestDemoInBrowser drives the demo page in headless Chromium: it connects
-// its WebSocket through the relay, sends a typed message with the button,
-// and shows the echo; then Ctrl-C stops the demo cleanly while the page is
-// open. Chromium resolves *.localhost itself, so it uses the printed URL as
-// a person would.
+// TestDemoInBrowser drives the demo page in headless Chromium, over plain
+// HTTP and over HTTPS: it connects its WebSocket through the relay, sends a
+// typed message with the button, and shows the echo; then Ctrl-C stops the
+// demo cleanly while the page is open. Chromium resolves *.localhost itself,
+// so it uses the printed URL as a person would.
 func TestDemoInBrowser(t *testing.T) {
 	if _, err := os.Stat(chromiumPath); err != nil {
 		if os.Getenv("CI") != "" {
@@ -76,11 +90,27 @@ func TestDemoInBrowser(t *testing.T) {
 		}
 		t.Skipf("!!! SKIPPING THE BROWSER TEST: %s is missing (apt-get install -y chromium) !!!", chromiumPath)
 	}
-	demo, url, _ := startDemo(t)
+	t.Run("http", func(t *testing.T) {
+		demo, url, _ := startDemo(t, "http")
+		browseDemo(t, demo, url, "demo.png")
+	})
+	t.Run("https", func(t *testing.T) {
+		certs := newTestCerts(t, "localhost", "*.localhost")
+		demo, url, _ := startDemo(t, "https", "--tls-cert", certs.CertFile, "--tls-key", certs.KeyFile, "--ca-file", certs.CAFile)
+		// Chromium trusts this one leaf key and nothing else; the test CA
+		// is not in its trust store.
+		browseDemo(t, demo, url, "demo-https.png", chromedp.Flag("ignore-certificate-errors-spki-list", certs.leafSPKIHash()))
+	})
+}
 
+// browseDemo opens the demo page at url in Chromium, started with extra
+// options, checks the echo, saves a screenshot named shotName and stops the
+// demo.
+func browseDemo(t *testing.T, demo *proc, url, shotName string, extra ...chromedp.ExecAllocatorOption) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	actx, cancelAlloc := chromedp.NewExecAllocator(ctx,
+	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, append([]chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chromiumPath),
 		chromedp.Flag("headless", true),
 		chromedp.Flag("no-sandbox", true),
@@ -91,7 +121,7 @@ func TestDemoInBrowser(t *testing.T) {
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
 		chromedp.UserDataDir(t.TempDir()),
-	)
+	}, extra...)...)
 	defer cancelAlloc()
 	bctx, cancelBrowser := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
 	defer cancelBrowser()
@@ -114,12 +144,22 @@ func TestDemoInBrowser(t *testing.T) {
 	if !strings.Contains(log, "echo: "+msg) {
 		t.Errorf("#log says %q", log)
 	}
+	if strings.HasPrefix(url, "https://") {
+		// The page must have been served securely, not past an error page.
+		secure, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`window.isSecureContext && location.protocol === "https:"`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !secure {
+			t.Error("the page is not a secure https context")
+		}
+	}
 	// Quality 100 makes a PNG; anything less a JPEG.
 	png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatal(err)
 	}
-	shot := filepath.Join(t.ArtifactDir(), "demo.png")
+	shot := filepath.Join(t.ArtifactDir(), shotName)
 	if err := os.WriteFile(shot, png, 0o644); err != nil {
 		t.Fatal(err)
 	}

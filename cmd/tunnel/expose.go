@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -26,6 +30,10 @@ type ExposeOptions struct {
 	LocalHost string // host the local server listens on
 	Name      string // public name to ask for; empty lets the relay pick
 	Relay     string // relay URL: --relay, else $TUNNEL_RELAY, else defaultRelay
+	CAFile    string // extra root certificates to trust for an https relay
+
+	// TLSConfig trusts the system roots and CAFile's; nil without --ca-file.
+	TLSConfig *tls.Config
 }
 
 // NewCmdExpose returns `tunnel expose`. runF, if not nil, replaces running
@@ -38,8 +46,14 @@ func NewCmdExpose(f *Factory, runF func(*ExposeOptions) error) *cobra.Command {
 		Long: `Connect to a relay and forward the traffic for a public name to a local port.
 
 Prints the public URL and its WebSocket form on stdout, then one line per
-request. Reconnects by itself and keeps the URL; Ctrl-C releases the name.`,
+request; with a relay that obtains certificates, once the name's certificate
+is ready. Reconnects by itself and keeps the URL; Ctrl-C releases the name.
+
+An https relay's certificate is verified against the system's roots; for a
+relay whose certificate comes from a private CA, pass that CA's certificate
+with --ca-file.`,
 		Example: `  tunnel expose -p 8080 -s demo --relay https://example.com
+  tunnel expose -p 8080 --relay https://relay.internal --ca-file internal-ca.pem
   TUNNEL_RELAY=http://localhost:8000 tunnel expose -p 3000`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -50,6 +64,13 @@ request. Reconnects by itself and keeps the URL; Ctrl-C releases the name.`,
 			}
 			if !cmd.Flags().Changed("port") {
 				return usageErrorf(cmd, "no local port: pass -p PORT, the port your local server listens on")
+			}
+			if opts.CAFile != "" {
+				cfg, err := tlsConfigTrusting(opts.CAFile)
+				if err != nil {
+					return usageErrorf(cmd, "--ca-file: %v", err)
+				}
+				opts.TLSConfig = cfg
 			}
 			if runF != nil {
 				return runF(opts)
@@ -62,6 +83,7 @@ request. Reconnects by itself and keeps the URL; Ctrl-C releases the name.`,
 	fl.StringVarP(&opts.Name, "subdomain", "s", "", "public `name` to ask for, e.g. demo for demo.<domain> (default: a random name)")
 	fl.StringVar(&opts.LocalHost, "local-host", "localhost", "`host` the local server listens on")
 	fl.StringVar(&opts.Relay, "relay", defaultRelay, "relay `URL` (env TUNNEL_RELAY)")
+	fl.StringVar(&opts.CAFile, "ca-file", "", "PEM `file` of CA certificates to trust for the relay, besides the system's")
 	return cmd
 }
 
@@ -69,11 +91,46 @@ func exposeRun(ctx context.Context, opts *ExposeOptions) error {
 	p := newStatusPrinter(opts.IO, printTunnelURLs)
 	defer p.close()
 	return agent.Run(ctx, agent.Config{
-		Relay:   opts.Relay,
-		Tunnels: []agent.Tunnel{{Name: opts.Name, Local: net.JoinHostPort(opts.LocalHost, strconv.Itoa(opts.Port))}},
-		OnEvent: p.onEvent,
-		Logger:  opts.Logger,
+		Relay:     opts.Relay,
+		Tunnels:   []agent.Tunnel{{Name: opts.Name, Local: net.JoinHostPort(opts.LocalHost, strconv.Itoa(opts.Port))}},
+		TLSConfig: opts.TLSConfig,
+		OnEvent:   p.onEvent,
+		Logger:    opts.Logger,
 	})
+}
+
+// tlsConfigTrusting returns a client TLS configuration that trusts the
+// system's roots and the certificates in the PEM file caFile.
+func tlsConfigTrusting(caFile string) (*tls.Config, error) {
+	data, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	n := 0
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: certificate %d: %v", caFile, n+1, err)
+		}
+		pool.AddCert(cert)
+		n++
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", caFile)
+	}
+	return &tls.Config{RootCAs: pool}, nil
 }
 
 // portFlag is an int flag that accepts only TCP port numbers.

@@ -43,7 +43,7 @@ func newCmdRoot(f *Factory) *cobra.Command {
 		Short: "Expose local HTTP and WebSocket servers through your own relay",
 		Long: `tunnel gives a server on your laptop a public URL on a relay you run.
 
-On a VPS with a wildcard DNS record:   tunnel relay --domain example.com
+On a VPS with a wildcard DNS record:   tunnel relay --domain example.com --acme-accept-tos
 On the laptop:                         tunnel expose -p 8080 -s demo --relay https://example.com
 Try both ends in one process:          tunnel demo`,
 		SilenceUsage:  true,

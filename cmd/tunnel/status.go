@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -12,7 +13,9 @@ import (
 )
 
 // statusPrinter turns agent events into what a person watches: URLs and
-// request lines on Out, connection changes on ErrOut.
+// request lines on Out, connection changes on ErrOut. While the relay
+// obtains certificates it says so and holds the URLs back until every
+// pending name is ready or has failed; a failed name's URL is not printed.
 //
 // The agent calls OnEvent from its own goroutines and must not be blocked, by
 // a paused terminal for instance, so events are queued and one goroutine
@@ -24,12 +27,20 @@ type statusPrinter struct {
 	wg        sync.WaitGroup
 
 	// Owned by the printing goroutine.
-	urls   []string
-	online bool
+	urls    []string // the URLs printed last
+	online  bool
+	granted []grant // the tunnels of the last EventOnline
 
 	mu         sync.Mutex
 	closed     bool
 	dropQueued int
+}
+
+// grant is a granted tunnel and where its certificate stands.
+type grant struct {
+	name, url string
+	pending   bool // the relay is obtaining its certificate
+	failed    bool // the relay could not: its URL is not printed
 }
 
 // newStatusPrinter starts a printer. printURLs prints the granted URLs the
@@ -81,18 +92,18 @@ func (p *statusPrinter) loop() {
 func (p *statusPrinter) print(ev agent.Event) {
 	switch ev.Kind {
 	case agent.EventOnline:
-		urls := make([]string, len(ev.Tunnels))
-		for i, g := range ev.Tunnels {
-			urls[i] = g.URL
-		}
 		if p.online {
 			fmt.Fprintln(p.io.ErrOut, "online again")
 		}
-		if !slices.Equal(urls, p.urls) {
-			p.printURLs(p.io.Out, urls)
-			p.urls = urls
-		}
 		p.online = true
+		p.granted = p.granted[:0]
+		for _, g := range ev.Tunnels {
+			p.granted = append(p.granted, grant{name: g.Name, url: g.URL, pending: g.CertPending})
+			if g.CertPending {
+				fmt.Fprintf(p.io.ErrOut, "waiting for certificate for %s…\n", hostOf(g.URL, g.Name))
+			}
+		}
+		p.printReadyURLs()
 	case agent.EventOffline:
 		// The agent's delays are jittered down to near zero: keep
 		// milliseconds below a second so that none reads "0s".
@@ -102,10 +113,67 @@ func (p *statusPrinter) print(ev agent.Event) {
 		}
 		fmt.Fprintf(p.io.ErrOut, "reconnecting (attempt %d, next in %v): %v\n", ev.Attempt, retry, ev.Err)
 	case agent.EventNotice:
-		fmt.Fprintf(p.io.ErrOut, "relay says: %s\n", ev.Notice.Message)
+		n := ev.Notice
+		switch n.Kind {
+		case agent.NoticeCertReady:
+			// Also after a failure: the relay may have tried again.
+			if g := p.grantNamed(n.Name); g != nil && (g.pending || g.failed) {
+				g.pending, g.failed = false, false
+				p.printReadyURLs()
+			}
+		case agent.NoticeCertFailed:
+			host := n.Name
+			if g := p.grantNamed(n.Name); g != nil {
+				host = hostOf(g.url, g.name)
+				g.pending, g.failed = false, true
+			}
+			fmt.Fprintf(p.io.ErrOut, "certificate for %s failed: %s\n", host, n.Message)
+			p.printReadyURLs()
+		default:
+			fmt.Fprintf(p.io.ErrOut, "relay says: %s\n", n.Message)
+		}
 	case agent.EventRequest:
 		fmt.Fprintln(p.io.Out, requestLine(ev))
 	}
+}
+
+// printReadyURLs prints the URLs of the granted tunnels, without those whose
+// certificate failed, once no certificate is pending, if they are not the
+// ones printed last.
+func (p *statusPrinter) printReadyURLs() {
+	var urls []string
+	for _, g := range p.granted {
+		if g.pending {
+			return
+		}
+		if !g.failed {
+			urls = append(urls, g.url)
+		}
+	}
+	if len(urls) > 0 && !slices.Equal(urls, p.urls) {
+		p.printURLs(p.io.Out, urls)
+		p.urls = urls
+	}
+}
+
+// grantNamed finds a granted tunnel by the name a notice gives: its label
+// ("demo") or its host name ("demo.example.com").
+func (p *statusPrinter) grantNamed(name string) *grant {
+	for i := range p.granted {
+		g := &p.granted[i]
+		if name != "" && (name == g.name || name == hostOf(g.url, "")) {
+			return g
+		}
+	}
+	return nil
+}
+
+// hostOf returns the host name in a tunnel's URL, or def if it has none.
+func hostOf(rawURL, def string) string {
+	if u, err := url.Parse(rawURL); err == nil && u.Hostname() != "" {
+		return u.Hostname()
+	}
+	return def
 }
 
 // printTunnelURLs prints each URL and then its WebSocket form, one a line,

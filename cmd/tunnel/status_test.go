@@ -76,3 +76,133 @@ func TestRequestLineDurations(t *testing.T) {
 		t.Errorf("requestLine = %q", got)
 	}
 }
+
+// TestStatusPrinterCertificates checks what expose prints while the relay
+// obtains certificates: "waiting" lines on stderr and no URLs until every
+// pending name is ready or failed; a failed name's URL is never printed.
+func TestStatusPrinterCertificates(t *testing.T) {
+	granted := func(name string, pending bool) proto.Granted {
+		return proto.Granted{Name: name, URL: "https://" + name + ".example.com", CertPending: pending}
+	}
+	online := func(gs ...proto.Granted) agent.Event { return agent.Event{Kind: agent.EventOnline, Tunnels: gs} }
+	notice := func(kind proto.NoticeKind, name, msg string) agent.Event {
+		return agent.Event{Kind: agent.EventNotice, Notice: &proto.Notice{Kind: kind, Name: name, Message: msg}}
+	}
+	offline := agent.Event{Kind: agent.EventOffline, Attempt: 1, Retry: 2 * time.Second, Err: errors.New("connection to relay lost")}
+
+	tests := []struct {
+		name            string
+		events          []agent.Event
+		wantOut, wantEr string
+	}{
+		{
+			name:    "ready",
+			events:  []agent.Event{online(granted("demo", true)), notice(proto.NoticeCertReady, "demo", "")},
+			wantOut: "https://demo.example.com\nwss://demo.example.com\n",
+			wantEr:  "waiting for certificate for demo.example.com…\n",
+		},
+		{
+			name:   "still pending: nothing printed",
+			events: []agent.Event{online(granted("demo", true))},
+			wantEr: "waiting for certificate for demo.example.com…\n",
+		},
+		{
+			name: "failed",
+			events: []agent.Event{
+				online(granted("demo", true)),
+				notice(proto.NoticeCertFailed, "demo", "acme: authorization error for demo.example.com: 400 urn:ietf:params:acme:error:dns"),
+			},
+			wantEr: "waiting for certificate for demo.example.com…\n" +
+				"certificate for demo.example.com failed: acme: authorization error for demo.example.com: 400 urn:ietf:params:acme:error:dns\n",
+		},
+		{
+			name: "not pending: printed at once; stray notices ignored",
+			events: []agent.Event{
+				online(granted("demo", false)),
+				notice(proto.NoticeCertReady, "demo", ""),
+				notice(proto.NoticeCertReady, "other", ""),
+			},
+			wantOut: "https://demo.example.com\nwss://demo.example.com\n",
+		},
+		{
+			name: "two names: URLs once both are resolved, without the failed one",
+			events: []agent.Event{
+				online(granted("api", true), granted("web", false), granted("ws", true)),
+				notice(proto.NoticeCertReady, "api", ""),
+				notice(proto.NoticeCertReady, "api", ""), // a repeat changes nothing
+				notice(proto.NoticeCertFailed, "ws", "rate limited"),
+			},
+			wantOut: "https://api.example.com\nwss://api.example.com\nhttps://web.example.com\nwss://web.example.com\n",
+			wantEr: "waiting for certificate for api.example.com…\nwaiting for certificate for ws.example.com…\n" +
+				"certificate for ws.example.com failed: rate limited\n",
+		},
+		{
+			name: "notice by host name",
+			events: []agent.Event{
+				online(granted("demo", true)),
+				notice(proto.NoticeCertReady, "demo.example.com", ""),
+			},
+			wantOut: "https://demo.example.com\nwss://demo.example.com\n",
+			wantEr:  "waiting for certificate for demo.example.com…\n",
+		},
+		{
+			name: "reconnect while pending, then ready: URLs once",
+			events: []agent.Event{
+				online(granted("demo", true)),
+				offline,
+				online(granted("demo", true)),
+				notice(proto.NoticeCertReady, "demo", ""),
+				offline,
+				online(granted("demo", false)), // same URLs: not printed again
+			},
+			wantOut: "https://demo.example.com\nwss://demo.example.com\n",
+			wantEr: "waiting for certificate for demo.example.com…\n" +
+				"reconnecting (attempt 1, next in 2s): connection to relay lost\n" +
+				"online again\n" +
+				"waiting for certificate for demo.example.com…\n" +
+				"reconnecting (attempt 1, next in 2s): connection to relay lost\n" +
+				"online again\n",
+		},
+		{
+			name: "other notices as before",
+			events: []agent.Event{
+				online(granted("demo", true)),
+				notice(proto.NoticeDraining, "", "relay is shutting down"),
+				notice(proto.NoticeCertReady, "demo", ""),
+			},
+			wantOut: "https://demo.example.com\nwss://demo.example.com\n",
+			wantEr:  "waiting for certificate for demo.example.com…\nrelay says: relay is shutting down\n",
+		},
+		{
+			name: "ready after a failure",
+			events: []agent.Event{
+				online(granted("demo", true)),
+				notice(proto.NoticeCertFailed, "demo", "timeout"),
+				notice(proto.NoticeCertReady, "demo", ""),
+			},
+			wantOut: "https://demo.example.com\nwss://demo.example.com\n",
+			wantEr:  "waiting for certificate for demo.example.com…\ncertificate for demo.example.com failed: timeout\n",
+		},
+		{
+			name:   "a failure for a name that is not pending is still shown",
+			events: []agent.Event{notice(proto.NoticeCertFailed, "demo", "timeout")},
+			wantEr: "certificate for demo failed: timeout\n",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			p := newStatusPrinter(IOStreams{Out: &out, ErrOut: &errOut}, printTunnelURLs)
+			for _, ev := range tt.events {
+				p.onEvent(ev)
+			}
+			p.close()
+			if got := out.String(); got != tt.wantOut {
+				t.Errorf("stdout:\n%s\nwant:\n%s", got, tt.wantOut)
+			}
+			if got := errOut.String(); got != tt.wantEr {
+				t.Errorf("stderr:\n%s\nwant:\n%s", got, tt.wantEr)
+			}
+		})
+	}
+}
