@@ -29,10 +29,17 @@ type acmeRelay struct {
 	stateDir string
 }
 
-// startACMERelay starts Pebble and a relay. validatorPorts, if true, points
-// Pebble's validator at the relay's listeners; otherwise at a closed port,
-// so that every order fails validation.
-func startACMERelay(t *testing.T, alwaysValid, validatorPorts bool, mod ...func(*relay.Config)) *acmeRelay {
+// Which of the relay's listeners Pebble's validator may reach.
+type validator int
+
+const (
+	validateNone     validator = iota // a closed port: every order fails
+	validateBoth                      // TLS-ALPN-01 and HTTP-01
+	validateHTTPOnly                  // HTTP-01 only: TLS-ALPN-01 probes hit a closed port
+)
+
+// startACMERelay starts Pebble and a relay whose ACME CA it is.
+func startACMERelay(t *testing.T, alwaysValid bool, v validator, mod ...func(*relay.Config)) *acmeRelay {
 	t.Helper()
 	tlsLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -43,11 +50,14 @@ func startACMERelay(t *testing.T, alwaysValid, validatorPorts bool, mod ...func(
 		t.Fatal(err)
 	}
 	httpPort, tlsPort := httpLn.Addr().(*net.TCPAddr).Port, tlsLn.Addr().(*net.TCPAddr).Port
-	if !validatorPorts {
-		closed, _ := net.Listen("tcp", "127.0.0.1:0")
-		httpPort = closed.Addr().(*net.TCPAddr).Port
-		tlsPort = httpPort
-		closed.Close()
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	closedPort := closed.Addr().(*net.TCPAddr).Port
+	closed.Close()
+	switch v {
+	case validateNone:
+		httpPort, tlsPort = closedPort, closedPort
+	case validateHTTPOnly:
+		tlsPort = closedPort
 	}
 	ca := startPebble(t, httpPort, tlsPort, alwaysValid)
 	stateDir := filepath.Join(t.TempDir(), "state")
@@ -96,7 +106,7 @@ func agentTrusting(pool *tls.Config, addr string) func(*agent.Config) {
 // away: the agent is told, and a wss client trusting the CA's root echoes
 // through the tunnel. Keys and certificates are private to the relay.
 func TestACMECertificateOnGrant(t *testing.T) {
-	rl := startACMERelay(t, false, true)
+	rl := startACMERelay(t, false, validateBoth)
 	local := startLocal(t)
 	ag, urls := startAgent(t, rl.relayURL(), []agent.Tunnel{{Name: "demo", Local: local.addr}},
 		agentTrusting(&tls.Config{RootCAs: rl.ca.Roots}, rl.addr))
@@ -165,7 +175,7 @@ func checkMode(t *testing.T, path string, want os.FileMode) {
 // 1000 handshakes with random server names, under the domain and outside
 // it, fail fast and cause no ACME order.
 func TestACMEStrangersCauseNoOrders(t *testing.T) {
-	rl := startACMERelay(t, true, true)
+	rl := startACMERelay(t, true, validateBoth)
 	local := startLocal(t)
 	ag, _ := startAgent(t, rl.relayURL(), []agent.Tunnel{{Name: "demo", Local: local.addr}},
 		agentTrusting(&tls.Config{RootCAs: rl.ca.Roots}, rl.addr))
@@ -202,7 +212,7 @@ func TestACMEFailedOrderCoolsDown(t *testing.T) {
 	// and validation can never succeed.
 	ca := newTestCA(t)
 	certPath, keyPath := ca.issue(t, t.TempDir(), acmeDomain)
-	rl := startACMERelay(t, false, false, func(c *relay.Config) {
+	rl := startACMERelay(t, false, validateNone, func(c *relay.Config) {
 		c.TLSCertFile, c.TLSKeyFile = certPath, keyPath
 	})
 	local := startLocal(t)
@@ -237,4 +247,27 @@ func TestACMEFailedOrderCoolsDown(t *testing.T) {
 	if n := rl.ca.NewOrders(); n != orders {
 		t.Fatalf("handshakes during the cool-down made %d orders", n-orders)
 	}
+}
+
+// HTTP-01 on the port-80 listener works too: with TLS-ALPN-01 unreachable,
+// the relay's certificates still come through (autocert falls back to
+// HTTP-01 with a second order).
+func TestACMEHTTP01(t *testing.T) {
+	rl := startACMERelay(t, false, validateHTTPOnly)
+	local := startLocal(t)
+	ag, _ := startAgent(t, rl.relayURL(), []agent.Tunnel{{Name: "web", Local: local.addr}},
+		agentTrusting(&tls.Config{RootCAs: rl.ca.Roots}, rl.addr))
+	select {
+	case kind := <-ag.notices:
+		if kind != "cert-ready" {
+			t.Fatalf("notice %q, want cert-ready", kind)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("no certificate notice within 60s")
+	}
+	conn, err := tls.Dial("tcp", rl.addr, &tls.Config{ServerName: "web." + acmeDomain, RootCAs: rl.ca.Roots})
+	if err != nil {
+		t.Fatalf("handshake with the HTTP-01 certificate: %v", err)
+	}
+	conn.Close()
 }
