@@ -7,12 +7,16 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/proto"
@@ -58,6 +62,23 @@ type Tunnel struct {
 	// Local is the host:port to dial for each visitor connection, e.g.
 	// "localhost:8080".
 	Local string
+	// Access, if not nil, restricts who may visit; the relay enforces it
+	// before anything reaches the agent.
+	Access *Access
+}
+
+// Access restricts who may visit a tunnel: Basic auth users, and IP
+// prefixes to allow or deny (deny wins). See proto.Access.
+type Access = proto.Access
+
+// Credential is one Basic auth user; make it with BasicUser.
+type Credential = proto.Credential
+
+// BasicUser returns the credential for user and password. Only the
+// password's SHA-256 goes to the relay.
+func BasicUser(user, password string) Credential {
+	h := sha256.Sum256([]byte(password))
+	return Credential{User: user, PasswordSHA256: hex.EncodeToString(h[:])}
 }
 
 // EventKind says what an Event reports.
@@ -117,6 +138,20 @@ func (c *Config) check(needLocal bool) (*url.URL, error) {
 		if needLocal {
 			if _, _, err := net.SplitHostPort(t.Local); err != nil {
 				return nil, fmt.Errorf("local target %q is not host:port: %v", t.Local, err)
+			}
+		}
+		if t.Access != nil {
+			for _, c := range append(append([]string{}, t.Access.AllowIPs...), t.Access.DenyIPs...) {
+				if _, err := netip.ParsePrefix(c); err != nil {
+					if _, err := netip.ParseAddr(c); err != nil {
+						return nil, fmt.Errorf("%q is not an IP address or a CIDR prefix like 203.0.113.0/24", c)
+					}
+				}
+			}
+			for _, u := range t.Access.BasicAuth {
+				if u.User == "" || strings.Contains(u.User, ":") {
+					return nil, fmt.Errorf("basic auth user %q must be non-empty and without ':'", u.User)
+				}
 			}
 		}
 	}

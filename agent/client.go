@@ -152,8 +152,8 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 		return false, fmt.Errorf("open control stream: %w", err)
 	}
 	hello := &proto.Hello{Version: proto.Version, Client: Software, Secret: c.secret, Events: c.cfg.OnEvent != nil}
-	for _, n := range c.names {
-		hello.Tunnels = append(hello.Tunnels, proto.TunnelRequest{Name: n})
+	for i, n := range c.names {
+		hello.Tunnels = append(hello.Tunnels, proto.TunnelRequest{Name: n, Access: c.cfg.Tunnels[i].Access})
 	}
 	ctrl.SetDeadline(time.Now().Add(helloTimeout))
 	stop := context.AfterFunc(ctx, func() { sess.Close() })

@@ -7,15 +7,16 @@ type Code int
 
 // Error codes.
 const (
-	CodeInternal       Code = 1 // the relay failed; retry later
-	CodeBadRequest     Code = 2 // the message made no sense
-	CodeVersion        Code = 3 // protocol version not supported
-	CodeUnauthorized   Code = 4 // missing or wrong token
-	CodeNameInvalid    Code = 5 // the requested name breaks a naming rule
-	CodeNameTaken      Code = 6 // another agent holds the name, or it is held for one
-	CodeNameNotAllowed Code = 7 // the token may not claim this name
-	CodeUnknownTunnel  Code = 8 // a stream named a tunnel the agent does not serve
-	CodeLocalDial      Code = 9 // the agent could not reach its local target
+	CodeInternal       Code = 1  // the relay failed; retry later
+	CodeBadRequest     Code = 2  // the message made no sense
+	CodeVersion        Code = 3  // protocol version not supported
+	CodeUnauthorized   Code = 4  // missing or wrong token
+	CodeNameInvalid    Code = 5  // the requested name breaks a naming rule
+	CodeNameTaken      Code = 6  // another agent holds the name, or it is held for one
+	CodeNameNotAllowed Code = 7  // the token may not claim this name
+	CodeUnknownTunnel  Code = 8  // a stream named a tunnel the agent does not serve
+	CodeLocalDial      Code = 9  // the agent could not reach its local target
+	CodeLimit          Code = 10 // a limit of the relay, e.g. tunnels per token, is reached
 )
 
 var codeNames = map[Code]string{
@@ -28,6 +29,7 @@ var codeNames = map[Code]string{
 	CodeNameNotAllowed: "name-not-allowed",
 	CodeUnknownTunnel:  "unknown-tunnel",
 	CodeLocalDial:      "local-dial",
+	CodeLimit:          "limit",
 }
 
 func (c Code) String() string {
@@ -61,7 +63,7 @@ func (e *Error) Is(target error) bool {
 // Permanent reports whether retrying the same request cannot succeed.
 func (e *Error) Permanent() bool {
 	switch e.Code {
-	case CodeVersion, CodeUnauthorized, CodeNameInvalid, CodeNameTaken, CodeNameNotAllowed, CodeBadRequest:
+	case CodeVersion, CodeUnauthorized, CodeNameInvalid, CodeNameTaken, CodeNameNotAllowed, CodeBadRequest, CodeLimit:
 		return true
 	}
 	return false
@@ -83,4 +85,5 @@ var (
 	ErrNameNotAllowed = &Error{Code: CodeNameNotAllowed}
 	ErrUnknownTunnel  = &Error{Code: CodeUnknownTunnel}
 	ErrLocalDial      = &Error{Code: CodeLocalDial}
+	ErrLimit          = &Error{Code: CodeLimit}
 )

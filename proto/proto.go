@@ -113,6 +113,29 @@ type Hello struct {
 // TunnelRequest asks for one public name.
 type TunnelRequest struct {
 	Name string `json:"name,omitempty"`
+	// Access holds the owner's rules for visitors of this tunnel, enforced
+	// by the relay before anything reaches the agent.
+	Access *Access `json:"access,omitempty"`
+}
+
+// Access restricts who may visit a tunnel. The zero value allows everyone.
+type Access struct {
+	// BasicAuth, if not empty, requires HTTP Basic credentials matching one
+	// entry.
+	BasicAuth []Credential `json:"basic_auth,omitempty"`
+	// AllowIPs, if not empty, admits only visitors whose address is in one
+	// of these CIDR prefixes (e.g. "203.0.113.0/24", "2001:db8::/32").
+	AllowIPs []string `json:"allow_ips,omitempty"`
+	// DenyIPs refuses visitors whose address is in one of these prefixes;
+	// it wins over AllowIPs.
+	DenyIPs []string `json:"deny_ips,omitempty"`
+}
+
+// Credential is one user of a tunnel's Basic auth. The password travels
+// only as its SHA-256, hex encoded.
+type Credential struct {
+	User           string `json:"user"`
+	PasswordSHA256 string `json:"password_sha256"`
 }
 
 // Welcome grants the names of a Hello, all of them or none.

@@ -109,7 +109,7 @@ func (c *certs) known(name string) bool {
 	if !ok || label == "" || strings.Contains(label, ".") {
 		return false
 	}
-	sess, held := c.reg.lookup(label)
+	sess, _, held := c.reg.lookup(label)
 	return sess != nil || !held.IsZero()
 }
 

@@ -49,6 +49,8 @@ func (as *agentSession) setupProxy() {
 		MaxIdleConns:        32,
 		MaxIdleConnsPerHost: 8,
 		IdleConnTimeout:     60 * time.Second,
+		// A local server that never answers gets the visitor a 504.
+		ResponseHeaderTimeout: as.srv.cfg.Limits.ResponseHeaderTimeout,
 		// The visitor's Accept-Encoding goes through untouched and the
 		// response comes back as the local server sent it.
 		DisableCompression: true,
@@ -100,7 +102,7 @@ func (proxyBuffers) Put(b []byte) { proxyBufPool.Put(&b) }
 // proxy forwards one visitor request to the agent holding name.
 func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 	host := canonicalHost(r.Host)
-	as, heldUntil := s.reg.lookup(name)
+	as, acc, heldUntil := s.reg.lookup(name)
 	if as == nil {
 		if !heldUntil.IsZero() {
 			writePage(w, r, http.StatusBadGateway, "Tunnel offline",
@@ -110,6 +112,9 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 		}
 		writePage(w, r, http.StatusNotFound, "No such tunnel",
 			fmt.Sprintf("No agent holds the tunnel %q (%s). Start one with: tunnel expose -p 8080 -s %s", name, host, name))
+		return
+	}
+	if !acc.check(w, r, host) {
 		return
 	}
 	if !s.beginRequest() {
@@ -231,15 +236,23 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, errTooManyStreams):
 		w.Header().Set("Retry-After", "1")
 		writePage(w, r, http.StatusServiceUnavailable, "Tunnel busy",
-			fmt.Sprintf("%s has too many connections open at once; try again shortly.", host))
+			fmt.Sprintf("%s has %d connections open at once, the relay's limit per tunnel; try again shortly.", host, s.cfg.Limits.MaxStreamsPerTunnel))
 	case errors.Is(err, context.DeadlineExceeded):
 		writePage(w, r, http.StatusGatewayTimeout, "Agent did not answer",
 			fmt.Sprintf("The agent for %s did not answer in time.", host))
+	case isTimeout(err):
+		writePage(w, r, http.StatusGatewayTimeout, "Local server did not answer",
+			fmt.Sprintf("The local server behind %s sent no response headers within %v.", host, s.cfg.Limits.ResponseHeaderTimeout))
 	default:
 		s.log.Debug("proxy error", "host", host, "err", err)
 		writePage(w, r, http.StatusBadGateway, "Bad gateway",
 			fmt.Sprintf("The request to %s failed on its way to the local server: %v", host, err))
 	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // recorder captures the status and size of a proxied response and tracks a

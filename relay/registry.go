@@ -21,6 +21,8 @@ type registry struct {
 type entry struct {
 	sess      *agentSession // nil while held
 	secret    string
+	owner     string  // the token's name; "" without auth
+	access    *access // the owner's visitor rules; nil allows everyone
 	heldUntil time.Time
 	timer     *time.Timer // frees a held name when the grace period ends
 }
@@ -29,23 +31,46 @@ func newRegistry(grace time.Duration) *registry {
 	return &registry{grace: grace, names: make(map[string]*entry)}
 }
 
-// lookup returns the live session for name, or whether the name is held for
-// a disconnected agent (and until when).
-func (r *registry) lookup(name string) (sess *agentSession, heldUntil time.Time) {
+// lookup returns the live session for name with its visitor rules, or
+// whether the name is held for a disconnected agent (and until when).
+func (r *registry) lookup(name string) (sess *agentSession, acc *access, heldUntil time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.names[name]
 	if e == nil {
-		return nil, time.Time{}
+		return nil, nil, time.Time{}
 	}
-	return e.sess, e.heldUntil
+	return e.sess, e.access, e.heldUntil
 }
 
-// claim grants all requested names to sess, or none. An empty name gets a
-// random free one. Sessions that held a name under the same secret are
-// returned so the caller can close them: a reconnecting agent replaces its
-// own stale session at once.
-func (r *registry) claim(sess *agentSession, reqs []proto.TunnelRequest, secret string) (names []string, replaced []*agentSession, err error) {
+// claimant is who asks for names: a session, its reconnect secret, and
+// (with auth) its token.
+type claimant struct {
+	sess       *agentSession
+	secret     string
+	tokens     *tokenSet
+	tok        *token // nil without auth
+	maxTunnels int    // per token; 0 means no limit
+}
+
+func (c *claimant) owner() string {
+	if c.tok == nil {
+		return ""
+	}
+	return c.tok.Name
+}
+
+// mine reports whether e belongs to the claimant: the same reconnect
+// secret, or, with auth, the same token. Either way the claimant replaces
+// its own stale session at once.
+func (c *claimant) mine(e *entry) bool {
+	return e.secret == c.secret || (c.tok != nil && e.owner == c.tok.Name)
+}
+
+// claim grants all requested names to c, or none. An empty name gets a
+// random free one the token may have. Sessions that held a name under the
+// same credential are returned so the caller can close them.
+func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access) (names []string, replaced []*agentSession, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	seen := make(map[string]bool)
@@ -61,11 +86,13 @@ func (r *registry) claim(sess *agentSession, reqs []proto.TunnelRequest, secret 
 			return nil, nil, proto.Errorf(proto.CodeBadRequest, "name %q was asked for twice", name)
 		}
 		seen[name] = true
+		if err := c.tokens.mayClaim(c.tok, name); err != nil {
+			return nil, nil, err
+		}
 		e := r.names[name]
 		switch {
-		case e == nil:
-		case e.secret == secret:
-			// Our own name, live on a stale session or held for us.
+		case e == nil || c.mine(e):
+			// Free, or ours: live on a stale session or held for us.
 		case e.sess != nil:
 			return nil, nil, proto.Errorf(proto.CodeNameTaken, "name %q is in use by another agent; choose another with -s", name)
 		default:
@@ -73,37 +100,90 @@ func (r *registry) claim(sess *agentSession, reqs []proto.TunnelRequest, secret 
 			return nil, nil, proto.Errorf(proto.CodeNameTaken, "name %q is held for its disconnected agent for another %v; choose another with -s", name, left)
 		}
 	}
-	for _, req := range reqs {
+	if c.tok != nil && c.maxTunnels > 0 {
+		held := 0
+		for name, e := range r.names {
+			if e.owner == c.tok.Name && !seen[name] {
+				held++
+			}
+		}
+		if held+len(reqs) > c.maxTunnels {
+			return nil, nil, proto.Errorf(proto.CodeLimit, "token %q may hold %d tunnels at once and holds %d; stop one first", c.tok.Name, c.maxTunnels, held)
+		}
+	}
+	for i, req := range reqs {
 		name := req.Name
 		if name == "" {
-			name = r.randomNameLocked(seen)
-			if name == "" {
-				return nil, nil, proto.Errorf(proto.CodeInternal, "could not find a free random name; ask for one with -s")
+			name, err = r.randomNameLocked(c, seen)
+			if err != nil {
+				return nil, nil, err
 			}
 			seen[name] = true
 		}
 		if e := r.names[name]; e != nil {
-			if e.sess != nil && e.sess != sess {
+			if e.sess != nil && e.sess != c.sess {
 				replaced = append(replaced, e.sess)
 			}
 			if e.timer != nil {
 				e.timer.Stop()
 			}
 		}
-		r.names[name] = &entry{sess: sess, secret: secret}
+		r.names[name] = &entry{sess: c.sess, secret: c.secret, owner: c.owner(), access: rules[i]}
 		names = append(names, name)
 	}
 	return names, replaced, nil
 }
 
-func (r *registry) randomNameLocked(taken map[string]bool) string {
+func (r *registry) randomNameLocked(c claimant, taken map[string]bool) (string, error) {
 	for range 100 {
-		n := proto.RandomName()
-		if r.names[n] == nil && !taken[n] {
-			return n
+		n, err := c.tokens.randomName(c.tok)
+		if err != nil {
+			return "", err
+		}
+		if r.names[n] == nil && !taken[n] && c.tokens.mayClaim(c.tok, n) == nil {
+			return n, nil
 		}
 	}
-	return ""
+	return "", proto.Errorf(proto.CodeInternal, "could not find a free random name; ask for one with -s")
+}
+
+// revoke frees name at once: its session, if any, is returned so the caller
+// can close it, and no hold is kept.
+func (r *registry) revoke(name string) (sess *agentSession, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.names[name]
+	if e == nil {
+		return nil, false
+	}
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	delete(r.names, name)
+	return e.sess, true
+}
+
+// owners returns the sessions whose token is not in keep (by name), for
+// closing after a reload removed their token.
+func (r *registry) sessionsWithout(keep func(owner string) bool) []*agentSession {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*agentSession
+	seen := map[*agentSession]bool{}
+	for name, e := range r.names {
+		if e.owner == "" || keep(e.owner) {
+			continue
+		}
+		if e.sess != nil && !seen[e.sess] {
+			seen[e.sess] = true
+			out = append(out, e.sess)
+		}
+		if e.timer != nil {
+			e.timer.Stop()
+		}
+		delete(r.names, name)
+	}
+	return out
 }
 
 // release ends sess's hold on its names. With hold, each name stays reserved

@@ -6,6 +6,7 @@ package relay
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +23,7 @@ import (
 	"golang.org/x/crypto/acme"
 
 	"github.com/tunnel-dev/tunnel/proto"
+	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
 // Software is reported to agents in Welcome.
@@ -63,6 +66,57 @@ type Config struct {
 	HTTPAddr string
 	// HSTS adds Strict-Transport-Security to every response over TLS.
 	HSTS bool
+
+	// Tokens are the credentials agents may present; auth is on when there
+	// is at least one. SetTokens replaces them at run time.
+	Tokens []Token
+	// AllowNoAuth lets Run serve without tokens on an address beyond
+	// loopback: an open relay where anyone may claim names.
+	AllowNoAuth bool
+	// Limits are the relay's edge limits; zero fields mean their defaults.
+	Limits Limits
+}
+
+// Limits bound what one agent, token or address can take.
+type Limits struct {
+	// MaxTunnelsPerToken caps the names one token holds at once (live or
+	// held for reconnect), unless the token sets its own. Default 10.
+	MaxTunnelsPerToken int
+	// MaxStreamsPerTunnel caps the connections open at once to one tunnel;
+	// more get 503 with Retry-After. Default and maximum 200
+	// (tunnel.MaxStreams, which also caps each agent).
+	MaxStreamsPerTunnel int
+	// ConnRatePerIP is how many new connections per second one address may
+	// open, with bursts of ten times that. Default 50; negative: no limit.
+	ConnRatePerIP float64
+	// ConnRateLoopback applies ConnRatePerIP to loopback addresses too. By
+	// default they are exempt: a reverse proxy on the same machine connects
+	// from loopback for every visitor.
+	ConnRateLoopback bool
+	// ResponseHeaderTimeout bounds the wait for the local server's response
+	// headers; then the visitor gets 504. Default 60 s.
+	ResponseHeaderTimeout time.Duration
+	// AuthFailuresPerMinute is how many failed token attempts one address
+	// may make before it gets 429 for a while. Default 10.
+	AuthFailuresPerMinute int
+}
+
+func (l *Limits) setDefaults() {
+	if l.MaxTunnelsPerToken <= 0 {
+		l.MaxTunnelsPerToken = 10
+	}
+	if l.MaxStreamsPerTunnel <= 0 || l.MaxStreamsPerTunnel > tunnel.MaxStreams {
+		l.MaxStreamsPerTunnel = tunnel.MaxStreams
+	}
+	if l.ConnRatePerIP == 0 {
+		l.ConnRatePerIP = 50
+	}
+	if l.ResponseHeaderTimeout <= 0 {
+		l.ResponseHeaderTimeout = 60 * time.Second
+	}
+	if l.AuthFailuresPerMinute <= 0 {
+		l.AuthFailuresPerMinute = 10
+	}
 }
 
 // tlsOn reports whether the relay serves TLS.
@@ -98,6 +152,7 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.Limits.setDefaults()
 	return nil
 }
 
@@ -111,6 +166,10 @@ type Server struct {
 
 	draining atomic.Bool
 	apexOnce sync.Once
+
+	tokens    atomic.Pointer[tokenSet]
+	authFails failLimiter
+	connLimit *ipLimiter // nil: no limit
 
 	mu       sync.Mutex
 	closed   bool
@@ -143,6 +202,16 @@ func New(cfg Config) (*Server, error) {
 		hijacked: make(map[net.Conn]struct{}),
 		fresh:    make(map[net.Conn]struct{}),
 	}
+	ts, err := newTokenSet(cfg.Tokens)
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	s.tokens.Store(ts)
+	s.cfg.Tokens = nil // the token set holds only hashes
+	s.authFails = failLimiter{newIPLimiter(time.Minute/time.Duration(cfg.Limits.AuthFailuresPerMinute), cfg.Limits.AuthFailuresPerMinute)}
+	if r := cfg.Limits.ConnRatePerIP; r > 0 {
+		s.connLimit = newIPLimiter(time.Duration(float64(time.Second)/r), int(10*r)+1)
+	}
 	if cfg.tlsOn() {
 		c, err := newCerts(&s.cfg, s.reg)
 		if err != nil {
@@ -167,6 +236,58 @@ func (s *Server) fetchCert(name string, done func(error)) {
 	})
 }
 
+// AuthOn reports whether agents need a token.
+func (s *Server) AuthOn() bool { return len(s.tokens.Load().tokens) > 0 }
+
+// SetTokens replaces the agent tokens, e.g. after the configuration file
+// changed. Agents whose token is gone are disconnected and their names
+// freed; the others keep running, and every later claim is checked against
+// the new tokens. An invalid set is refused and the old one stays.
+func (s *Server) SetTokens(tokens []Token) error {
+	ts, err := newTokenSet(tokens)
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	if len(ts.tokens) == 0 && s.AuthOn() {
+		return errors.New("relay: the new configuration has no tokens, which would turn auth off; keep at least one, or restart the relay to run without auth")
+	}
+	s.tokens.Store(ts)
+	current := make(map[string][sha256.Size]byte)
+	for _, t := range ts.tokens {
+		current[t.Name] = t.hash
+	}
+	gone := s.reg.sessionsWithout(func(owner string) bool {
+		_, ok := current[owner]
+		return ok
+	})
+	s.mu.Lock()
+	for as := range s.sessions {
+		if as.tok != nil && current[as.tok.Name] != as.tok.hash {
+			gone = append(gone, as)
+		}
+	}
+	s.mu.Unlock()
+	for _, as := range gone {
+		as.log.Info("token removed or changed; disconnecting agent")
+		as.revoked.Store(true)
+		as.close()
+	}
+	s.log.Info("tokens reloaded", "tokens", len(ts.tokens))
+	return nil
+}
+
+// Revoke frees a name at once: its agent, if connected, is disconnected,
+// and no hold is kept for it. It reports whether the name was in use.
+func (s *Server) Revoke(name string) bool {
+	as, ok := s.reg.revoke(name)
+	if as != nil {
+		as.log.Info("name revoked; disconnecting agent", "name", name)
+		as.revoked.Store(true)
+		as.close()
+	}
+	return ok
+}
+
 // TLS reports whether the relay serves HTTPS.
 func (s *Server) TLS() bool { return s.certs != nil }
 
@@ -176,6 +297,16 @@ func (s *Server) Domain() string { return s.cfg.Domain }
 // ServeHTTP routes a request: tunnel hosts to their agent, everything else to
 // the relay's own pages and the agents' connect endpoint.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// The relay is not a proxy for the visitor: it never dials anywhere on a
+	// visitor's behalf, so proxy requests are refused outright.
+	if r.Method == http.MethodConnect {
+		writePage(w, r, http.StatusMethodNotAllowed, "Not a proxy", "CONNECT is refused: this relay serves tunnels by host name and is not a proxy.")
+		return
+	}
+	if r.URL.IsAbs() || r.URL.Host != "" {
+		writePage(w, r, http.StatusBadRequest, "Not a proxy", "Absolute-form request targets are refused: this relay serves tunnels by host name and is not a proxy.")
+		return
+	}
 	host := canonicalHost(r.Host)
 	if r.TLS != nil {
 		// A browser may reuse one TLS connection for several names (HTTP/2
@@ -259,6 +390,9 @@ func (s *Server) ServeRedirect(ln net.Listener) error {
 }
 
 func (s *Server) serve(ln net.Listener, h http.Handler, useTLS bool) error {
+	if s.connLimit != nil {
+		ln = &rateListener{Listener: ln, lim: s.connLimit, plain: !useTLS, loopback: s.cfg.Limits.ConnRateLoopback}
+	}
 	hs := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -418,6 +552,14 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	if err != nil {
 		return err
 	}
+	if !s.AuthOn() {
+		if !loopbackOnly(s.cfg.Addr) && !s.cfg.AllowNoAuth {
+			return errNoAuthOnPublic
+		}
+		if !loopbackOnly(s.cfg.Addr) {
+			s.log.Warn("running an OPEN relay: no tokens, listening beyond loopback; anyone can claim names", "addr", s.cfg.Addr)
+		}
+	}
 	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("relay: listen on %s: %w", s.cfg.Addr, err)
@@ -461,4 +603,49 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	}
 	s.log.Info("relay stopped")
 	return nil
+}
+
+// loopbackOnly reports whether a listen address is reachable from this
+// machine only.
+func loopbackOnly(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// rateListener closes connections from addresses that open them faster than
+// their allowance; plain-HTTP ones first get a one-line 429.
+type rateListener struct {
+	net.Listener
+	lim      *ipLimiter
+	plain    bool
+	loopback bool // limit loopback addresses too
+}
+
+func (l *rateListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		ip := remoteIP(c.RemoteAddr().String())
+		if a, err := netip.ParseAddr(ip); err == nil && a.IsLoopback() && !l.loopback {
+			return c, nil
+		}
+		if l.lim.allow(ip) {
+			return c, nil
+		}
+		if l.plain {
+			c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			const body = "429 Too many new connections from your address; slow down.\n"
+			fmt.Fprintf(c, "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		}
+		c.Close()
+	}
 }

@@ -44,7 +44,12 @@ type agentSession struct {
 	proxy   *httputil.ReverseProxy
 	tr      *http.Transport
 
+	tok    *token                   // the agent's token; nil without auth
+	slots  map[string]chan struct{} // per tunnel name, at most Limits.MaxStreamsPerTunnel
+	slotMu sync.Mutex
+
 	goodbye   atomic.Bool
+	revoked   atomic.Bool // names are freed, not held, when it ends
 	closeOnce sync.Once
 	done      chan struct{}
 }
@@ -55,6 +60,16 @@ type agentSession struct {
 func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 	if !tunnel.IsControlRequest(r) {
 		http.Error(w, tunnel.ErrNotUpgrade.Error(), http.StatusUpgradeRequired)
+		return
+	}
+	// Auth comes before the upgrade: without a valid token no session, not
+	// even a yamux one, exists.
+	tok, err := s.authenticate(r)
+	if err != nil {
+		var aerr *authError
+		errors.As(err, &aerr)
+		s.log.Info("agent refused", "remote", r.RemoteAddr, "status", aerr.status, "reason", aerr.reason)
+		http.Error(w, aerr.reason, aerr.status)
 		return
 	}
 	if !s.beginSession() {
@@ -82,7 +97,12 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		urls:    make(map[string]string),
 		out:     make(chan proto.Message, 256),
 		streams: make(chan struct{}, tunnel.MaxStreams),
+		slots:   make(map[string]chan struct{}),
+		tok:     tok,
 		done:    make(chan struct{}),
+	}
+	if tok != nil {
+		as.log = log.With("token", tok.Name)
 	}
 	if !s.addSession(as) {
 		sess.Close()
@@ -164,7 +184,23 @@ func (as *agentSession) handshake(scheme, port string) error {
 	// Everything a request may touch is ready before claim makes the session
 	// visible to visitors.
 	as.setupProxy()
-	names, replaced, err := as.srv.reg.claim(as, hello.Tunnels, secret)
+	rules := make([]*access, len(hello.Tunnels))
+	for i, t := range hello.Tunnels {
+		if rules[i], err = compileAccess(t.Name, t.Access); err != nil {
+			return err
+		}
+	}
+	maxTunnels := as.srv.cfg.Limits.MaxTunnelsPerToken
+	if as.tok != nil && as.tok.MaxTunnels > 0 {
+		maxTunnels = as.tok.MaxTunnels
+	}
+	names, replaced, err := as.srv.reg.claim(claimant{
+		sess:       as,
+		secret:     secret,
+		tokens:     as.srv.tokens.Load(),
+		tok:        as.tok,
+		maxTunnels: maxTunnels,
+	}, hello.Tunnels, rules)
 	if err != nil {
 		return err
 	}
@@ -255,7 +291,7 @@ func (as *agentSession) serve() {
 	as.close()
 	wg.Wait()
 	as.tr.CloseIdleConnections()
-	hold := !as.goodbye.Load()
+	hold := !as.goodbye.Load() && !as.revoked.Load()
 	as.srv.reg.release(as, as.names, hold)
 	if hold {
 		as.nlog.Info("tunnel offline; names held for reconnect", "grace", as.srv.cfg.Grace.String())
@@ -342,11 +378,24 @@ var errTooManyStreams = errors.New("too many concurrent connections to this tunn
 func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, as.srv.cfg.OpenTimeout)
 	defer cancel()
+	tunnelSlots := as.tunnelSlots(name)
 	select {
-	case as.streams <- struct{}{}:
+	case tunnelSlots <- struct{}{}:
 	case <-as.done:
 		return nil, errSessionGone
 	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, errTooManyStreams
+		}
+		return nil, ctx.Err()
+	}
+	select {
+	case as.streams <- struct{}{}:
+	case <-as.done:
+		<-tunnelSlots
+		return nil, errSessionGone
+	case <-ctx.Done():
+		<-tunnelSlots
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, errTooManyStreams
 		}
@@ -359,12 +408,28 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 	st, err := tunnel.OpenStream(ctx, as.sess, hdr)
 	if err != nil {
 		<-as.streams
+		<-tunnelSlots
 		if as.sess.IsClosed() {
 			return nil, errSessionGone
 		}
 		return nil, err
 	}
-	return &slotConn{Conn: st, release: func() { <-as.streams }}, nil
+	return &slotConn{Conn: st, release: func() {
+		<-as.streams
+		<-tunnelSlots
+	}}, nil
+}
+
+// tunnelSlots returns the semaphore of name's open streams.
+func (as *agentSession) tunnelSlots(name string) chan struct{} {
+	as.slotMu.Lock()
+	defer as.slotMu.Unlock()
+	c := as.slots[name]
+	if c == nil {
+		c = make(chan struct{}, as.srv.cfg.Limits.MaxStreamsPerTunnel)
+		as.slots[name] = c
+	}
+	return c
 }
 
 // slotConn gives back its stream slot when closed.
