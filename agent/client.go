@@ -45,7 +45,8 @@ type client struct {
 	// failFirst makes run return the first attempt's error, whatever it is,
 	// instead of retrying (Listen reports it to its caller).
 	failFirst bool
-	draining  bool // the relay announced a shutdown during this session
+	draining  bool         // the relay announced a shutdown during this session
+	refused   *proto.Error // the relay ended the session with this error
 }
 
 func newClient(cfg Config, u *url.URL, handle func(context.Context, *tunnel.Stream, int)) *client {
@@ -225,6 +226,10 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 	cancel()
 	sess.Close()
 	wg.Wait()
+	if c.refused != nil {
+		err, c.refused = c.refused, nil
+		return true, err
+	}
 	if c.draining {
 		c.draining = false
 		return true, errors.New("relay shut down or restarted")
@@ -243,6 +248,10 @@ func (c *client) readControl(ctrl net.Conn) {
 		switch m := m.(type) {
 		case *proto.Event:
 			c.emit(Event{Kind: EventRequest, Request: m})
+		case *proto.Error:
+			// The relay revoked the session (name revoked, token removed).
+			c.refused = m
+			return
 		case *proto.Notice:
 			if m.Kind == proto.NoticeDraining {
 				c.draining = true

@@ -252,7 +252,7 @@ func startLocal(t testing.TB) *localServer {
 	// /headers answers with the request's Host, headers and peer address.
 	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "host=%s\n", r.Host)
-		for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded", "Upgrade", "Http2-Settings"} {
+		for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded", "X-Real-Ip", "True-Client-Ip", "Upgrade", "Http2-Settings"} {
 			fmt.Fprintf(w, "%s=%s\n", k, strings.Join(r.Header.Values(k), ","))
 		}
 	})

@@ -110,12 +110,15 @@ func TestForwardedHeaders(t *testing.T) {
 	// A visitor from 127.0.0.2, distinct from the relay's and agent's 127.0.0.1.
 	c := &http.Client{Transport: visitorTransport(rl.addr, &net.TCPAddr{IP: net.ParseIP("127.0.0.2")})}
 	_, body := get(t, c, "http://demo.localhost/headers",
-		"X-Forwarded-For", "6.6.6.6", "X-Forwarded-Host", "evil.example", "X-Forwarded-Proto", "https", "Forwarded", "for=6.6.6.6")
+		"X-Forwarded-For", "6.6.6.6", "X-Forwarded-Host", "evil.example", "X-Forwarded-Proto", "https", "Forwarded", "for=6.6.6.6",
+		"X-Real-Ip", "6.6.6.6", "True-Client-Ip", "6.6.6.6")
 	for _, want := range []string{
 		"X-Forwarded-For=127.0.0.2\n",
 		"X-Forwarded-Proto=http\n",
 		"X-Forwarded-Host=demo.localhost\n",
 		"Forwarded=\n",
+		"X-Real-Ip=127.0.0.2\n",
+		"True-Client-Ip=\n",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("local server headers lack %q:\n%s", want, body)

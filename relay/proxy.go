@@ -51,6 +51,9 @@ func (as *agentSession) setupProxy() {
 		IdleConnTimeout:     60 * time.Second,
 		// A local server that never answers gets the visitor a 504.
 		ResponseHeaderTimeout: as.srv.cfg.Limits.ResponseHeaderTimeout,
+		// The same bound as for visitors' request headers; Go's default of
+		// 10 MiB per stream would let an agent make the relay hold GiBs.
+		MaxResponseHeaderBytes: 64 << 10,
 		// The visitor's Accept-Encoding goes through untouched and the
 		// response comes back as the local server sent it.
 		DisableCompression: true,
@@ -64,10 +67,20 @@ func (as *agentSession) setupProxy() {
 			// The local server sees the public host name it is served under.
 			pr.Out.Host = pr.In.Host
 			// Rewrite mode has already removed the visitor's own
-			// X-Forwarded-* and Forwarded headers; set ours.
+			// X-Forwarded-For/-Host/-Proto and Forwarded; set ours, and
+			// drop the other client-address headers a visitor could spoof.
 			pr.SetXForwarded()
+			for _, h := range spoofableHeaders {
+				pr.Out.Header.Del(h)
+			}
+			pr.Out.Header.Set("X-Real-Ip", remoteIP(pr.In.RemoteAddr))
 		},
 		ModifyResponse: func(res *http.Response) error {
+			if as.srv.inter != nil {
+				// Only the relay sets the interstitial's cookie: a local
+				// server handing out a valid one would skip the page.
+				stripAckSetCookie(res.Header)
+			}
 			if res.StatusCode == http.StatusSwitchingProtocols {
 				return as.switchProtocols(res)
 			}
@@ -79,6 +92,10 @@ func (as *agentSession) setupProxy() {
 		ErrorLog:     log.New(errorLogWriter{as.log}, "", 0),
 	}
 }
+
+// spoofableHeaders name a client's address or port in conventions other
+// than X-Forwarded-*; only the relay may set them.
+var spoofableHeaders = []string{"X-Real-Ip", "True-Client-Ip", "X-Client-Ip", "Cf-Connecting-Ip", "X-Cluster-Client-Ip", "X-Forwarded-Port", "X-Forwarded-Server"}
 
 // poolKey is the transport's host for a request: the tunnel name, then the
 // visitor's address. Keep-alive streams are thus reused only by the visitor
@@ -115,6 +132,9 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 		return
 	}
 	if !acc.check(w, r, host) {
+		return
+	}
+	if s.inter != nil && s.interstitialCheck(w, r, host) {
 		return
 	}
 	if !s.beginRequest() {
@@ -237,7 +257,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Retry-After", "1")
 		writePage(w, r, http.StatusServiceUnavailable, "Tunnel busy",
 			fmt.Sprintf("%s has %d connections open at once, the relay's limit per tunnel; try again shortly.", host, s.cfg.Limits.MaxStreamsPerTunnel))
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, errAgentTimeout):
 		writePage(w, r, http.StatusGatewayTimeout, "Agent did not answer",
 			fmt.Sprintf("The agent for %s did not answer in time.", host))
 	case isTimeout(err):

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -75,6 +76,11 @@ type Config struct {
 	AllowNoAuth bool
 	// Limits are the relay's edge limits; zero fields mean their defaults.
 	Limits Limits
+	// Interstitial, when positive, shows a browser's first top-level
+	// visit to a tunnel a warning page (anti-phishing), and remembers the
+	// visitor's "continue" for this long. WebSocket upgrades, fetch/XHR
+	// and non-browser clients never see it. Zero: off.
+	Interstitial time.Duration
 }
 
 // Limits bound what one agent, token or address can take.
@@ -167,6 +173,7 @@ type Server struct {
 	draining atomic.Bool
 	apexOnce sync.Once
 
+	inter     *interstitial // nil when off
 	tokens    atomic.Pointer[tokenSet]
 	authFails failLimiter
 	connLimit *ipLimiter // nil: no limit
@@ -209,6 +216,9 @@ func New(cfg Config) (*Server, error) {
 	s.tokens.Store(ts)
 	s.cfg.Tokens = nil // the token set holds only hashes
 	s.authFails = failLimiter{newIPLimiter(time.Minute/time.Duration(cfg.Limits.AuthFailuresPerMinute), cfg.Limits.AuthFailuresPerMinute)}
+	if cfg.Interstitial > 0 {
+		s.inter = newInterstitial(cfg.Interstitial)
+	}
 	if r := cfg.Limits.ConnRatePerIP; r > 0 {
 		s.connLimit = newIPLimiter(time.Duration(float64(time.Second)/r), int(10*r)+1)
 	}
@@ -262,15 +272,14 @@ func (s *Server) SetTokens(tokens []Token) error {
 	})
 	s.mu.Lock()
 	for as := range s.sessions {
-		if as.tok != nil && current[as.tok.Name] != as.tok.hash {
+		if as.tok != nil && current[as.tok.Name] != as.tok.hash && !slices.Contains(gone, as) {
 			gone = append(gone, as)
 		}
 	}
 	s.mu.Unlock()
 	for _, as := range gone {
 		as.log.Info("token removed or changed; disconnecting agent")
-		as.revoked.Store(true)
-		as.close()
+		as.revokeWith(proto.Errorf(proto.CodeUnauthorized, "this agent's token was removed from the relay"))
 	}
 	s.log.Info("tokens reloaded", "tokens", len(ts.tokens))
 	return nil
@@ -282,8 +291,7 @@ func (s *Server) Revoke(name string) bool {
 	as, ok := s.reg.revoke(name)
 	if as != nil {
 		as.log.Info("name revoked; disconnecting agent", "name", name)
-		as.revoked.Store(true)
-		as.close()
+		as.revokeWith(proto.Errorf(proto.CodeNameNotAllowed, "name %q was revoked by the relay's operator", name))
 	}
 	return ok
 }
@@ -546,8 +554,9 @@ func (s *Server) trackHijacked(c net.Conn, add bool) bool {
 
 // Run listens on cfg.Addr and serves until ctx is done, then shuts down
 // gracefully within cfg.DrainTimeout. ready, if not nil, is called with the
-// listener's address once it accepts connections.
-func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
+// server and the listener's address once it accepts connections, e.g. to
+// reload tokens with SetTokens while it runs.
+func Run(ctx context.Context, cfg Config, ready func(s *Server, addr net.Addr)) error {
 	s, err := New(cfg)
 	if err != nil {
 		return err
@@ -574,7 +583,7 @@ func Run(ctx context.Context, cfg Config, ready func(addr net.Addr)) error {
 	}
 	s.log.Info("relay listening", "addr", ln.Addr().String(), "domain", s.cfg.Domain, "tls", s.certs != nil)
 	if ready != nil {
-		ready(ln.Addr())
+		ready(s, ln.Addr())
 	}
 	errc := make(chan error, 2)
 	n := 1

@@ -333,7 +333,13 @@ func (as *agentSession) writeControl() {
 			return
 		case m := <-as.out:
 			as.ctrl.SetWriteDeadline(time.Now().Add(tunnel.WriteTimeout))
-			if err := proto.WriteMessage(as.ctrl, m); err != nil {
+			err := proto.WriteMessage(as.ctrl, m)
+			if _, final := m.(*proto.Error); final {
+				// A refusal ends the session once it is written.
+				as.close()
+				return
+			}
+			if err != nil {
 				if errors.Is(err, proto.ErrTooLarge) {
 					// Nothing was written; the message is lost, not the session.
 					as.log.Debug("dropped oversized control message", "type", m.Type().String())
@@ -343,6 +349,21 @@ func (as *agentSession) writeControl() {
 				return
 			}
 		}
+	}
+}
+
+// revokeWith ends the session for good: the agent is told why (a
+// permanent error, so it stops instead of reconnecting) and its names are
+// freed, not held.
+func (as *agentSession) revokeWith(perr *proto.Error) {
+	as.revoked.Store(true)
+	select {
+	case as.out <- perr:
+		// writeControl closes the session after writing it; if the agent
+		// does not read, the write deadline ends it anyway.
+		time.AfterFunc(tunnel.WriteTimeout, as.close)
+	default:
+		as.close()
 	}
 }
 
@@ -369,6 +390,10 @@ func (as *agentSession) refuseStreams() {
 
 // errSessionGone is returned when a request's agent session ended.
 var errSessionGone = errors.New("agent disconnected")
+
+// errAgentTimeout is returned when the agent did not answer a new stream
+// (its dial of the local target included) within OpenTimeout.
+var errAgentTimeout = errors.New("the agent did not answer in time")
 
 // errTooManyStreams is returned when the agent's stream slots stay full.
 var errTooManyStreams = errors.New("too many concurrent connections to this tunnel")
@@ -411,6 +436,9 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 		<-tunnelSlots
 		if as.sess.IsClosed() {
 			return nil, errSessionGone
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, errAgentTimeout
 		}
 		return nil, err
 	}

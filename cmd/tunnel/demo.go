@@ -114,7 +114,7 @@ func demoRun(ctx context.Context, opts *DemoOptions) error {
 			// HTTPS on Addr only: no ACME, no port-80 listener.
 			TLSCertFile: opts.TLSCert,
 			TLSKeyFile:  opts.TLSKey,
-		}, func(addr net.Addr) { ready <- addr })
+		}, func(_ *relay.Server, addr net.Addr) { ready <- addr })
 		stopAgent()
 		relayDone <- err
 	}()

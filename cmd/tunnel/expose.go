@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -31,9 +33,17 @@ type ExposeOptions struct {
 	Name      string // public name to ask for; empty lets the relay pick
 	Relay     string // relay URL: --relay, else $TUNNEL_RELAY, else defaultRelay
 	CAFile    string // extra root certificates to trust for an https relay
+	Token     string // the relay's agent token: --token, else $TUNNEL_TOKEN
+
+	BasicAuth []string // --basic-auth user:password, for visitors
+	AllowIPs  []string // --allow-ip: admit visitors only from these prefixes
+	DenyIPs   []string // --deny-ip: refuse visitors from these prefixes
 
 	// TLSConfig trusts the system roots and CAFile's; nil without --ca-file.
 	TLSConfig *tls.Config
+	// Access holds the visitor rules of BasicAuth, AllowIPs and DenyIPs;
+	// nil without any.
+	Access *agent.Access
 }
 
 // NewCmdExpose returns `tunnel expose`. runF, if not nil, replaces running
@@ -41,7 +51,7 @@ type ExposeOptions struct {
 func NewCmdExpose(f *Factory, runF func(*ExposeOptions) error) *cobra.Command {
 	opts := &ExposeOptions{IO: f.IO, Logger: f.Logger}
 	cmd := &cobra.Command{
-		Use:   "expose -p PORT [-s NAME] [--relay URL]",
+		Use:   "expose -p PORT [-s NAME] [--relay URL] [--token TOKEN]",
 		Short: "Give a local port a public URL on a relay",
 		Long: `Connect to a relay and forward the traffic for a public name to a local port.
 
@@ -51,10 +61,20 @@ is ready. Reconnects by itself and keeps the URL; Ctrl-C releases the name.
 
 An https relay's certificate is verified against the system's roots; for a
 relay whose certificate comes from a private CA, pass that CA's certificate
-with --ca-file.`,
+with --ca-file. A relay with agent tokens needs one: --token or TUNNEL_TOKEN.
+
+Who may visit is yours to decide, and the relay enforces it before anything
+reaches this machine, for plain requests and WebSockets alike:
+  --basic-auth user:pass   visitors must log in as one of these users
+                           (repeatable; only the password's SHA-256 is sent)
+  --allow-ip CIDR          admit only these addresses (repeatable)
+  --deny-ip CIDR           refuse these addresses; wins over --allow-ip
+Addresses are CIDR prefixes like 203.0.113.0/24 or single IPs.`,
 		Example: `  tunnel expose -p 8080 -s demo --relay https://example.com
   tunnel expose -p 8080 --relay https://relay.internal --ca-file internal-ca.pem
-  TUNNEL_RELAY=http://localhost:8000 tunnel expose -p 3000`,
+  TUNNEL_RELAY=http://localhost:8000 tunnel expose -p 3000
+  TUNNEL_TOKEN=$(cat ~/.tunnel-token) tunnel expose -p 8080 -s demo --relay https://example.com
+  tunnel expose -p 8080 --basic-auth ann:correct-horse --allow-ip 203.0.113.0/24`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !cmd.Flags().Changed("relay") {
@@ -72,6 +92,19 @@ with --ca-file.`,
 				}
 				opts.TLSConfig = cfg
 			}
+			if cmd.Flags().Changed("token") {
+				if strings.TrimSpace(opts.Token) == "" {
+					return usageErrorf(cmd, "--token is empty: pass the relay's token, or leave --token out for a relay without tokens")
+				}
+			} else {
+				opts.Token = os.Getenv("TUNNEL_TOKEN")
+			}
+			opts.Token = strings.TrimSpace(opts.Token)
+			access, err := visitorRules(opts)
+			if err != nil {
+				return usageErrorf(cmd, "%v", err)
+			}
+			opts.Access = access
 			if runF != nil {
 				return runF(opts)
 			}
@@ -84,7 +117,47 @@ with --ca-file.`,
 	fl.StringVar(&opts.LocalHost, "local-host", "localhost", "`host` the local server listens on")
 	fl.StringVar(&opts.Relay, "relay", defaultRelay, "relay `URL` (env TUNNEL_RELAY)")
 	fl.StringVar(&opts.CAFile, "ca-file", "", "PEM `file` of CA certificates to trust for the relay, besides the system's")
+	fl.StringVar(&opts.Token, "token", "", "`token` the relay requires of agents (env TUNNEL_TOKEN)")
+	fl.StringArrayVar(&opts.BasicAuth, "basic-auth", nil, "`user:password` visitors must give; repeatable")
+	fl.StringArrayVar(&opts.AllowIPs, "allow-ip", nil, "admit visitors only from this `CIDR` or IP; repeatable")
+	fl.StringArrayVar(&opts.DenyIPs, "deny-ip", nil, "refuse visitors from this `CIDR` or IP; repeatable, wins over --allow-ip")
 	return cmd
+}
+
+// visitorRules checks --basic-auth, --allow-ip and --deny-ip and turns them
+// into the tunnel's access rules; nil when none is given.
+func visitorRules(opts *ExposeOptions) (*agent.Access, error) {
+	if len(opts.BasicAuth) == 0 && len(opts.AllowIPs) == 0 && len(opts.DenyIPs) == 0 {
+		return nil, nil
+	}
+	a := &agent.Access{}
+	for _, v := range opts.BasicAuth {
+		// The value holds a password: errors describe it, never echo it.
+		user, pass, ok := strings.Cut(v, ":")
+		switch {
+		case !ok:
+			return nil, errors.New("--basic-auth wants user:password, and a value has no ':'")
+		case user == "":
+			return nil, errors.New("--basic-auth wants user:password, and a value has no user before the ':'")
+		}
+		a.BasicAuth = append(a.BasicAuth, agent.BasicUser(user, pass))
+	}
+	for _, list := range []struct {
+		flag string
+		in   []string
+		out  *[]string
+	}{{"--allow-ip", opts.AllowIPs, &a.AllowIPs}, {"--deny-ip", opts.DenyIPs, &a.DenyIPs}} {
+		for _, v := range list.in {
+			v = strings.TrimSpace(v)
+			if _, err := netip.ParsePrefix(v); err != nil {
+				if _, err := netip.ParseAddr(v); err != nil {
+					return nil, fmt.Errorf("%s %q is not an IP address or a CIDR prefix like 203.0.113.0/24", list.flag, v)
+				}
+			}
+			*list.out = append(*list.out, v)
+		}
+	}
+	return a, nil
 }
 
 func exposeRun(ctx context.Context, opts *ExposeOptions) error {
@@ -92,7 +165,8 @@ func exposeRun(ctx context.Context, opts *ExposeOptions) error {
 	defer p.close()
 	return agent.Run(ctx, agent.Config{
 		Relay:     opts.Relay,
-		Tunnels:   []agent.Tunnel{{Name: opts.Name, Local: net.JoinHostPort(opts.LocalHost, strconv.Itoa(opts.Port))}},
+		Token:     opts.Token,
+		Tunnels:   []agent.Tunnel{{Name: opts.Name, Local: net.JoinHostPort(opts.LocalHost, strconv.Itoa(opts.Port)), Access: opts.Access}},
 		TLSConfig: opts.TLSConfig,
 		OnEvent:   p.onEvent,
 		Logger:    opts.Logger,

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -81,6 +82,7 @@ func TestExposeFlags(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("TUNNEL_RELAY", tt.env)
+			unsetEnv(t, "TUNNEL_TOKEN")
 			var got *ExposeOptions
 			err := execute(NewCmdExpose(testFactory(), func(o *ExposeOptions) error { got = o; return nil }), tt.args...)
 			if tt.wantErr != "" {
@@ -96,7 +98,7 @@ func TestExposeFlags(t *testing.T) {
 				t.Fatal(err)
 			}
 			got.IO, got.Logger = IOStreams{}, nil
-			if *got != tt.want {
+			if !reflect.DeepEqual(*got, tt.want) {
 				t.Errorf("options = %+v, want %+v", *got, tt.want)
 			}
 		})
@@ -117,6 +119,16 @@ func TestRelayFlags(t *testing.T) {
 			name: "defaults",
 			args: []string{"--domain", "localhost"},
 			want: RelayOptions{Domain: "localhost", Grace: 60 * time.Second, DrainTimeout: 30 * time.Second, HTTPAddr: ":80"},
+		},
+		{
+			name: "interstitial",
+			args: []string{"--domain", "localhost", "--interstitial", "--interstitial-days", "30"},
+			want: RelayOptions{Domain: "localhost", Grace: 60 * time.Second, DrainTimeout: 30 * time.Second, HTTPAddr: ":80", Interstitial: true, InterstitialDays: 30},
+		},
+		{
+			name:    "interstitial days out of range",
+			args:    []string{"--domain", "localhost", "--interstitial", "--interstitial-days", "0"},
+			wantErr: "--interstitial-days must be 1 to 400",
 		},
 		{
 			name: "all plain flags",
@@ -151,6 +163,7 @@ func TestRelayFlags(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("TUNNEL_DOMAIN", tt.env)
+			unsetEnv(t, "TUNNEL_TOKEN")
 			var got *RelayOptions
 			err := execute(NewCmdRelay(testFactory(), func(o *RelayOptions) error { got = o; return nil }), tt.args...)
 			if tt.wantErr != "" {
@@ -166,7 +179,10 @@ func TestRelayFlags(t *testing.T) {
 				t.Fatal(err)
 			}
 			got.IO, got.Logger = IOStreams{}, nil
-			if *got != tt.want {
+			if tt.want.InterstitialDays == 0 {
+				tt.want.InterstitialDays = 7 // the flag's default
+			}
+			if !reflect.DeepEqual(*got, tt.want) {
 				t.Errorf("options = %+v, want %+v", *got, tt.want)
 			}
 		})
@@ -435,6 +451,7 @@ func TestRelayModes(t *testing.T) {
 			if h, ok := tt.env["HOME"]; ok {
 				t.Setenv("HOME", h)
 			}
+			unsetEnv(t, "TUNNEL_TOKEN")
 			var got *RelayOptions
 			err := execute(NewCmdRelay(testFactory(), func(o *RelayOptions) error { got = o; return nil }), tt.args...)
 			if tt.wantErr != nil {
@@ -453,7 +470,7 @@ func TestRelayModes(t *testing.T) {
 				t.Errorf("ACME = %+v, want %+v", cfg.ACME, tt.want.ACME)
 			}
 			cfg.ACME, tt.want.ACME = nil, nil
-			if cfg != tt.want {
+			if !reflect.DeepEqual(cfg, tt.want) {
 				t.Errorf("config = %+v\nwant     %+v", cfg, tt.want)
 			}
 		})

@@ -7,8 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -34,6 +37,16 @@ type RelayOptions struct {
 	HTTPAddr        string // port-80 listener in TLS mode; empty disables it
 	HSTS            bool   // Strict-Transport-Security on TLS responses
 	Plain           bool   // --plain: HTTP only, whatever the domain
+
+	ConfigFile  string   // --config: YAML tokens and limits, reloaded on SIGHUP and on change
+	TokenFlags  []string // --token values as given
+	AllowNoAuth bool     // --allow-no-auth: serve beyond loopback without tokens
+
+	Interstitial     bool // --interstitial: warn a browser's first visit to a tunnel
+	InterstitialDays int  // how long the visitor's "continue" is remembered
+	// Tokens are those of --token and TUNNEL_TOKEN, named flag-N and env-N,
+	// checked by RunE; the config file's are added when the relay starts.
+	Tokens []relay.Token
 }
 
 // TLS reports whether the relay will serve HTTPS.
@@ -67,12 +80,42 @@ HTTP-01 challenges and redirects everything else to https. Let's Encrypt
 issues at most 50 certificates per registered domain per week: a busy relay
 should use a wildcard certificate file.
 
+Agents need a token as soon as one is configured, from any source: --token
+(repeatable), TUNNEL_TOKEN (comma-separated) and the tokens of --config all
+count. An empty token is an error, never "auth off". Without tokens the relay
+starts only on a loopback address, unless --allow-no-auth asks for an open
+relay on which anyone can claim names.
+
+--config FILE is YAML; every key is optional, unknown keys are errors:
+
+  tokens:
+    - name: alice                  # shown in logs; the token never is
+      sha256: 9f86d081...0f00a08   # hex SHA-256 of the token (printf %s TOKEN |
+                                   # sha256sum), or token: TOKEN in clear
+      names: ["alice-*"]           # names it may claim (default: any)
+      reserved: [alice]            # names no other token may claim
+      max_tunnels: 3               # default limits.max_tunnels_per_token
+  limits:
+    max_tunnels_per_token: 10      # names one token holds at once
+    max_streams_per_tunnel: 200    # open connections per tunnel (503 beyond)
+    conn_rate_per_ip: 50           # new connections per second; -1: no limit
+    conn_rate_loopback: false      # limit loopback addresses too
+    response_header_timeout: 60s   # wait for the local server (504 beyond)
+    auth_failures_per_minute: 10   # wrong tokens per address (429 beyond)
+
+The file is read again on SIGHUP and when it changes: new tokens apply at
+once and agents whose token is gone are disconnected; limits apply at the
+next start. A file with a mistake is logged and the running tokens stay.
+Keep the file private (chmod 600) when it holds tokens in clear.
+
 SIGINT or SIGTERM drains in-flight requests and exits; a second signal exits
 at once.`,
 		Example: `  tunnel relay --domain localhost
   tunnel relay --domain example.com --acme-accept-tos --acme-email ops@example.com
   tunnel relay --domain example.com --tls-cert /etc/tunnel/wildcard.pem --tls-key /etc/tunnel/wildcard.key
-  TUNNEL_DOMAIN=example.com tunnel relay --plain --addr 127.0.0.1:8080`,
+  TUNNEL_DOMAIN=example.com tunnel relay --plain --addr 127.0.0.1:8080
+  tunnel relay --domain example.com --acme-accept-tos --config /etc/tunnel/relay.yaml
+  TUNNEL_TOKEN=$(cat /etc/tunnel/token) tunnel relay --domain example.com --acme-accept-tos`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !cmd.Flags().Changed("domain") {
@@ -84,9 +127,17 @@ at once.`,
 			if opts.DrainTimeout <= 0 {
 				return usageErrorf(cmd, "--drain-timeout must be positive, got %v", opts.DrainTimeout)
 			}
+			if opts.Interstitial && (opts.InterstitialDays < 1 || opts.InterstitialDays > 400) {
+				return usageErrorf(cmd, "--interstitial-days must be 1 to 400 (browsers keep cookies at most 400 days), got %d", opts.InterstitialDays)
+			}
 			if err := checkRelayMode(cmd, opts); err != nil {
 				return err
 			}
+			tokens, err := commandLineTokens(cmd, opts.TokenFlags)
+			if err != nil {
+				return err
+			}
+			opts.Tokens = tokens
 			if runF != nil {
 				return runF(opts)
 			}
@@ -107,7 +158,42 @@ at once.`,
 	fl.StringVar(&opts.HTTPAddr, "http-addr", ":80", "in TLS mode, listen `address` for ACME HTTP-01 and redirects to https; empty disables it")
 	fl.BoolVar(&opts.HSTS, "hsts", false, "send Strict-Transport-Security on HTTPS responses")
 	fl.BoolVar(&opts.Plain, "plain", false, "serve plain HTTP only, without certificates")
+	fl.StringVar(&opts.ConfigFile, "config", "", "YAML `file` of agent tokens and limits, reloaded on SIGHUP and on change")
+	fl.StringArrayVar(&opts.TokenFlags, "token", nil, "`token` agents must present; repeatable (env TUNNEL_TOKEN, comma-separated)")
+	fl.BoolVar(&opts.AllowNoAuth, "allow-no-auth", false, "run without tokens on an address beyond loopback: anyone can claim names")
+	fl.BoolVar(&opts.Interstitial, "interstitial", false, "show a browser's first visit to a tunnel an anti-phishing warning page (never WebSockets, fetch or non-browser clients)")
+	fl.IntVar(&opts.InterstitialDays, "interstitial-days", 7, "how many `days` a visitor's \"continue\" on the warning page is remembered")
 	return cmd
+}
+
+// commandLineTokens collects the tokens of --token and TUNNEL_TOKEN. An
+// empty one is a usage error: a variable that expanded to nothing must not
+// turn auth off.
+func commandLineTokens(cmd *cobra.Command, flags []string) ([]relay.Token, error) {
+	const hint = "an empty token would let anyone in; use a long random token (e.g. openssl rand -hex 24)"
+	var tokens []relay.Token
+	for i, v := range flags {
+		if strings.TrimSpace(v) == "" {
+			return nil, usageErrorf(cmd, "--token is empty: %s", hint)
+		}
+		tokens = append(tokens, relay.Token{Name: fmt.Sprintf("flag-%d", i+1), Secret: strings.TrimSpace(v)})
+	}
+	if env, ok := os.LookupEnv("TUNNEL_TOKEN"); ok {
+		parts := strings.Split(env, ",")
+		for i, v := range parts {
+			if strings.TrimSpace(v) == "" {
+				if len(parts) == 1 {
+					return nil, usageErrorf(cmd, "TUNNEL_TOKEN is set but empty: %s, or unset it", hint)
+				}
+				return nil, usageErrorf(cmd, "TUNNEL_TOKEN: token %d of %d is empty: %s", i+1, len(parts), hint)
+			}
+			tokens = append(tokens, relay.Token{Name: fmt.Sprintf("env-%d", i+1), Secret: strings.TrimSpace(v)})
+		}
+	}
+	if err := relay.CheckTokens(tokens); err != nil {
+		return nil, usageErrorf(cmd, "%v", err)
+	}
+	return tokens, nil
 }
 
 // checkRelayMode enforces the rules that pick plain HTTP or TLS, and fills
@@ -178,8 +264,38 @@ func defaultStateDir() (string, error) {
 }
 
 func relayRun(ctx context.Context, opts *RelayOptions) error {
-	return relay.Run(ctx, relayConfig(opts), func(addr net.Addr) {
+	cfg := relayConfig(opts)
+	var reloader *configReloader
+	if opts.ConfigFile != "" {
+		// Watch for SIGHUP before reading the file, so that one sent
+		// during startup reloads rather than ends the relay.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		reloader = &configReloader{path: opts.ConfigFile, fixed: opts.Tokens, log: opts.Logger, hup: hup, every: configPollInterval}
+		file, err := reloader.load()
+		if err != nil {
+			return err
+		}
+		reloader.limits = file.Limits
+		cfg.Tokens = append(cfg.Tokens, file.Tokens...)
+		cfg.Limits = file.Limits
+	}
+	if len(cfg.Tokens) > 0 {
+		opts.Logger.Info("agents need a token", "tokens", len(cfg.Tokens))
+	}
+
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		stopWatch()
+		wg.Wait()
+	}()
+	return relay.Run(ctx, cfg, func(s *relay.Server, addr net.Addr) {
 		fmt.Fprintf(opts.IO.ErrOut, "relay listening on %s, serving %s\n", addr, exampleURL(opts.Domain, addr, opts.TLS()))
+		if reloader != nil {
+			wg.Go(func() { reloader.run(watchCtx, s) })
+		}
 	})
 }
 
@@ -191,6 +307,11 @@ func relayConfig(opts *RelayOptions) relay.Config {
 		Grace:        opts.Grace,
 		DrainTimeout: opts.DrainTimeout,
 		Logger:       opts.Logger,
+		Tokens:       opts.Tokens,
+		AllowNoAuth:  opts.AllowNoAuth,
+	}
+	if opts.Interstitial {
+		cfg.Interstitial = time.Duration(opts.InterstitialDays) * 24 * time.Hour
 	}
 	if cfg.Grace <= 0 {
 		cfg.Grace = -1 // relay.Config reads 0 as "default"; --grace 0 means none

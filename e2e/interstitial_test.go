@@ -1,0 +1,261 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"html"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/tunnel-dev/tunnel/agent"
+	"github.com/tunnel-dev/tunnel/relay"
+)
+
+// Request headers as Chromium sends them.
+var (
+	browserNav = []string{
+		"Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+		"Sec-Fetch-Mode", "navigate", "Sec-Fetch-Dest", "document", "Sec-Fetch-Site", "none", "Sec-Fetch-User", "?1",
+	}
+	browserFetch = []string{"Accept", "text/html", "Sec-Fetch-Mode", "cors", "Sec-Fetch-Dest", "empty", "Sec-Fetch-Site", "same-origin"}
+)
+
+// cookieLocal is a local server that shows each request's method, target
+// and Cookie header (as HTML to a browser), and echoes WebSocket messages
+// at /ws, refusing a handshake that carries the relay's cookie.
+type cookieLocal struct {
+	addr string
+	hits atomic.Int64 // plain requests seen
+}
+
+func startCookieLocal(t testing.TB) *cookieLocal {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &cookieLocal{addr: ln.Addr().String()}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.Header.Get("Cookie"), "tunnel_ack") {
+			http.Error(w, "the relay's cookie reached the local server", http.StatusBadRequest)
+			return
+		}
+		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true}) // browser pages on other names connect too
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			typ, msg, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			if err := c.Write(r.Context(), typ, msg); err != nil {
+				return
+			}
+		}
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		cl.hits.Add(1)
+		req, cookie := r.Method+" "+r.URL.RequestURI(), r.Header.Get("Cookie")
+		if strings.Contains(r.Header.Get("Accept"), "text/html") {
+			fmt.Fprintf(w, "<!doctype html><title>local</title><p id=req>%s</p><p id=cookie>%s</p>", html.EscapeString(req), html.EscapeString(cookie))
+			return
+		}
+		fmt.Fprintf(w, "%s\ncookie=%s", req, cookie)
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return cl
+}
+
+// startInterstitial runs a relay with the interstitial on, a cookieLocal
+// and an agent for "demo", and returns the relay, the local server and the
+// tunnel's URL.
+func startInterstitial(t testing.TB) (*testRelay, *cookieLocal, string) {
+	t.Helper()
+	rl := startRelay(t, "", func(c *relay.Config) { c.Interstitial = 7 * 24 * time.Hour })
+	local := startCookieLocal(t)
+	_, urls := startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
+	return rl, local, urls[0]
+}
+
+// doRequest sends one request through the relay without following redirects.
+func doRequest(t testing.TB, c *http.Client, method, u string, body io.Reader, hdr ...string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, u, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Add(hdr[i], hdr[i+1])
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, u, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, string(b)
+}
+
+func noRedirects(c *http.Client) *http.Client {
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return c
+}
+
+// TestInterstitialBrowserFlow walks a browser's first visit through the
+// relay and agent: the page, the confirm form, the redirect to the
+// original path and query, and the acknowledged navigation, which reaches
+// the local server without the relay's cookie but with the visitor's own.
+func TestInterstitialBrowserFlow(t *testing.T) {
+	rl, local, base := startInterstitial(t)
+	c := noRedirects(visitorClient(rl.addr))
+
+	resp, body := doRequest(t, c, "GET", base+"/page?x=1", nil, browserNav...)
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "Continue to demo.localhost") {
+		t.Fatalf("first navigation: %d\n%s", resp.StatusCode, body)
+	}
+	if resp.Header.Get("Content-Security-Policy") == "" || resp.Header.Get("X-Frame-Options") != "DENY" || resp.Header.Get("Cache-Control") != "no-store" {
+		t.Errorf("page headers: %v", resp.Header)
+	}
+	if n := local.hits.Load(); n != 0 {
+		t.Fatalf("the local server saw %d requests before the visitor confirmed", n)
+	}
+
+	form := url.Values{}
+	for _, m := range regexp.MustCompile(`name="(\w+)" value="([^"]*)"`).FindAllStringSubmatch(body, -1) {
+		form.Set(m[1], html.UnescapeString(m[2]))
+	}
+	action := regexp.MustCompile(`action="([^"]+)"`).FindStringSubmatch(body)
+	if action == nil || action[1] != "/_tunnel/continue" || form.Get("to") != "/page?x=1" {
+		t.Fatalf("form action %v, fields %v", action, form)
+	}
+	resp, body = doRequest(t, c, "POST", base+action[1], strings.NewReader(form.Encode()),
+		"Content-Type", "application/x-www-form-urlencoded", "Origin", base,
+		"Sec-Fetch-Site", "same-origin", "Sec-Fetch-Mode", "navigate", "Sec-Fetch-Dest", "document")
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/page?x=1" {
+		t.Fatalf("confirm: %d Location %q\n%s", resp.StatusCode, resp.Header.Get("Location"), body)
+	}
+	var ack *http.Cookie
+	for _, ck := range resp.Cookies() {
+		if ck.Name == "tunnel_ack" {
+			ack = ck
+		}
+	}
+	if ack == nil || !ack.HttpOnly || ack.SameSite != http.SameSiteLaxMode || ack.MaxAge != 7*24*3600 {
+		t.Fatalf("confirm set cookies %v", resp.Cookies())
+	}
+	if n := local.hits.Load(); n != 0 {
+		t.Fatalf("the confirm reached the local server (%d requests)", n)
+	}
+
+	cookie := "theme=dark; " + ack.Name + "=" + ack.Value + "; session=abc"
+	for _, path := range []string{"/page?x=1", "/other?y=2"} {
+		resp, body = doRequest(t, c, "GET", base+path, nil, append([]string{"Cookie", cookie}, browserNav...)...)
+		want := fmt.Sprintf(`<p id=req>GET %s</p><p id=cookie>theme=dark; session=abc</p>`, html.EscapeString(path))
+		if resp.StatusCode != http.StatusOK || !strings.Contains(body, want) {
+			t.Fatalf("acknowledged GET %s: %d\n%s\nwant %s", path, resp.StatusCode, body, want)
+		}
+	}
+	// The same cookie on a WebSocket handshake is stripped too.
+	ws := wsEchoWith(t, rl.addr, strings.Replace(base, "http", "ws", 1)+"/ws", http.Header{"Cookie": {cookie}})
+	if ws != "echo me" {
+		t.Fatalf("WebSocket answer %q", ws)
+	}
+}
+
+// TestInterstitialNeverBlocks checks, for a visitor that never saw the page,
+// that everything but a top-level navigation goes straight to the local
+// server: WebSocket upgrades (even ones that say they accept HTML), fetch,
+// form posts and non-browser clients.
+func TestInterstitialNeverBlocks(t *testing.T) {
+	rl, local, base := startInterstitial(t)
+	c := noRedirects(visitorClient(rl.addr))
+	for _, tc := range []struct {
+		name, method string
+		hdr          []string
+	}{
+		{"curl", "GET", []string{"Accept", "*/*", "User-Agent", "curl/8.5.0"}},
+		{"Go client", "GET", nil},
+		{"Node fetch", "GET", []string{"Accept", "*/*", "Sec-Fetch-Mode", "cors", "User-Agent", "node"}},
+		{"fetch asking for HTML", "GET", browserFetch},
+		{"form POST", "POST", browserNav},
+		{"HEAD navigation", "HEAD", browserNav},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := local.hits.Load()
+			resp, body := doRequest(t, c, tc.method, base+"/api?q=1", nil, tc.hdr...)
+			if resp.StatusCode != http.StatusOK || local.hits.Load() != before+1 {
+				t.Fatalf("%s: %d, local hits %d→%d\n%s", tc.name, resp.StatusCode, before, local.hits.Load(), body)
+			}
+		})
+	}
+	wsURL := strings.Replace(base, "http", "ws", 1) + "/ws"
+	for name, hdr := range map[string]http.Header{
+		"Chromium WebSocket":             {"Sec-Fetch-Mode": {"websocket"}, "Sec-Fetch-Dest": {"websocket"}, "Sec-Fetch-Site": {"cross-site"}, "Origin": {"http://elsewhere.example"}},
+		"WebSocket accepting HTML":       {"Accept": {"text/html"}},
+		"WebSocket with a forged cookie": {"Accept": {"text/html"}, "Cookie": {"tunnel_ack=1.forged"}},
+	} {
+		if got := wsEchoWith(t, rl.addr, wsURL, hdr); got != "echo me" {
+			t.Errorf("%s: answer %q", name, got)
+		}
+	}
+	// The confirm path is the relay's, whatever the method: never forwarded.
+	before := local.hits.Load()
+	resp, _ := doRequest(t, c, "GET", base+"/_tunnel/continue?to=/", nil, browserNav...)
+	if resp.StatusCode != http.StatusMethodNotAllowed || local.hits.Load() != before {
+		t.Errorf("GET /_tunnel/continue: %d, forwarded %v", resp.StatusCode, local.hits.Load() != before)
+	}
+}
+
+// TestInterstitialOff checks that a relay without the option shows nothing.
+func TestInterstitialOff(t *testing.T) {
+	rl := startRelay(t, "")
+	local := startCookieLocal(t)
+	_, urls := startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
+	resp, body := doRequest(t, visitorClient(rl.addr), "GET", urls[0]+"/page?x=1", nil, browserNav...)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "GET /page?x=1") {
+		t.Fatalf("navigation with the interstitial off: %d\n%s", resp.StatusCode, body)
+	}
+}
+
+// wsEchoWith opens a WebSocket with extra handshake headers, sends one
+// message and returns the answer.
+func wsEchoWith(t testing.TB, relayAddr, u string, hdr http.Header) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: visitorClient(relayAddr), HTTPHeader: hdr})
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("WebSocket %s with %v: status %d: %v", u, hdr, status, err)
+	}
+	defer c.CloseNow()
+	if err := c.Write(ctx, websocket.MessageText, []byte("echo me")); err != nil {
+		t.Fatal(err)
+	}
+	_, msg, err := c.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	return string(msg)
+}
