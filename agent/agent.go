@@ -44,6 +44,9 @@ type Config struct {
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// LocalDialTimeout bounds each dial of a local target. Default 5 s.
 	LocalDialTimeout time.Duration
+	// WriteIdleTimeout ends a connection whose local server (or relay side)
+	// reads nothing for this long. Default tunnel.DefaultWriteIdleTimeout.
+	WriteIdleTimeout time.Duration
 	// MinBackoff and MaxBackoff shape the delay between reconnect attempts:
 	// the n-th retry waits a random time up to MinBackoff·2^(n-1), capped at
 	// MaxBackoff ("full jitter"). Defaults 500 ms and 30 s.

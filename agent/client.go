@@ -195,10 +195,32 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The control stream's writer: resets from any stream, then goodbye.
+	out := make(chan proto.Message, 64)
+	resets := tunnel.NewResets(func(id uint32) {
+		select {
+		case out <- &proto.StreamReset{Stream: id}:
+		default: // the relay's idle-write timeout ends that stream anyway
+		}
+	})
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		defer sess.Close()
-		c.readControl(ctrl)
+		c.readControl(ctrl, resets)
+	})
+	wg.Go(func() {
+		for {
+			select {
+			case m := <-out:
+				ctrl.SetWriteDeadline(time.Now().Add(tunnel.WriteTimeout))
+				if proto.WriteMessage(ctrl, m) != nil {
+					sess.Close()
+					return
+				}
+			case <-sess.CloseChan():
+				return
+			}
+		}
 	})
 	wg.Go(func() {
 		for {
@@ -206,7 +228,7 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 			if err != nil {
 				return
 			}
-			wg.Go(func() { c.serveStream(sctx, ys) })
+			wg.Go(func() { c.serveStream(sctx, ys, resets) })
 		}
 	})
 
@@ -214,12 +236,13 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 	case <-ctx.Done():
 		// Tell the relay to free the names now, and wait briefly for it to
 		// hang up so the goodbye is not lost to a reset.
-		ctrl.SetWriteDeadline(time.Now().Add(2 * time.Second))
-		if proto.WriteMessage(ctrl, &proto.Goodbye{}) == nil {
+		select {
+		case out <- &proto.Goodbye{}:
 			select {
 			case <-sess.CloseChan():
 			case <-time.After(2 * time.Second):
 			}
+		case <-time.After(2 * time.Second):
 		}
 	case <-sess.CloseChan():
 	}
@@ -239,13 +262,18 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 
 // readControl handles the relay's messages on the control stream until it
 // closes.
-func (c *client) readControl(ctrl net.Conn) {
+func (c *client) readControl(ctrl net.Conn, resets *tunnel.Resets) {
 	for {
 		m, err := proto.ReadMessage(ctrl)
+		if errors.Is(err, proto.ErrUnknownType) {
+			continue // from a newer relay: skipped
+		}
 		if err != nil {
 			return
 		}
 		switch m := m.(type) {
+		case *proto.StreamReset:
+			resets.Reset(m.Stream)
 		case *proto.Event:
 			c.emit(Event{Kind: EventRequest, Request: m})
 		case *proto.Error:
@@ -267,7 +295,7 @@ func (c *client) readControl(ctrl net.Conn) {
 // serveStream reads a stream's header and hands it to the tunnel it names.
 // The agent serves only the names it was granted: a stream for any other
 // name is refused.
-func (c *client) serveStream(ctx context.Context, ys *yamux.Stream) {
+func (c *client) serveStream(ctx context.Context, ys *yamux.Stream, resets *tunnel.Resets) {
 	hctx, cancel := context.WithTimeout(ctx, streamHeaderTimeout)
 	st, hdr, err := tunnel.AcceptStream(hctx, ys)
 	cancel()
@@ -275,6 +303,7 @@ func (c *client) serveStream(ctx context.Context, ys *yamux.Stream) {
 		c.log.Debug("bad stream", "err", err)
 		return
 	}
+	resets.Track(st)
 	for i, n := range c.names {
 		if n == hdr.Name {
 			c.handle(ctx, st, i)
@@ -313,7 +342,7 @@ func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, local strin
 		lc.Close()
 	})
 	defer stop()
-	if err := tunnel.Join(st, lc, nil); err != nil {
+	if err := tunnel.JoinWith(st, lc, tunnel.JoinOptions{WriteIdleTimeout: cfg.WriteIdleTimeout}); err != nil {
 		cfg.Logger.Debug("stream ended with error", "local", local, "err", err)
 	}
 }

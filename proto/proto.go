@@ -37,6 +37,7 @@ import (
 // Changelog:
 //   - 1: first version: hello / welcome / error / notice / goodbye / event on
 //     the control stream; stream header and stream reply on data streams.
+//     Added compatibly: stream-reset (9), which an older peer ignores.
 const Version = 1
 
 // MinVersion is the oldest agent protocol version this code accepts.
@@ -67,6 +68,7 @@ const (
 	TypeEvent        Type = 6 // relay → agent: one proxied request happened
 	TypeStreamHeader Type = 7 // relay → agent, first frame of a data stream
 	TypeStreamReply  Type = 8 // agent → relay, answer to StreamHeader
+	TypeStreamReset  Type = 9 // either way, on the control stream: abort a data stream
 )
 
 func (t Type) String() string {
@@ -87,6 +89,8 @@ func (t Type) String() string {
 		return "stream-header"
 	case TypeStreamReply:
 		return "stream-reply"
+	case TypeStreamReset:
+		return "stream-reset"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -211,6 +215,14 @@ type StreamReply struct {
 	Error *Error `json:"error,omitempty"`
 }
 
+// StreamReset tells the peer that the sender closed a data stream before
+// the peer finished writing to it: the peer should abort its end (and the
+// connection joined to it) at once instead of waiting for a window that
+// will never open.
+type StreamReset struct {
+	Stream uint32 `json:"stream"` // the yamux stream ID
+}
+
 // Type implementations.
 func (*Hello) Type() Type        { return TypeHello }
 func (*Welcome) Type() Type      { return TypeWelcome }
@@ -220,6 +232,7 @@ func (*Goodbye) Type() Type      { return TypeGoodbye }
 func (*Event) Type() Type        { return TypeEvent }
 func (*StreamHeader) Type() Type { return TypeStreamHeader }
 func (*StreamReply) Type() Type  { return TypeStreamReply }
+func (*StreamReset) Type() Type  { return TypeStreamReset }
 
 // ErrTooLarge is returned for a frame whose payload exceeds MaxMessageSize.
 var ErrTooLarge = errors.New("proto: message larger than MaxMessageSize")
@@ -258,6 +271,11 @@ func ReadMessage(r io.Reader) (Message, error) {
 	}
 	m := newMessage(Type(hdr[0]))
 	if m == nil {
+		// Consume the frame, so the caller may skip it and read on: new
+		// message types are added compatibly.
+		if _, err := io.CopyN(io.Discard, r, int64(n)); err != nil {
+			return nil, io.ErrUnexpectedEOF
+		}
 		return nil, fmt.Errorf("%w %d", ErrUnknownType, hdr[0])
 	}
 	body := make([]byte, n)
@@ -293,6 +311,8 @@ func newMessage(t Type) Message {
 		return new(StreamHeader)
 	case TypeStreamReply:
 		return new(StreamReply)
+	case TypeStreamReset:
+		return new(StreamReset)
 	}
 	return nil
 }

@@ -49,6 +49,7 @@ func sampleMessages() []proto.Message {
 		&proto.StreamHeader{Name: "demo", Remote: "192.0.2.1:4321", Scheme: "https"},
 		&proto.StreamReply{},
 		&proto.StreamReply{Error: proto.Errorf(proto.CodeLocalDial, "connection refused")},
+		&proto.StreamReset{Stream: 7},
 	}
 }
 
@@ -93,13 +94,13 @@ func TestRoundTrip(t *testing.T) {
 }
 
 // TestEveryTypeHasASample guards TestRoundTrip: every known type number
-// (1..8 today) must appear among the samples.
+// (1..9 today) must appear among the samples.
 func TestEveryTypeHasASample(t *testing.T) {
 	seen := map[proto.Type]bool{}
 	for _, m := range sampleMessages() {
 		seen[m.Type()] = true
 	}
-	for ty := proto.Type(1); ty <= proto.TypeStreamReply; ty++ {
+	for ty := proto.Type(1); ty <= proto.TypeStreamReset; ty++ {
 		if !seen[ty] {
 			t.Errorf("no sample message of type %v", ty)
 		}
@@ -188,12 +189,18 @@ func TestReadMessageMaxSizeAccepted(t *testing.T) {
 }
 
 // TestReadMessageUnknownType checks that a type number this version does not
-// know is an ErrUnknownType error (0 and 9 border the known range).
+// know is an ErrUnknownType error (0 and 10 border the known range), and
+// that the frame is consumed, so a reader can skip it and go on: a newer
+// peer's new message types do not break an older one.
 func TestReadMessageUnknownType(t *testing.T) {
-	for _, ty := range []byte{0, 9, 200, 255} {
-		_, err := proto.ReadMessage(bytes.NewReader(frame(proto.Type(ty), `{}`)))
+	for _, ty := range []byte{0, 10, 200, 255} {
+		r := bytes.NewReader(append(frame(proto.Type(ty), `{"new":"field"}`), frame(proto.TypeGoodbye, `{}`)...))
+		_, err := proto.ReadMessage(r)
 		if !errors.Is(err, proto.ErrUnknownType) {
 			t.Errorf("type %d: err = %v, want ErrUnknownType", ty, err)
+		}
+		if m, err := proto.ReadMessage(r); err != nil || m.Type() != proto.TypeGoodbye {
+			t.Errorf("type %d: the next frame reads as %v, %v", ty, m, err)
 		}
 	}
 }
@@ -354,6 +361,7 @@ func TestNumbersNeverChange(t *testing.T) {
 	types := map[proto.Type]byte{
 		proto.TypeHello: 1, proto.TypeWelcome: 2, proto.TypeError: 3, proto.TypeNotice: 4,
 		proto.TypeGoodbye: 5, proto.TypeEvent: 6, proto.TypeStreamHeader: 7, proto.TypeStreamReply: 8,
+		proto.TypeStreamReset: 9,
 	}
 	for ty, n := range types {
 		if byte(ty) != n {

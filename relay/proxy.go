@@ -134,6 +134,12 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 	if !acc.check(w, r, host) {
 		return
 	}
+	if s.draining.Load() {
+		// In-flight requests finish; new ones are refused at once.
+		w.Header().Set("Retry-After", "5")
+		writePage(w, r, http.StatusServiceUnavailable, "Relay restarting", "The relay is shutting down; try again in a few seconds.")
+		return
+	}
 	if s.inter != nil && s.interstitialCheck(w, r, host) {
 		return
 	}
@@ -149,7 +155,7 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 		scheme = "https"
 	}
 	ctx := context.WithValue(r.Context(), visitorKey{}, visitorInfo{name: name, remote: r.RemoteAddr, scheme: scheme})
-	rec := &recorder{ResponseWriter: w, srv: s}
+	rec := &recorder{ResponseWriter: w, srv: s, idle: s.cfg.Limits.WriteIdleTimeout}
 	var in countingReader
 	if r.Body != nil && r.Body != http.NoBody {
 		in.r = r.Body
@@ -165,6 +171,10 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 	}
 	start := time.Now()
 	as.proxy.ServeHTTP(rec, r.WithContext(ctx))
+	if rec.deadline && rec.hijacked == nil {
+		// The connection may carry the visitor's next request.
+		http.NewResponseController(w).SetWriteDeadline(time.Time{})
+	}
 	if as.events {
 		ev := &proto.Event{
 			Name:      name,
@@ -283,6 +293,8 @@ type recorder struct {
 	status   int
 	bytes    atomic.Int64
 	hijacked *trackedConn
+	idle     time.Duration // each write must finish within this
+	deadline bool          // a write deadline was set on the connection
 }
 
 func (r *recorder) WriteHeader(code int) {
@@ -295,6 +307,11 @@ func (r *recorder) WriteHeader(code int) {
 func (r *recorder) Write(p []byte) (int, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
+	}
+	// A visitor that stops reading must not hold the stream (and the agent's
+	// window) for ever: each write gets the idle timeout.
+	if http.NewResponseController(r.ResponseWriter).SetWriteDeadline(time.Now().Add(r.idle)) == nil {
+		r.deadline = true
 	}
 	n, err := r.ResponseWriter.Write(p)
 	r.bytes.Add(int64(n))

@@ -105,6 +105,10 @@ type Limits struct {
 	// AuthFailuresPerMinute is how many failed token attempts one address
 	// may make before it gets 429 for a while. Default 10.
 	AuthFailuresPerMinute int
+	// WriteIdleTimeout ends a response or WebSocket whose visitor reads
+	// nothing for this long, so a stalled reader cannot hold a stream and
+	// its window for ever. Default 60 s.
+	WriteIdleTimeout time.Duration
 }
 
 func (l *Limits) setDefaults() {
@@ -122,6 +126,9 @@ func (l *Limits) setDefaults() {
 	}
 	if l.AuthFailuresPerMinute <= 0 {
 		l.AuthFailuresPerMinute = 10
+	}
+	if l.WriteIdleTimeout <= 0 {
+		l.WriteIdleTimeout = tunnel.DefaultWriteIdleTimeout
 	}
 }
 

@@ -45,6 +45,7 @@ type agentSession struct {
 	tr      *http.Transport
 
 	tok    *token                   // the agent's token; nil without auth
+	resets *tunnel.Resets           // data streams, for resets both ways
 	slots  map[string]chan struct{} // per tunnel name, at most Limits.MaxStreamsPerTunnel
 	slotMu sync.Mutex
 
@@ -101,6 +102,7 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		tok:     tok,
 		done:    make(chan struct{}),
 	}
+	as.resets = tunnel.NewResets(func(id uint32) { as.notify(&proto.StreamReset{Stream: id}) })
 	if tok != nil {
 		as.log = log.With("token", tok.Name)
 	}
@@ -312,10 +314,15 @@ func (as *agentSession) readControl() {
 	defer as.close()
 	for {
 		m, err := proto.ReadMessage(as.ctrl)
+		if errors.Is(err, proto.ErrUnknownType) {
+			continue // from a newer agent: skipped
+		}
 		if err != nil {
 			return
 		}
-		switch m.(type) {
+		switch m := m.(type) {
+		case *proto.StreamReset:
+			as.resets.Reset(m.Stream)
 		case *proto.Goodbye:
 			as.goodbye.Store(true)
 			return
@@ -430,9 +437,10 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 	if v, ok := ctx.Value(visitorKey{}).(visitorInfo); ok {
 		hdr.Remote, hdr.Scheme = v.remote, v.scheme
 	}
-	st, err := tunnel.OpenStream(ctx, as.sess, hdr)
+	// The agent's slot stays taken while a yamux open is still pending,
+	// so abandoned opens cannot pile up beyond MaxStreams.
+	st, err := tunnel.OpenStream(ctx, as.sess, hdr, func() { <-as.streams })
 	if err != nil {
-		<-as.streams
 		<-tunnelSlots
 		if as.sess.IsClosed() {
 			return nil, errSessionGone
@@ -442,6 +450,7 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 		}
 		return nil, err
 	}
+	as.resets.Track(st)
 	return &slotConn{Conn: st, release: func() {
 		<-as.streams
 		<-tunnelSlots

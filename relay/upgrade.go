@@ -68,7 +68,8 @@ func (as *agentSession) switchProtocols(res *http.Response) error {
 	if brw.Reader.Buffered() > 0 {
 		visitor = &bufferedVisitor{Conn: conn, r: brw.Reader}
 	}
-	if err := tunnel.Join(visitor, back, &up.counts); err != nil {
+	opts := tunnel.JoinOptions{Counts: &up.counts, WriteIdleTimeout: as.srv.cfg.Limits.WriteIdleTimeout}
+	if err := tunnel.JoinWith(visitor, back, opts); err != nil {
 		as.log.Debug("websocket ended with error", "err", err)
 	}
 	return errUpgraded

@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Buffer sizes of Join. An idle direction blocks in a read of smallBuf bytes;
@@ -32,9 +33,37 @@ type Counts struct {
 // error in either direction aborts both, and so does the owner closing a or
 // b. counts, if not nil, is updated as bytes move. A clean end in both
 // directions, or an abort by the owner, returns nil.
+//
+// A write that makes no progress for DefaultWriteIdleTimeout (a peer that
+// stopped reading) aborts the join with os.ErrDeadlineExceeded; JoinWith
+// sets another bound.
 func Join(a, b net.Conn, counts *Counts) error {
+	return JoinWith(a, b, JoinOptions{Counts: counts})
+}
+
+// DefaultWriteIdleTimeout is how long Join lets one write wait for a peer
+// that does not read before it gives up on both connections.
+const DefaultWriteIdleTimeout = 60 * time.Second
+
+// JoinOptions tune JoinWith. The zero value means Join's defaults.
+type JoinOptions struct {
+	// Counts, if not nil, is updated as bytes move.
+	Counts *Counts
+	// WriteIdleTimeout bounds each write; a peer that reads nothing for
+	// this long ends the join. Zero means DefaultWriteIdleTimeout;
+	// negative means no bound.
+	WriteIdleTimeout time.Duration
+}
+
+// JoinWith is Join with options.
+func JoinWith(a, b net.Conn, opts JoinOptions) error {
+	counts := opts.Counts
 	if counts == nil {
 		counts = new(Counts)
+	}
+	idle := opts.WriteIdleTimeout
+	if idle == 0 {
+		idle = DefaultWriteIdleTimeout
 	}
 	// abort unblocks the other direction, whichever direction failed.
 	abort := func() {
@@ -43,13 +72,13 @@ func Join(a, b net.Conn, counts *Counts) error {
 	}
 	errc := make(chan error, 1)
 	go func() {
-		err := pipe(b, a, &counts.AToB)
+		err := pipe(b, a, &counts.AToB, idle)
 		if err != nil {
 			abort()
 		}
 		errc <- err
 	}()
-	err1 := pipe(a, b, &counts.BToA)
+	err1 := pipe(a, b, &counts.BToA, idle)
 	if err1 != nil {
 		abort()
 	}
@@ -70,8 +99,9 @@ func Join(a, b net.Conn, counts *Counts) error {
 // other direction's abort or by Join's owner.
 var errAborted = errors.New("tunnel: join aborted")
 
-// pipe copies src to dst until EOF or an error, then half-closes dst.
-func pipe(dst, src net.Conn, n *atomic.Int64) error {
+// pipe copies src to dst until EOF or an error, then half-closes dst. Each
+// write must finish within idle (unless idle is negative).
+func pipe(dst, src net.Conn, n *atomic.Int64, idle time.Duration) error {
 	var small [smallBuf]byte
 	var big *[]byte
 	defer func() {
@@ -86,6 +116,9 @@ func pipe(dst, src net.Conn, n *atomic.Int64) error {
 		}
 		nr, rerr := src.Read(buf)
 		if nr > 0 {
+			if idle > 0 {
+				dst.SetWriteDeadline(time.Now().Add(idle))
+			}
 			nw, werr := dst.Write(buf[:nr])
 			n.Add(int64(nw))
 			if werr != nil {

@@ -33,6 +33,9 @@ type Stream struct {
 	// first, so that an expired deadline fails them at once, as on TCP.
 	readDeadline  atomic.Pointer[time.Time]
 	writeDeadline atomic.Pointer[time.Time]
+
+	sawEOF  atomic.Bool // the peer finished writing
+	onClose func(c *Stream, peerDone bool)
 }
 
 // expired reports whether the deadline in d has passed.
@@ -81,10 +84,16 @@ func (c *Stream) Read(b []byte) (int, error) {
 		return 0, c.mapErr("read", os.ErrDeadlineExceeded)
 	}
 	n, err := c.s.Read(b)
+	if err == io.EOF {
+		c.sawEOF.Store(true)
+	}
 	return n, c.mapErr("read", err)
 }
 
-// Write implements net.Conn.
+// Write implements net.Conn. If yamux gives up on a write because the
+// shared connection did not take it within its write timeout, the stream is
+// closed: yamux would leave it half-dead, the peer's Read hanging forever
+// (GHSA-29qp-crvh-w22m).
 func (c *Stream) Write(b []byte) (int, error) {
 	if c.isClosed() {
 		return 0, c.mapErr("write", net.ErrClosed)
@@ -93,6 +102,9 @@ func (c *Stream) Write(b []byte) (int, error) {
 		return 0, c.mapErr("write", os.ErrDeadlineExceeded)
 	}
 	n, err := c.s.Write(b)
+	if errors.Is(err, yamux.ErrConnectionWriteTimeout) {
+		c.Close()
+	}
 	return n, c.mapErr("write", err)
 }
 
@@ -111,9 +123,15 @@ func (c *Stream) Close() error {
 		past := time.Unix(1, 0)
 		c.s.SetDeadline(past)
 		c.s.Close()
+		if c.onClose != nil {
+			c.onClose(c, c.sawEOF.Load())
+		}
 	})
 	return nil
 }
+
+// ID returns the stream's yamux ID, the same at both ends of the session.
+func (c *Stream) ID() uint32 { return c.s.StreamID() }
 
 // LocalAddr implements net.Conn.
 func (c *Stream) LocalAddr() net.Addr { return c.s.LocalAddr() }
@@ -159,8 +177,17 @@ func (c *Stream) SetWriteDeadline(t time.Time) error {
 // agent (e.g. its local target does not answer) is returned as a *proto.Error.
 // The caller must bound the number of concurrent calls per session below
 // MaxStreams, so that yamux never blocks on its SYN backlog.
-func OpenStream(ctx context.Context, sess *yamux.Session, hdr *proto.StreamHeader) (*Stream, error) {
-	ys, err := openYamux(ctx, sess)
+//
+// failed, if not nil, is called exactly once when OpenStream fails, as soon
+// as no yamux open is outstanding: at once, or, when ctx ended while yamux
+// was still blocked in its OpenStream, once yamux returns. Callers free
+// their concurrency slot there, so abandoned opens count against it until
+// they are really gone.
+func OpenStream(ctx context.Context, sess *yamux.Session, hdr *proto.StreamHeader, failed func()) (*Stream, error) {
+	if failed == nil {
+		failed = func() {}
+	}
+	ys, err := openYamux(ctx, sess, failed)
 	if err != nil {
 		return nil, fmt.Errorf("open stream: %w", err)
 	}
@@ -177,6 +204,7 @@ func OpenStream(ctx context.Context, sess *yamux.Session, hdr *proto.StreamHeade
 	clear()
 	if err != nil {
 		st.Close()
+		failed()
 		var perr *proto.Error
 		if errors.As(err, &perr) {
 			return nil, perr
@@ -192,7 +220,9 @@ func OpenStream(ctx context.Context, sess *yamux.Session, hdr *proto.StreamHeade
 // acknowledged it keeps its backlog credit until the agent answers. If ctx
 // ends first, the stream is closed as soon as yamux hands it over; the
 // goroutine ends then, or when the session closes.
-func openYamux(ctx context.Context, sess *yamux.Session) (*yamux.Stream, error) {
+//
+// On error it calls failed once the background open, if any, has ended.
+func openYamux(ctx context.Context, sess *yamux.Session, failed func()) (*yamux.Stream, error) {
 	type result struct {
 		s   *yamux.Stream
 		err error
@@ -204,12 +234,16 @@ func openYamux(ctx context.Context, sess *yamux.Session) (*yamux.Stream, error) 
 	}()
 	select {
 	case r := <-ch:
+		if r.err != nil {
+			failed()
+		}
 		return r.s, r.err
 	case <-ctx.Done():
 		go func() {
 			if r := <-ch; r.s != nil {
 				r.s.Close()
 			}
+			failed()
 		}()
 		return nil, ctx.Err()
 	}

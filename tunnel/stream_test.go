@@ -62,7 +62,7 @@ func TestOpenAcceptStream(t *testing.T) {
 	openc := make(chan opened, 1)
 	go func() {
 		hdr := want
-		st, err := tunnel.OpenStream(ctx, relay, &hdr)
+		st, err := tunnel.OpenStream(ctx, relay, &hdr, nil)
 		openc <- opened{st, err}
 	}()
 
@@ -127,7 +127,7 @@ func TestOpenStreamRefused(t *testing.T) {
 
 	errc := make(chan error, 1)
 	go func() {
-		st, err := tunnel.OpenStream(ctx, relay, &proto.StreamHeader{Name: "demo"})
+		st, err := tunnel.OpenStream(ctx, relay, &proto.StreamHeader{Name: "demo"}, nil)
 		if st != nil {
 			st.Close()
 		}
@@ -171,7 +171,7 @@ func TestOpenStreamDeadline(t *testing.T) {
 	defer cancel()
 
 	start := time.Now()
-	st, err := tunnel.OpenStream(ctx, relay, &proto.StreamHeader{Name: "demo"})
+	st, err := tunnel.OpenStream(ctx, relay, &proto.StreamHeader{Name: "demo"}, nil)
 	if err == nil {
 		st.Close()
 		t.Fatal("OpenStream succeeded without a reply")
@@ -203,7 +203,7 @@ func TestOpenStreamCancel(t *testing.T) {
 
 	errc := make(chan error, 1)
 	go func() {
-		st, err := tunnel.OpenStream(ctx, relay, &proto.StreamHeader{Name: "demo"})
+		st, err := tunnel.OpenStream(ctx, relay, &proto.StreamHeader{Name: "demo"}, nil)
 		if st != nil {
 			st.Close()
 		}

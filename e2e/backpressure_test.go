@@ -1,0 +1,227 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/tunnel-dev/tunnel/agent"
+	"github.com/tunnel-dev/tunnel/proto"
+	"github.com/tunnel-dev/tunnel/relay"
+	"github.com/tunnel-dev/tunnel/tunnel"
+)
+
+// A visitor that stops reading a download holds the stream only until the
+// write-idle timeout: then the relay ends it, the local server's write
+// fails, and the tunnel's stream slot is free for the next visitor.
+func TestStalledVisitorIsCutOff(t *testing.T) {
+	rl := startRelay(t, "", func(c *relay.Config) {
+		c.Limits.WriteIdleTimeout = time.Second
+		c.Limits.MaxStreamsPerTunnel = 1
+	})
+	writeErr := make(chan error, 1)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/flood" {
+			io.WriteString(w, "ok")
+			return
+		}
+		buf := make([]byte, 64<<10)
+		for i := 0; i < 16384; i++ { // at most 1 GiB
+			if _, err := w.Write(buf); err != nil {
+				writeErr <- err
+				return
+			}
+		}
+		writeErr <- nil
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: ln.Addr().String()}})
+
+	// The visitor reads the headers and then nothing.
+	c, err := net.Dial("tcp", rl.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4096)
+	io.WriteString(c, "GET /flood HTTP/1.1\r\nHost: demo.localhost\r\n\r\n")
+	select {
+	case err := <-writeErr:
+		if err == nil {
+			t.Fatal("the local server wrote 1 GiB to a visitor that reads nothing")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the stalled visitor still holds the stream after 30s")
+	}
+	// The slot is free again: the next visitor gets through.
+	waitFor(t, 5*time.Second, "the stream slot to be freed", func() bool {
+		status, _ := get(t, visitorClient(rl.addr), "http://demo.localhost/next")
+		return status == 200
+	})
+}
+
+// A WebSocket visitor that stops reading while the server keeps sending is
+// disconnected after the write-idle timeout.
+func TestStalledWebSocketIsCutOff(t *testing.T) {
+	rl := startRelay(t, "", func(c *relay.Config) { c.Limits.WriteIdleTimeout = time.Second })
+	ended := make(chan error, 1)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.CloseNow()
+		msg := make([]byte, 32<<10)
+		for i := 0; i < 32768; i++ { // at most 1 GiB
+			ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+			err := ws.Write(ctx, websocket.MessageBinary, msg)
+			cancel()
+			if err != nil {
+				ended <- err
+				return
+			}
+		}
+		ended <- nil
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: ln.Addr().String()}})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	ws, err := dialWS(ctx, rl.addr, "ws://demo.localhost/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	select {
+	case err := <-ended:
+		if err == nil {
+			t.Fatal("1 GiB went to a WebSocket visitor that reads nothing")
+		}
+	case <-ctx.Done():
+		t.Fatal("the stalled WebSocket was not cut off")
+	}
+}
+
+// A local server that never reads an upload: the agent ends the stream
+// after its write-idle timeout, and the visitor gets an answer instead of
+// waiting for ever.
+func TestLocalServerNotReading(t *testing.T) {
+	rl := startRelay(t, "")
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // accepted, never read
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: ln.Addr().String()}},
+		func(c *agent.Config) { c.WriteIdleTimeout = time.Second })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", "http://demo.localhost/upload", io.LimitReader(newPattern(), 1<<30))
+	resp, err := visitorClient(rl.addr).Do(req)
+	if ctx.Err() != nil {
+		t.Fatal("the upload to a local server that never reads hung")
+	}
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode < 500 {
+			t.Fatalf("upload answered %d", resp.StatusCode)
+		}
+	}
+}
+
+// 300 visitors at once to an agent that never accepts its streams: each
+// waits a bounded time and gets 503 or 504 with a reason; the agent's
+// session survives it.
+func TestAgentThatNeverAccepts(t *testing.T) {
+	rl := startRelay(t, "", func(c *relay.Config) { c.OpenTimeout = time.Second })
+	// A hand-made agent: it logs in and then never accepts a stream.
+	u, _ := url.Parse(rl.url())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := tunnel.DialControl(ctx, u, tunnel.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := tunnel.Client(conn, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	ctrl, _ := sess.OpenStream()
+	proto.WriteMessage(ctrl, &proto.Hello{Version: proto.Version, Tunnels: []proto.TunnelRequest{{Name: "stuck"}}})
+	if _, err := proto.ReadAs[*proto.Welcome](ctrl); err != nil {
+		t.Fatal(err)
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 300)
+	for i := range 300 {
+		wg.Go(func() {
+			ip := net.ParseIP(fmt.Sprintf("127.0.1.%d", 1+i%250))
+			c := &http.Client{Transport: visitorTransport(rl.addr, &net.TCPAddr{IP: ip}), Timeout: 30 * time.Second}
+			defer c.CloseIdleConnections()
+			resp, err := c.Get("http://stuck.localhost/")
+			if err != nil {
+				errs <- err
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			switch {
+			case resp.StatusCode == 504 && strings.Contains(string(body), "did not answer in time"):
+			case resp.StatusCode == 503 && strings.Contains(string(body), "connections open at once"):
+			default:
+				errs <- fmt.Errorf("%d %q", resp.StatusCode, body)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("a visitor waited 30s: %v", err)
+		}
+		t.Error(err)
+	}
+	if sess.IsClosed() {
+		t.Fatal("the agent's session did not survive")
+	}
+	// The relay still routes to it: the answer is "did not answer", not
+	// "offline".
+	if status, _ := get(t, visitorClient(rl.addr), "http://stuck.localhost/"); status != 504 && status != 503 {
+		t.Fatalf("after the flood: %d", status)
+	}
+}
