@@ -324,7 +324,10 @@ func (as *agentSession) readControl() {
 		case *proto.StreamReset:
 			as.resets.Reset(m.Stream)
 		case *proto.Goodbye:
+			// Free the names before the connection closes: the agent
+			// takes the close as done, and may claim them again at once.
 			as.goodbye.Store(true)
+			as.srv.reg.release(as, as.names, false)
 			return
 		default:
 			as.log.Debug("ignoring control message", "type", m.Type().String())
