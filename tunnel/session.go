@@ -36,8 +36,14 @@ const (
 )
 
 // YamuxConfig returns the session configuration both ends use. yamux's own
-// log lines go to logger at debug level.
+// log lines go to logger at debug level, at most YamuxLogLinesPerSecond per
+// session (see GuardTotals for the counts).
 func YamuxConfig(logger *slog.Logger) *yamux.Config {
+	c, _ := yamuxConfig(logger)
+	return c
+}
+
+func yamuxConfig(logger *slog.Logger) (*yamux.Config, *logLimiter) {
 	c := yamux.DefaultConfig()
 	c.AcceptBacklog = 256
 	c.EnableKeepAlive = true
@@ -50,17 +56,77 @@ func YamuxConfig(logger *slog.Logger) *yamux.Config {
 	// A stream we closed whose peer never closes its side is freed after this.
 	c.StreamCloseTimeout = time.Minute
 	c.LogOutput = nil
-	c.Logger = log.New(slogWriter{logger}, "", 0)
-	return c
+	logs := &logLimiter{l: logger}
+	c.Logger = log.New(logs, "", 0)
+	return c, logs
 }
 
-type slogWriter struct{ l *slog.Logger }
+// YamuxLogLinesPerSecond is the most yamux log lines a session passes on per
+// second. A peer can make yamux log a line per frame (frames for unknown
+// streams); the rest are counted, and summarised in one line.
+const YamuxLogLinesPerSecond = 10
 
-func (w slogWriter) Write(p []byte) (int, error) {
-	if w.l != nil {
+// logLimiter passes yamux's log lines to slog at debug level, at most
+// YamuxLogLinesPerSecond in each one-second window. The first line of a
+// later window, or the guard's Close, writes a summary of the lines dropped.
+type logLimiter struct {
+	l *slog.Logger
+
+	mu         sync.Mutex
+	window     time.Time // start of the current window
+	n          int       // lines passed in it
+	suppressed uint64    // dropped since the last summary
+	lines      uint64    // all lines
+	dropped    uint64    // all dropped lines
+}
+
+func (w *logLimiter) Write(p []byte) (int, error) {
+	totals.logLines.Add(1)
+	now := time.Now()
+	w.mu.Lock()
+	w.lines++
+	var summary uint64
+	if now.Sub(w.window) >= time.Second {
+		summary, w.suppressed = w.suppressed, 0
+		w.window, w.n = now, 0
+	}
+	pass := w.n < YamuxLogLinesPerSecond
+	if pass {
+		w.n++
+	} else {
+		w.suppressed++
+		w.dropped++
+	}
+	w.mu.Unlock()
+	if !pass {
+		totals.logSuppressed.Add(1)
+	}
+	w.summarise(summary)
+	if pass && w.l != nil && w.l.Enabled(context.Background(), slog.LevelDebug) {
 		w.l.Debug(strings.TrimSpace(string(p)), "component", "yamux")
 	}
 	return len(p), nil
+}
+
+// flush writes the summary of lines dropped in the current window.
+func (w *logLimiter) flush() {
+	w.mu.Lock()
+	n := w.suppressed
+	w.suppressed = 0
+	w.mu.Unlock()
+	w.summarise(n)
+}
+
+func (w *logLimiter) summarise(n uint64) {
+	if n > 0 && w.l != nil {
+		w.l.Debug(fmt.Sprintf("%d yamux log lines suppressed", n), "component", "yamux", "suppressed", n)
+	}
+}
+
+func (w *logLimiter) counts() (lines, dropped uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lines, w.dropped
 }
 
 // Client starts the agent's side of a session on an upgraded connection.
@@ -69,8 +135,13 @@ func Client(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
 }
 
 // Server starts the relay's side of a session on an upgraded connection.
+// The connection is read through a Guard with DefaultGuardLimits, so that a
+// misbehaving agent ends its own session and nothing else.
 func Server(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
-	return yamux.Server(conn, YamuxConfig(logger))
+	cfg, logs := yamuxConfig(logger)
+	g := NewGuard(conn, DefaultGuardLimits, logger)
+	g.logs = logs
+	return yamux.Server(g, cfg)
 }
 
 // deadline sets conn's deadline from ctx and returns a function that clears
