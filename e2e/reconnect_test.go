@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -14,13 +13,42 @@ import (
 )
 
 // cutProxy forwards TCP connections to target and can sever all of them at
-// once, as a dropped Wi-Fi or a NAT timeout would.
+// once, as a dropped Wi-Fi or a NAT timeout would, or stall them for a while
+// (bytes wait, connections stay open), as a frozen laptop would.
 type cutProxy struct {
 	ln     net.Listener
 	target string
 	mu     sync.Mutex
 	conns  []net.Conn
 	wg     sync.WaitGroup
+	gate   sync.RWMutex // held for writing while stalled
+}
+
+// stall holds every byte in both directions for d.
+func (p *cutProxy) stall(d time.Duration) {
+	p.gate.Lock()
+	time.Sleep(d)
+	p.gate.Unlock()
+}
+
+// forward copies src to dst, waiting at the gate before each write.
+func (p *cutProxy) forward(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.gate.RLock()
+			_, werr := dst.Write(buf[:n])
+			p.gate.RUnlock()
+			if werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	dst.Close()
 }
 
 func startCutProxy(t testing.TB, target string) *cutProxy {
@@ -43,8 +71,8 @@ func startCutProxy(t testing.TB, target string) *cutProxy {
 			p.mu.Lock()
 			p.conns = append(p.conns, c, up)
 			p.mu.Unlock()
-			p.wg.Go(func() { io.Copy(up, c); up.Close() })
-			p.wg.Go(func() { io.Copy(c, up); c.Close() })
+			p.wg.Go(func() { p.forward(up, c) })
+			p.wg.Go(func() { p.forward(c, up) })
 		}
 	})
 	t.Cleanup(func() {
