@@ -17,10 +17,10 @@ import (
 )
 
 // Timings of the yamux session, chosen together: a peer that stops answering
-// is noticed within KeepAliveInterval + WriteTimeout (20 s).
+// is noticed within KeepAliveInterval + WriteTimeout (19 s), inside the 20 s we promise.
 const (
 	// KeepAliveInterval is how often each side pings the other.
-	KeepAliveInterval = 10 * time.Second
+	KeepAliveInterval = 9 * time.Second
 	// WriteTimeout bounds one frame write on the shared connection; a ping
 	// that cannot be written in this time closes the session.
 	WriteTimeout = 10 * time.Second
