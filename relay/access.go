@@ -103,25 +103,26 @@ func (a *access) allowsUser(r *http.Request) bool {
 	return match == 1
 }
 
-// check enforces the rules on r and answers it if refused.
-func (a *access) check(w http.ResponseWriter, r *http.Request, host string) bool {
+// check enforces the rules on r and answers it if refused, returning the
+// reason (rejectAccessDenied*), or "" when the request may go on.
+func (a *access) check(w http.ResponseWriter, r *http.Request, host string) (refused string) {
 	if a == nil {
-		return true
+		return ""
 	}
 	if !a.allowsIP(r.RemoteAddr) {
 		writePage(w, r, http.StatusForbidden, "Forbidden",
 			fmt.Sprintf("The owner of %s does not admit visitors from your address (%s).", host, remoteIP(r.RemoteAddr)))
-		return false
+		return rejectAccessDeniedIP
 	}
 	if !a.allowsUser(r) {
 		w.Header().Set("WWW-Authenticate", fmt.Sprintf("Basic realm=%q, charset=\"UTF-8\"", host))
 		writePage(w, r, http.StatusUnauthorized, "Authentication required",
 			fmt.Sprintf("%s needs a user name and password from its owner.", host))
-		return false
+		return rejectAccessDeniedBasic
 	}
 	if len(a.users) > 0 {
 		// The credentials were for the tunnel, not for the local server.
 		r.Header.Del("Authorization")
 	}
-	return true
+	return ""
 }

@@ -116,35 +116,115 @@ var proxyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return
 func (proxyBuffers) Get() []byte  { return *proxyBufPool.Get().(*[]byte) }
 func (proxyBuffers) Put(b []byte) { proxyBufPool.Put(&b) }
 
-// proxy forwards one visitor request to the agent holding name.
+// visitReq is one visitor request to a tunnel, as proxy accounts for it.
+type visitReq struct {
+	start time.Time
+	rec   *recorder
+	in    countingReader
+	as    *agentSession // the session it was forwarded to; nil if refused
+	up    *upgrade      // nil unless it asked for an upgrade
+}
+
+// proxy answers one visitor request to tunnel name, then accounts for it:
+// metrics, the access log, and the request event for the agent.
 func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
+	v := &visitReq{start: time.Now(), rec: &recorder{ResponseWriter: w, srv: s, idle: s.cfg.Limits.WriteIdleTimeout}}
+	if r.Body != nil && r.Body != http.NoBody {
+		v.in.r = r.Body
+		r.Body = &v.in
+	}
+	s.forward(v, r, name)
+	if v.rec.deadline && v.rec.hijacked == nil {
+		// The connection may carry the visitor's next request.
+		http.NewResponseController(w).SetWriteDeadline(time.Time{})
+	}
+	d := time.Since(v.start)
+	status := v.rec.status
+	if status == 0 {
+		status = http.StatusOK // nothing written: net/http answers 200
+	}
+	in, out := v.in.n.Load(), v.rec.bytes.Load()
+	ws := v.rec.hijacked != nil
+	if ws && v.up != nil {
+		in, out = v.up.counts.AToB.Load(), v.up.counts.BToA.Load()
+	}
+	s.metrics.request(status)
+	s.accessLog(r, status, d, in, out, ws)
+	as := v.as
+	if as == nil {
+		return
+	}
+	s.metrics.bytesIn.Add(float64(in))
+	s.metrics.bytesOut.Add(float64(out))
+	if !ws {
+		s.metrics.duration.Observe(d.Seconds())
+	}
+	ts := as.tunnel(name)
+	ts.requests.Add(1)
+	ts.bytesIn.Add(in)
+	ts.bytesOut.Add(out)
+	if as.events {
+		as.notify(&proto.Event{
+			Name:      name,
+			Time:      v.start,
+			Remote:    r.RemoteAddr,
+			Method:    truncate(r.Method, 32),
+			Path:      truncate(r.URL.RequestURI(), maxEventPath),
+			Status:    status,
+			Duration:  d,
+			BytesIn:   in,
+			BytesOut:  out,
+			WebSocket: ws,
+		})
+	}
+}
+
+// forward sends the request to the agent holding name, unless it is
+// refused first; refusals are counted and logged with their reason.
+func (s *Server) forward(v *visitReq, r *http.Request, name string) {
+	w := v.rec
 	host := canonicalHost(r.Host)
+	refused := func(reason string) { s.rejectRequest(r, reason, w.status) }
+	if strings.Contains(name, ".") {
+		writePage(w, r, http.StatusNotFound, "No such tunnel",
+			fmt.Sprintf("%s is not a tunnel name: names are one label, like demo.%s.", host, s.cfg.Domain))
+		refused(rejectNoTunnel)
+		return
+	}
 	as, acc, heldUntil := s.reg.lookup(name)
 	if as == nil {
 		if !heldUntil.IsZero() {
 			writePage(w, r, http.StatusBadGateway, "Tunnel offline",
 				fmt.Sprintf("The agent for %s disconnected; the name is held for it for another %v. Try again shortly.",
 					host, time.Until(heldUntil).Round(time.Second)))
+			refused(rejectTunnelOffline)
 			return
 		}
 		writePage(w, r, http.StatusNotFound, "No such tunnel",
 			fmt.Sprintf("No agent holds the tunnel %q (%s). Start one with: tunnel expose -p 8080 -s %s", name, host, name))
+		refused(rejectNoTunnel)
 		return
 	}
-	if !acc.check(w, r, host) {
+	if reason := acc.check(w, r, host); reason != "" {
+		refused(reason)
 		return
 	}
 	if s.draining.Load() {
 		// In-flight requests finish; new ones are refused at once.
 		w.Header().Set("Retry-After", "5")
 		writePage(w, r, http.StatusServiceUnavailable, "Relay restarting", "The relay is shutting down; try again in a few seconds.")
+		refused(rejectDraining)
 		return
 	}
 	if s.inter != nil && s.interstitialCheck(w, r, host) {
+		if r.URL.Path != continuePath {
+			refused(rejectInterstitial)
+		}
 		return
 	}
 	if !s.beginRequest() {
 		writePage(w, r, http.StatusServiceUnavailable, "Relay restarting", "The relay is shutting down; try again shortly.")
+		refused(rejectDraining)
 		return
 	}
 	defer s.reqWG.Done()
@@ -155,44 +235,16 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 		scheme = "https"
 	}
 	ctx := context.WithValue(r.Context(), visitorKey{}, visitorInfo{name: name, remote: r.RemoteAddr, scheme: scheme})
-	rec := &recorder{ResponseWriter: w, srv: s, idle: s.cfg.Limits.WriteIdleTimeout}
-	var in countingReader
-	if r.Body != nil && r.Body != http.NoBody {
-		in.r = r.Body
-		r.Body = &in
-	}
-	var up *upgrade
 	if r.Header.Get("Upgrade") != "" {
-		up = &upgrade{rec: rec}
+		up := &upgrade{rec: w}
+		v.up = up
 		ctx = context.WithValue(ctx, upgradeKey{}, up)
 		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 			GotConn: func(info httptrace.GotConnInfo) { up.backend = info.Conn },
 		})
 	}
-	start := time.Now()
-	as.proxy.ServeHTTP(rec, r.WithContext(ctx))
-	if rec.deadline && rec.hijacked == nil {
-		// The connection may carry the visitor's next request.
-		http.NewResponseController(w).SetWriteDeadline(time.Time{})
-	}
-	if as.events {
-		ev := &proto.Event{
-			Name:      name,
-			Time:      start,
-			Remote:    r.RemoteAddr,
-			Method:    truncate(r.Method, 32),
-			Path:      truncate(r.URL.RequestURI(), maxEventPath),
-			Status:    rec.status,
-			Duration:  time.Since(start),
-			BytesIn:   in.n.Load(),
-			BytesOut:  rec.bytes.Load(),
-			WebSocket: rec.hijacked != nil,
-		}
-		if up != nil && rec.hijacked != nil {
-			ev.BytesIn, ev.BytesOut = up.counts.AToB.Load(), up.counts.BToA.Load()
-		}
-		as.notify(ev)
-	}
+	v.as = as
+	as.proxy.ServeHTTP(w, r.WithContext(ctx))
 }
 
 // maxEventPath bounds the path in an Event, so that a visitor's long URL
@@ -260,23 +312,29 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.As(err, &perr) && perr.Code == proto.CodeLocalDial:
 		writePage(w, r, http.StatusBadGateway, "agent online, but "+perr.Message,
 			fmt.Sprintf("The agent for %s is connected, but the local server it forwards to did not accept the connection. Is it running?", host))
+		s.rejectRequest(r, rejectLocalDown, http.StatusBadGateway)
 	case errors.Is(err, errSessionGone):
 		writePage(w, r, http.StatusBadGateway, "Tunnel offline",
 			fmt.Sprintf("The agent for %s disconnected while this request was on its way.", host))
+		s.rejectRequest(r, rejectTunnelOffline, http.StatusBadGateway)
 	case errors.Is(err, errTooManyStreams):
 		w.Header().Set("Retry-After", "1")
 		writePage(w, r, http.StatusServiceUnavailable, "Tunnel busy",
 			fmt.Sprintf("%s has %d connections open at once, the relay's limit per tunnel; try again shortly.", host, s.cfg.Limits.MaxStreamsPerTunnel))
+		s.rejectRequest(r, rejectTooManyStreams, http.StatusServiceUnavailable)
 	case errors.Is(err, errAgentTimeout):
 		writePage(w, r, http.StatusGatewayTimeout, "Agent did not answer",
 			fmt.Sprintf("The agent for %s did not answer in time.", host))
+		s.rejectRequest(r, rejectAgentTimeout, http.StatusGatewayTimeout)
 	case isTimeout(err):
 		writePage(w, r, http.StatusGatewayTimeout, "Local server did not answer",
 			fmt.Sprintf("The local server behind %s sent no response headers within %v.", host, s.cfg.Limits.ResponseHeaderTimeout))
+		s.rejectRequest(r, rejectResponseTimeout, http.StatusGatewayTimeout)
 	default:
 		s.log.Debug("proxy error", "host", host, "err", err)
 		writePage(w, r, http.StatusBadGateway, "Bad gateway",
 			fmt.Sprintf("The request to %s failed on its way to the local server: %v", host, err))
+		s.rejectRequest(r, rejectBadGateway, http.StatusBadGateway)
 	}
 }
 

@@ -2,6 +2,8 @@ package relay
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +22,7 @@ type registry struct {
 
 type entry struct {
 	sess      *agentSession // nil while held
+	last      *agentSession // while held, the session that held it, for the admin API
 	secret    string
 	owner     string  // the token's name; "" without auth
 	access    *access // the owner's visitor rules; nil allows everyone
@@ -69,8 +72,9 @@ func (c *claimant) mine(e *entry) bool {
 
 // claim grants all requested names to c, or none. An empty name gets a
 // random free one the token may have. Sessions that held a name under the
-// same credential are returned so the caller can close them.
-func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access) (names []string, replaced []*agentSession, err error) {
+// same credential are returned so the caller can close them; reconnect
+// reports whether c took over any name it held before (live or held).
+func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access) (names []string, replaced []*agentSession, reconnect bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	seen := make(map[string]bool)
@@ -80,24 +84,24 @@ func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access
 			continue
 		}
 		if err := proto.ValidateName(name); err != nil {
-			return nil, nil, err
+			return nil, nil, false, err
 		}
 		if seen[name] {
-			return nil, nil, proto.Errorf(proto.CodeBadRequest, "name %q was asked for twice", name)
+			return nil, nil, false, proto.Errorf(proto.CodeBadRequest, "name %q was asked for twice", name)
 		}
 		seen[name] = true
 		if err := c.tokens.mayClaim(c.tok, name); err != nil {
-			return nil, nil, err
+			return nil, nil, false, err
 		}
 		e := r.names[name]
 		switch {
 		case e == nil || c.mine(e):
 			// Free, or ours: live on a stale session or held for us.
 		case e.sess != nil:
-			return nil, nil, proto.Errorf(proto.CodeNameTaken, "name %q is in use by another agent; choose another with -s", name)
+			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "name %q is in use by another agent; choose another with -s", name)
 		default:
 			left := time.Until(e.heldUntil).Round(time.Second)
-			return nil, nil, proto.Errorf(proto.CodeNameTaken, "name %q is held for its disconnected agent for another %v; choose another with -s", name, left)
+			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "name %q is held for its disconnected agent for another %v; choose another with -s", name, left)
 		}
 	}
 	if c.tok != nil && c.maxTunnels > 0 {
@@ -108,7 +112,7 @@ func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access
 			}
 		}
 		if held+len(reqs) > c.maxTunnels {
-			return nil, nil, proto.Errorf(proto.CodeLimit, "token %q may hold %d tunnels at once and holds %d; stop one first", c.tok.Name, c.maxTunnels, held)
+			return nil, nil, false, proto.Errorf(proto.CodeLimit, "token %q may hold %d tunnels at once and holds %d; stop one first", c.tok.Name, c.maxTunnels, held)
 		}
 	}
 	for i, req := range reqs {
@@ -116,11 +120,12 @@ func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access
 		if name == "" {
 			name, err = r.randomNameLocked(c, seen)
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, false, err
 			}
 			seen[name] = true
 		}
 		if e := r.names[name]; e != nil {
+			reconnect = true // only c's own entries get this far
 			if e.sess != nil && e.sess != c.sess {
 				replaced = append(replaced, e.sess)
 			}
@@ -131,7 +136,7 @@ func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access
 		r.names[name] = &entry{sess: c.sess, secret: c.secret, owner: c.owner(), access: rules[i]}
 		names = append(names, name)
 	}
-	return names, replaced, nil
+	return names, replaced, reconnect, nil
 }
 
 func (r *registry) randomNameLocked(c claimant, taken map[string]bool) (string, error) {
@@ -188,8 +193,9 @@ func (r *registry) sessionsWithout(keep func(owner string) bool) []*agentSession
 
 // release ends sess's hold on its names. With hold, each name stays reserved
 // for the session's secret for the grace period; otherwise it is free at once.
-// Names that another session took over meanwhile are left alone.
-func (r *registry) release(sess *agentSession, names []string, hold bool) {
+// Names that another session took over meanwhile are left alone; the others
+// are returned.
+func (r *registry) release(sess *agentSession, names []string, hold bool) (released []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, name := range names {
@@ -197,14 +203,16 @@ func (r *registry) release(sess *agentSession, names []string, hold bool) {
 		if e == nil || e.sess != sess {
 			continue
 		}
+		released = append(released, name)
 		if !hold || r.grace <= 0 {
 			delete(r.names, name)
 			continue
 		}
-		e.sess = nil
+		e.sess, e.last = nil, sess
 		e.heldUntil = time.Now().Add(r.grace)
 		e.timer = time.AfterFunc(r.grace, func() { r.expire(name, e) })
 	}
+	return released
 }
 
 func (r *registry) expire(name string, e *entry) {
@@ -224,6 +232,45 @@ func (r *registry) stop() {
 			e.timer.Stop()
 		}
 	}
+}
+
+// counts returns how many names are live and how many held.
+func (r *registry) counts() (live, held int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.names {
+		if e.sess != nil {
+			live++
+		} else {
+			held++
+		}
+	}
+	return live, held
+}
+
+// listed is a name in the registry as the admin API shows it.
+type listed struct {
+	name      string
+	sess      *agentSession // live, or the last one while held
+	live      bool
+	owner     string
+	heldUntil time.Time
+}
+
+// list returns every name, sorted.
+func (r *registry) list() []listed {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]listed, 0, len(r.names))
+	for name, e := range r.names {
+		l := listed{name: name, sess: e.sess, live: e.sess != nil, owner: e.owner, heldUntil: e.heldUntil}
+		if !l.live {
+			l.sess = e.last
+		}
+		out = append(out, l)
+	}
+	slices.SortFunc(out, func(a, b listed) int { return strings.Compare(a.name, b.name) })
+	return out
 }
 
 // String is for debugging.

@@ -51,6 +51,18 @@ type Config struct {
 	OpenTimeout time.Duration
 	// Logger receives the relay's logs. Default slog.Default().
 	Logger *slog.Logger
+	// AccessLog, if not nil, receives one Info line "access" per visitor
+	// request to a tunnel: host, method, path (without query), status,
+	// duration, bytes each way and the visitor's address. Never headers.
+	AccessLog *slog.Logger
+
+	// AdminAddr is where Run serves the admin listener: /metrics, /healthz,
+	// /readyz and the admin API under /api/. Empty means none. Run refuses
+	// an address beyond loopback unless AdminToken is set.
+	AdminAddr string
+	// AdminToken is the bearer token of the admin API. Empty: the API
+	// answers 403, while metrics and health stay open on the admin listener.
+	AdminToken string
 
 	// TLSCertFile and TLSKeyFile name a certificate and its key, e.g. a
 	// wildcard for *.Domain from a DNS-01 client. It serves the names it
@@ -165,6 +177,9 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.AdminToken != "" && len(strings.TrimSpace(c.AdminToken)) < 8 {
+		return errors.New("relay: the admin token is shorter than 8 characters; use a long random token (e.g. openssl rand -hex 24)")
+	}
 	c.Limits.setDefaults()
 	return nil
 }
@@ -178,16 +193,24 @@ type Server struct {
 	certs *certs // nil in plain-HTTP mode
 
 	draining atomic.Bool
+	serving  atomic.Bool // a public listener was served
 	apexOnce sync.Once
+
+	metrics    *metrics
+	rejects    *rejectLog
+	adminFails failLimiter
+	adminAddr  atomic.Pointer[net.Addr]
 
 	inter     *interstitial // nil when off
 	tokens    atomic.Pointer[tokenSet]
 	authFails failLimiter
 	connLimit *ipLimiter // nil: no limit
 
-	mu       sync.Mutex
-	closed   bool
-	servers  map[*http.Server]struct{}
+	mu      sync.Mutex
+	closed  bool
+	servers map[*http.Server]struct{}
+	// admin servers stay up while the relay drains, so /readyz can say so.
+	admin    map[*http.Server]struct{}
 	sessions map[*agentSession]struct{}
 	hijacked map[net.Conn]struct{}
 	// fresh holds connections that have not sent a request yet. Browsers
@@ -196,6 +219,7 @@ type Server struct {
 	// hijackClosed is set once shutdown has closed the upgraded connections;
 	// later upgrades are refused.
 	hijackClosed bool
+	adminClosed  bool
 
 	sessWG sync.WaitGroup // one per agent session
 	bgWG   sync.WaitGroup // certificate fetches
@@ -212,6 +236,8 @@ func New(cfg Config) (*Server, error) {
 		log:      cfg.Logger,
 		reg:      newRegistry(cfg.Grace),
 		servers:  make(map[*http.Server]struct{}),
+		admin:    make(map[*http.Server]struct{}),
+		rejects:  newRejectLog(cfg.Logger),
 		sessions: make(map[*agentSession]struct{}),
 		hijacked: make(map[net.Conn]struct{}),
 		fresh:    make(map[net.Conn]struct{}),
@@ -223,6 +249,8 @@ func New(cfg Config) (*Server, error) {
 	s.tokens.Store(ts)
 	s.cfg.Tokens = nil // the token set holds only hashes
 	s.authFails = failLimiter{newIPLimiter(time.Minute/time.Duration(cfg.Limits.AuthFailuresPerMinute), cfg.Limits.AuthFailuresPerMinute)}
+	s.adminFails = failLimiter{newIPLimiter(time.Minute/10, 10)}
+	s.metrics = newMetrics(s)
 	if cfg.Interstitial > 0 {
 		s.inter = newInterstitial(cfg.Interstitial)
 	}
@@ -245,7 +273,10 @@ func (s *Server) fetchCert(name string, done func(error)) {
 	s.bgWG.Go(func() {
 		err := s.certs.prefetch(name)
 		if err == nil {
+			s.metrics.certs.WithLabelValues("ready").Inc()
 			s.log.Info("certificate ready", "name", name)
+		} else {
+			s.metrics.certs.WithLabelValues("failed").Inc()
 		}
 		if done != nil {
 			done(err)
@@ -315,10 +346,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The relay is not a proxy for the visitor: it never dials anywhere on a
 	// visitor's behalf, so proxy requests are refused outright.
 	if r.Method == http.MethodConnect {
+		s.rejectRequest(r, rejectNotAProxy, http.StatusMethodNotAllowed)
 		writePage(w, r, http.StatusMethodNotAllowed, "Not a proxy", "CONNECT is refused: this relay serves tunnels by host name and is not a proxy.")
 		return
 	}
 	if r.URL.IsAbs() || r.URL.Host != "" {
+		s.rejectRequest(r, rejectNotAProxy, http.StatusBadRequest)
 		writePage(w, r, http.StatusBadRequest, "Not a proxy", "Absolute-form request targets are refused: this relay serves tunnels by host name and is not a proxy.")
 		return
 	}
@@ -328,6 +361,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// coalescing with a wildcard certificate). Send it to a connection
 		// of its own, so one tunnel's connection never carries another's.
 		if sni := strings.TrimSuffix(strings.ToLower(r.TLS.ServerName), "."); sni != "" && sni != host {
+			s.rejectRequest(r, rejectMisdirected, http.StatusMisdirectedRequest)
 			writePage(w, r, http.StatusMisdirectedRequest, "Misdirected request",
 				fmt.Sprintf("This connection was opened for %s, not %s; retry on a new connection.", sni, host))
 			return
@@ -337,11 +371,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if name, ok := strings.CutSuffix(host, "."+s.cfg.Domain); ok {
-		if strings.Contains(name, ".") {
-			writePage(w, r, http.StatusNotFound, "No such tunnel",
-				fmt.Sprintf("%s is not a tunnel name: names are one label, like demo.%s.", host, s.cfg.Domain))
-			return
-		}
 		s.proxy(w, r, name)
 		return
 	}
@@ -391,6 +420,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 		})
 	}
+	s.serving.Store(true)
 	return s.serve(ln, s, s.certs != nil)
 }
 
@@ -501,6 +531,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	wg.Wait()
 	s.closeAll()
+	s.closeAdmin()
 	return firstErr
 }
 
@@ -515,6 +546,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.closeAll()
+	s.closeAdmin()
 	return nil
 }
 
@@ -543,6 +575,7 @@ func (s *Server) closeAll() {
 	s.sessWG.Wait()
 	s.bgWG.Wait()
 	s.reg.stop()
+	s.rejects.close()
 }
 
 func (s *Server) trackHijacked(c net.Conn, add bool) bool {
@@ -576,14 +609,30 @@ func Run(ctx context.Context, cfg Config, ready func(s *Server, addr net.Addr)) 
 			s.log.Warn("running an OPEN relay: no tokens, listening beyond loopback; anyone can claim names", "addr", s.cfg.Addr)
 		}
 	}
+	if s.cfg.AdminAddr != "" && s.cfg.AdminToken == "" && !loopbackOnly(s.cfg.AdminAddr) {
+		return fmt.Errorf("relay: the admin listener %s is reachable beyond loopback and has no admin token: set --admin-token or TUNNEL_ADMIN_TOKEN, or listen on 127.0.0.1", s.cfg.AdminAddr)
+	}
 	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("relay: listen on %s: %w", s.cfg.Addr, err)
+	}
+	var adminLn net.Listener
+	if s.cfg.AdminAddr != "" {
+		if adminLn, err = net.Listen("tcp", s.cfg.AdminAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("relay: listen on %s (admin: metrics, health, API; empty --admin-addr turns it off): %w", s.cfg.AdminAddr, err)
+		}
+		addr := adminLn.Addr()
+		s.adminAddr.Store(&addr)
+		s.log.Info("relay admin listening", "addr", addr.String(), "api", s.cfg.AdminToken != "")
 	}
 	var httpLn net.Listener
 	if s.certs != nil && s.cfg.HTTPAddr != "" {
 		if httpLn, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
 			ln.Close()
+			if adminLn != nil {
+				adminLn.Close()
+			}
 			return fmt.Errorf("relay: listen on %s (ACME HTTP-01 and redirects; empty --http-addr turns it off): %w", s.cfg.HTTPAddr, err)
 		}
 		s.log.Info("relay redirecting to https", "addr", httpLn.Addr().String())
@@ -592,12 +641,16 @@ func Run(ctx context.Context, cfg Config, ready func(s *Server, addr net.Addr)) 
 	if ready != nil {
 		ready(s, ln.Addr())
 	}
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	n := 1
 	go func() { errc <- s.Serve(ln) }()
 	if httpLn != nil {
 		n++
 		go func() { errc <- s.ServeRedirect(httpLn) }()
+	}
+	if adminLn != nil {
+		n++
+		go func() { errc <- s.ServeAdmin(adminLn) }()
 	}
 	select {
 	case err := <-errc:

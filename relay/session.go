@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,6 +38,10 @@ type agentSession struct {
 	names  []string
 	urls   map[string]string
 	events bool
+	// scheme and port make the tunnels' URLs; since is when the session
+	// claimed its names. All three are set before the claim and never change.
+	scheme, port string
+	since        time.Time
 
 	ctrl    net.Conn
 	out     chan proto.Message // to the control stream; dropped when full
@@ -44,13 +49,14 @@ type agentSession struct {
 	proxy   *httputil.ReverseProxy
 	tr      *http.Transport
 
-	tok    *token                   // the agent's token; nil without auth
-	resets *tunnel.Resets           // data streams, for resets both ways
-	slots  map[string]chan struct{} // per tunnel name, at most Limits.MaxStreamsPerTunnel
-	slotMu sync.Mutex
+	tok     *token                  // the agent's token; nil without auth
+	resets  *tunnel.Resets          // data streams, for resets both ways
+	tunnels map[string]*tunnelState // per tunnel name, created on first use
+	tunMu   sync.Mutex
 
 	goodbye   atomic.Bool
 	revoked   atomic.Bool // names are freed, not held, when it ends
+	kicked    atomic.Bool // closed by the operator; names are held
 	closeOnce sync.Once
 	done      chan struct{}
 }
@@ -69,11 +75,17 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var aerr *authError
 		errors.As(err, &aerr)
-		s.log.Info("agent refused", "remote", r.RemoteAddr, "status", aerr.status, "reason", aerr.reason)
+		reason := rejectAuthFailed
+		if aerr.status == http.StatusTooManyRequests {
+			reason = rejectAuthRateLimited
+		}
+		s.metrics.reject(reason)
+		s.rejects.add("agent refused", reason, slog.String("remote", r.RemoteAddr), slog.Int("status", aerr.status), slog.String("detail", aerr.reason))
 		http.Error(w, aerr.reason, aerr.status)
 		return
 	}
 	if !s.beginSession() {
+		s.metrics.reject(rejectDraining)
 		http.Error(w, "relay is shutting down; retry shortly", http.StatusServiceUnavailable)
 		return
 	}
@@ -98,7 +110,7 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		urls:    make(map[string]string),
 		out:     make(chan proto.Message, 256),
 		streams: make(chan struct{}, tunnel.MaxStreams),
-		slots:   make(map[string]chan struct{}),
+		tunnels: make(map[string]*tunnelState),
 		tok:     tok,
 		done:    make(chan struct{}),
 	}
@@ -111,15 +123,17 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.removeSession(as)
-	scheme := "http"
+	as.scheme = "http"
 	if r.TLS != nil {
-		scheme = "https"
+		as.scheme = "https"
 	}
-	_, port, _ := net.SplitHostPort(r.Host)
-	if err := as.handshake(scheme, port); err != nil {
+	_, as.port, _ = net.SplitHostPort(r.Host)
+	if err := as.handshake(); err != nil {
 		as.refuse(err)
 		return
 	}
+	s.metrics.agents.Inc()
+	defer s.metrics.agents.Dec()
 	as.serve()
 }
 
@@ -153,7 +167,7 @@ func (s *Server) removeSession(as *agentSession) {
 }
 
 // handshake reads the agent's Hello and answers Welcome.
-func (as *agentSession) handshake(scheme, port string) error {
+func (as *agentSession) handshake() error {
 	ctx, cancel := context.WithTimeout(context.Background(), helloTimeout)
 	defer cancel()
 	ys, err := as.sess.AcceptStreamWithContext(ctx)
@@ -196,7 +210,8 @@ func (as *agentSession) handshake(scheme, port string) error {
 	if as.tok != nil && as.tok.MaxTunnels > 0 {
 		maxTunnels = as.tok.MaxTunnels
 	}
-	names, replaced, err := as.srv.reg.claim(claimant{
+	as.since = time.Now()
+	names, replaced, reconnect, err := as.srv.reg.claim(claimant{
 		sess:       as,
 		secret:     secret,
 		tokens:     as.srv.tokens.Load(),
@@ -207,16 +222,16 @@ func (as *agentSession) handshake(scheme, port string) error {
 		return err
 	}
 	as.names = names
+	if reconnect {
+		as.srv.metrics.reconnects.Inc()
+	}
 	for _, old := range replaced {
 		old.log.Info("replaced by the same agent's new session")
 		old.close()
 	}
 	welcome := &proto.Welcome{Secret: secret, Grace: as.srv.cfg.Grace, Server: Software}
 	for _, n := range names {
-		u := scheme + "://" + n + "." + as.srv.cfg.Domain
-		if port != "" && !(scheme == "http" && port == "80") && !(scheme == "https" && port == "443") {
-			u += ":" + port
-		}
+		u := as.url(n)
 		as.urls[n] = u
 		g := proto.Granted{Name: n, URL: u}
 		g.CertPending = as.srv.certs != nil && as.srv.certs.needsACME(n+"."+as.srv.cfg.Domain)
@@ -241,8 +256,17 @@ func (as *agentSession) handshake(scheme, port string) error {
 		}
 	}
 	as.nlog = as.log.With("names", strings.Join(names, ","))
-	as.nlog.Info("tunnel online", "urls", strings.Join(sortedValues(as.urls), " "))
+	as.nlog.Info("tunnel online", "urls", strings.Join(sortedValues(as.urls), " "), "reconnect", reconnect)
 	return nil
+}
+
+// url is the public URL of the session's tunnel name.
+func (as *agentSession) url(name string) string {
+	u := as.scheme + "://" + name + "." + as.srv.cfg.Domain
+	if as.port != "" && !(as.scheme == "http" && as.port == "80") && !(as.scheme == "https" && as.port == "443") {
+		u += ":" + as.port
+	}
+	return u
 }
 
 func sortedValues(m map[string]string) []string {
@@ -250,6 +274,7 @@ func sortedValues(m map[string]string) []string {
 	for _, v := range m {
 		out = append(out, v)
 	}
+	slices.Sort(out)
 	return out
 }
 
@@ -263,7 +288,8 @@ func (as *agentSession) refuse(err error) {
 		as.sess.Close()
 		return
 	}
-	as.log.Info("agent refused", "code", perr.Code.String(), "reason", perr.Message)
+	as.srv.metrics.reject(rejectClaimRefused)
+	as.srv.rejects.add("agent refused", rejectClaimRefused, slog.String("code", perr.Code.String()), slog.String("detail", perr.Message))
 	if as.ctrl != nil {
 		as.ctrl.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		if proto.WriteMessage(as.ctrl, perr) == nil {
@@ -294,11 +320,21 @@ func (as *agentSession) serve() {
 	wg.Wait()
 	as.tr.CloseIdleConnections()
 	hold := !as.goodbye.Load() && !as.revoked.Load()
-	as.srv.reg.release(as, as.names, hold)
-	if hold {
-		as.nlog.Info("tunnel offline; names held for reconnect", "grace", as.srv.cfg.Grace.String())
-	} else {
+	// After a Goodbye, readControl has released the names already.
+	released := as.srv.reg.release(as, as.names, hold)
+	log := as.log.With("names", strings.Join(released, ","))
+	switch {
+	case as.goodbye.Load():
 		as.nlog.Info("tunnel closed by agent; names released")
+	case as.revoked.Load():
+		as.nlog.Info("tunnel revoked; names released")
+	case len(released) == 0:
+		// Every name was taken over by the agent's new session.
+		as.nlog.Info("session replaced by the agent's new one")
+	case hold && as.srv.cfg.Grace > 0:
+		log.Info("tunnel offline; names held for reconnect", "grace", as.srv.cfg.Grace.String(), "kicked", as.kicked.Load())
+	default:
+		log.Info("tunnel offline; names released", "kicked", as.kicked.Load())
 	}
 }
 
@@ -413,7 +449,8 @@ var errTooManyStreams = errors.New("too many concurrent connections to this tunn
 func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, as.srv.cfg.OpenTimeout)
 	defer cancel()
-	tunnelSlots := as.tunnelSlots(name)
+	ts := as.tunnel(name)
+	tunnelSlots := ts.slots
 	select {
 	case tunnelSlots <- struct{}{}:
 	case <-as.done:
@@ -454,22 +491,35 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 		return nil, err
 	}
 	as.resets.Track(st)
+	ts.streams.Add(1)
+	as.srv.metrics.streams.Inc()
 	return &slotConn{Conn: st, release: func() {
+		as.srv.metrics.streams.Dec()
+		ts.streams.Add(-1)
 		<-as.streams
 		<-tunnelSlots
 	}}, nil
 }
 
-// tunnelSlots returns the semaphore of name's open streams.
-func (as *agentSession) tunnelSlots(name string) chan struct{} {
-	as.slotMu.Lock()
-	defer as.slotMu.Unlock()
-	c := as.slots[name]
-	if c == nil {
-		c = make(chan struct{}, as.srv.cfg.Limits.MaxStreamsPerTunnel)
-		as.slots[name] = c
+// tunnelState is one tunnel name's share of its agent session: the
+// semaphore of its open streams and its counters for the admin API.
+type tunnelState struct {
+	slots             chan struct{} // at most Limits.MaxStreamsPerTunnel
+	streams           atomic.Int64  // open now
+	requests          atomic.Int64  // finished
+	bytesIn, bytesOut atomic.Int64
+}
+
+// tunnel returns name's state, creating it on first use.
+func (as *agentSession) tunnel(name string) *tunnelState {
+	as.tunMu.Lock()
+	defer as.tunMu.Unlock()
+	ts := as.tunnels[name]
+	if ts == nil {
+		ts = &tunnelState{slots: make(chan struct{}, as.srv.cfg.Limits.MaxStreamsPerTunnel)}
+		as.tunnels[name] = ts
 	}
-	return c
+	return ts
 }
 
 // slotConn gives back its stream slot when closed.

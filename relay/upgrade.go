@@ -68,6 +68,8 @@ func (as *agentSession) switchProtocols(res *http.Response) error {
 	if brw.Reader.Buffered() > 0 {
 		visitor = &bufferedVisitor{Conn: conn, r: brw.Reader}
 	}
+	as.srv.metrics.websockets.Inc()
+	defer as.srv.metrics.websockets.Dec()
 	opts := tunnel.JoinOptions{Counts: &up.counts, WriteIdleTimeout: as.srv.cfg.Limits.WriteIdleTimeout}
 	if err := tunnel.JoinWith(visitor, back, opts); err != nil {
 		as.log.Debug("websocket ended with error", "err", err)

@@ -163,7 +163,9 @@ func TestRelayFlags(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("TUNNEL_DOMAIN", tt.env)
-			unsetEnv(t, "TUNNEL_TOKEN")
+			for _, k := range []string{"TUNNEL_TOKEN", "TUNNEL_ADMIN_ADDR", "TUNNEL_ADMIN_TOKEN"} {
+				unsetEnv(t, k)
+			}
 			var got *RelayOptions
 			err := execute(NewCmdRelay(testFactory(), func(o *RelayOptions) error { got = o; return nil }), tt.args...)
 			if tt.wantErr != "" {
@@ -182,6 +184,7 @@ func TestRelayFlags(t *testing.T) {
 			if tt.want.InterstitialDays == 0 {
 				tt.want.InterstitialDays = 7 // the flag's default
 			}
+			tt.want.AdminAddr, tt.want.LogFormat = "127.0.0.1:9090", "text" // the flags' defaults
 			if !reflect.DeepEqual(*got, tt.want) {
 				t.Errorf("options = %+v, want %+v", *got, tt.want)
 			}
@@ -466,6 +469,7 @@ func TestRelayModes(t *testing.T) {
 			}
 			cfg := relayConfig(got)
 			cfg.Logger = nil
+			cfg.AdminAddr = "" // TestRelayAdminFlags checks the admin settings
 			if (cfg.ACME == nil) != (tt.want.ACME == nil) || cfg.ACME != nil && *cfg.ACME != *tt.want.ACME {
 				t.Errorf("ACME = %+v, want %+v", cfg.ACME, tt.want.ACME)
 			}

@@ -91,7 +91,9 @@ type proc struct {
 func startTunnel(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(tunnelBin, args...)
-	cmd.Env = append(os.Environ(), env...)
+	// A relay's admin listener goes on a free port, not on the default
+	// 9090 that parallel tests (and a relay on this machine) would share.
+	cmd.Env = append(append(os.Environ(), "TUNNEL_ADMIN_ADDR=127.0.0.1:0"), env...)
 	outPipe, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

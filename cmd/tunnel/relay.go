@@ -44,6 +44,11 @@ type RelayOptions struct {
 
 	Interstitial     bool // --interstitial: warn a browser's first visit to a tunnel
 	InterstitialDays int  // how long the visitor's "continue" is remembered
+
+	AdminAddr  string // --admin-addr, else $TUNNEL_ADMIN_ADDR: metrics, health and the admin API; empty disables it
+	AdminToken string // --admin-token, else $TUNNEL_ADMIN_TOKEN; empty: the API answers 403
+	LogFormat  string // --log-format: text or json; RunE makes Logger write it
+	AccessLog  string // --access-log: "stderr", or a file to append to; empty: off
 	// Tokens are those of --token and TUNNEL_TOKEN, named flag-N and env-N,
 	// checked by RunE; the config file's are added when the relay starts.
 	Tokens []relay.Token
@@ -108,6 +113,19 @@ once and agents whose token is gone are disconnected; limits apply at the
 next start. A file with a mistake is logged and the running tokens stay.
 Keep the file private (chmod 600) when it holds tokens in clear.
 
+The admin listener (--admin-addr, default 127.0.0.1:9090; empty turns it off)
+serves Prometheus metrics at /metrics, /healthz (200 while the process runs)
+and /readyz (503 once shutdown begins), and, with --admin-token or
+TUNNEL_ADMIN_TOKEN, the admin API that 'tunnel admin' uses: list tunnels, kick
+an agent, revoke a name. It never shares the public port, and it is refused on
+an address beyond loopback without an admin token.
+
+Logs go to stderr as text or JSON (--log-format): a line per tunnel claim and
+release, and per refused request with its reason (at most 10 a second per
+reason, then a summary). --access-log stderr adds a line "access" per request
+to a tunnel (host, method, path without query, status, duration, bytes,
+remote); --access-log FILE appends them to FILE instead.
+
 SIGINT or SIGTERM drains in-flight requests and exits; a second signal exits
 at once.`,
 		Example: `  tunnel relay --domain localhost
@@ -115,7 +133,8 @@ at once.`,
   tunnel relay --domain example.com --tls-cert /etc/tunnel/wildcard.pem --tls-key /etc/tunnel/wildcard.key
   TUNNEL_DOMAIN=example.com tunnel relay --plain --addr 127.0.0.1:8080
   tunnel relay --domain example.com --acme-accept-tos --config /etc/tunnel/relay.yaml
-  TUNNEL_TOKEN=$(cat /etc/tunnel/token) tunnel relay --domain example.com --acme-accept-tos`,
+  TUNNEL_TOKEN=$(cat /etc/tunnel/token) tunnel relay --domain example.com --acme-accept-tos
+  TUNNEL_ADMIN_TOKEN=$(cat /etc/tunnel/admin-token) tunnel relay --domain localhost --log-format json --access-log stderr`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !cmd.Flags().Changed("domain") {
@@ -131,6 +150,9 @@ at once.`,
 				return usageErrorf(cmd, "--interstitial-days must be 1 to 400 (browsers keep cookies at most 400 days), got %d", opts.InterstitialDays)
 			}
 			if err := checkRelayMode(cmd, opts); err != nil {
+				return err
+			}
+			if err := checkRelayLogs(cmd, f, opts); err != nil {
 				return err
 			}
 			tokens, err := commandLineTokens(cmd, opts.TokenFlags)
@@ -163,7 +185,67 @@ at once.`,
 	fl.BoolVar(&opts.AllowNoAuth, "allow-no-auth", false, "run without tokens on an address beyond loopback: anyone can claim names")
 	fl.BoolVar(&opts.Interstitial, "interstitial", false, "show a browser's first visit to a tunnel an anti-phishing warning page (never WebSockets, fetch or non-browser clients)")
 	fl.IntVar(&opts.InterstitialDays, "interstitial-days", 7, "how many `days` a visitor's \"continue\" on the warning page is remembered")
+	fl.StringVar(&opts.AdminAddr, "admin-addr", "127.0.0.1:9090", "admin listen `address`: /metrics, /healthz, /readyz and the admin API; empty disables it (env TUNNEL_ADMIN_ADDR)")
+	fl.StringVar(&opts.AdminToken, "admin-token", "", "bearer `token` of the admin API (env TUNNEL_ADMIN_TOKEN); without one the API answers 403")
+	fl.StringVar(&opts.LogFormat, "log-format", "text", "log `format`: text or json")
+	fl.StringVar(&opts.AccessLog, "access-log", "", "log every request to a tunnel: \"stderr\" (with the other logs) or a `file` to append to")
 	return cmd
+}
+
+// checkRelayLogs reads the admin address and token from the environment,
+// checks them and the log flags, and makes the relay's logger write JSON
+// for --log-format json.
+func checkRelayLogs(cmd *cobra.Command, f *Factory, opts *RelayOptions) error {
+	const hint = "use a long random token (e.g. openssl rand -hex 24)"
+	if env, ok := os.LookupEnv("TUNNEL_ADMIN_ADDR"); ok && !cmd.Flags().Changed("admin-addr") {
+		opts.AdminAddr = env
+	}
+	if cmd.Flags().Changed("admin-token") {
+		if strings.TrimSpace(opts.AdminToken) == "" {
+			return usageErrorf(cmd, "--admin-token is empty: %s, or leave it out to keep the admin API off", hint)
+		}
+	} else if env, ok := os.LookupEnv("TUNNEL_ADMIN_TOKEN"); ok {
+		if strings.TrimSpace(env) == "" {
+			return usageErrorf(cmd, "TUNNEL_ADMIN_TOKEN is set but empty: %s, or unset it", hint)
+		}
+		opts.AdminToken = env
+	}
+	opts.AdminToken = strings.TrimSpace(opts.AdminToken)
+	if opts.AdminToken != "" && len(opts.AdminToken) < 8 {
+		return usageErrorf(cmd, "the admin token is shorter than 8 characters: %s", hint)
+	}
+	switch opts.LogFormat {
+	case "text":
+	case "json":
+		var ho slog.HandlerOptions
+		if f.level != nil {
+			ho.Level = f.level
+		}
+		opts.Logger = slog.New(slog.NewJSONHandler(f.IO.ErrOut, &ho))
+	default:
+		return usageErrorf(cmd, "--log-format must be text or json, got %q", opts.LogFormat)
+	}
+	return nil
+}
+
+// accessLogger opens the destination of --access-log. The returned close
+// function is not nil.
+func accessLogger(opts *RelayOptions) (*slog.Logger, func(), error) {
+	switch opts.AccessLog {
+	case "":
+		return nil, func() {}, nil
+	case "stderr", "-":
+		return opts.Logger, func() {}, nil
+	}
+	f, err := os.OpenFile(opts.AccessLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--access-log: %w", err)
+	}
+	var h slog.Handler = slog.NewTextHandler(f, nil)
+	if opts.LogFormat == "json" {
+		h = slog.NewJSONHandler(f, nil)
+	}
+	return slog.New(h), func() { f.Close() }, nil
 }
 
 // commandLineTokens collects the tokens of --token and TUNNEL_TOKEN. An
@@ -265,6 +347,12 @@ func defaultStateDir() (string, error) {
 
 func relayRun(ctx context.Context, opts *RelayOptions) error {
 	cfg := relayConfig(opts)
+	access, closeAccess, err := accessLogger(opts)
+	if err != nil {
+		return err
+	}
+	defer closeAccess()
+	cfg.AccessLog = access
 	var reloader *configReloader
 	if opts.ConfigFile != "" {
 		// Watch for SIGHUP before reading the file, so that one sent
@@ -292,7 +380,14 @@ func relayRun(ctx context.Context, opts *RelayOptions) error {
 		wg.Wait()
 	}()
 	return relay.Run(ctx, cfg, func(s *relay.Server, addr net.Addr) {
-		fmt.Fprintf(opts.IO.ErrOut, "relay listening on %s, serving %s\n", addr, exampleURL(opts.Domain, addr, opts.TLS()))
+		// With JSON logs every line on stderr is JSON: the relay's own
+		// "relay listening" lines say the same.
+		if opts.LogFormat != "json" {
+			fmt.Fprintf(opts.IO.ErrOut, "relay listening on %s, serving %s\n", addr, exampleURL(opts.Domain, addr, opts.TLS()))
+			if a := s.AdminAddr(); a != nil {
+				fmt.Fprintf(opts.IO.ErrOut, "relay admin on http://%s (metrics, health, admin API)\n", a)
+			}
+		}
 		if reloader != nil {
 			wg.Go(func() { reloader.run(watchCtx, s) })
 		}
@@ -309,6 +404,8 @@ func relayConfig(opts *RelayOptions) relay.Config {
 		Logger:       opts.Logger,
 		Tokens:       opts.Tokens,
 		AllowNoAuth:  opts.AllowNoAuth,
+		AdminAddr:    opts.AdminAddr,
+		AdminToken:   opts.AdminToken,
 	}
 	if opts.Interstitial {
 		cfg.Interstitial = time.Duration(opts.InterstitialDays) * 24 * time.Hour

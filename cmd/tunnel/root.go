@@ -66,6 +66,8 @@ Try both ends in one process:          tunnel demo`,
 		NewCmdRelay(f, nil),
 		NewCmdExpose(f, nil),
 		NewCmdDemo(f, nil),
+		NewCmdAdmin(f, nil),
+		NewCmdBench(f, nil),
 		NewCmdVersion(f),
 	)
 	return cmd
