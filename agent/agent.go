@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/agent/inspect"
 	"github.com/tunnel-dev/tunnel/proto"
 	"github.com/tunnel-dev/tunnel/tunnel"
 )
@@ -51,9 +52,16 @@ type Config struct {
 	// the n-th retry waits a random time up to MinBackoff·2^(n-1), capped at
 	// MaxBackoff ("full jitter"). Defaults 500 ms and 30 s.
 	MinBackoff, MaxBackoff time.Duration
-	// OnEvent, if not nil, receives status changes and one event per
-	// request. It is called from the agent's goroutines and must not block.
+	// OnEvent, if not nil, receives status changes, one event per HTTP
+	// request and two per WebSocket (opened, closed). It is called from the
+	// agent's goroutines and must not block.
 	OnEvent func(Event)
+	// InspectAddr, if not empty, is where Run serves the inspector: a web
+	// page and JSON API listing recent requests and WebSocket sessions, with
+	// replay (see package agent/inspect). Use a loopback address such as
+	// "127.0.0.1:4040"; port 0 picks one. If it cannot listen, Run says so
+	// with an EventInspector and goes on without it. Listen ignores it.
+	InspectAddr string
 	// Logger receives the agent's logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -98,6 +106,24 @@ const (
 	EventRequest
 	// EventNotice: the relay said something; Notice has it.
 	EventNotice
+	// EventWebSocketOpen: a WebSocket session began; WebSocket has it.
+	EventWebSocketOpen
+	// EventWebSocketClose: a WebSocket session ended; WebSocket has its
+	// close code, duration, messages and bytes.
+	EventWebSocketClose
+	// EventRTT: a new measure of the round-trip time to the relay, in RTT.
+	EventRTT
+	// EventInspector: the inspector is serving at Inspector, or could not
+	// start (Err).
+	EventInspector
+)
+
+// Exchange, WebSocket and Frame are what the agent observed of the traffic;
+// see package agent/inspect.
+type (
+	Exchange  = inspect.Exchange
+	WebSocket = inspect.WebSocket
+	Frame     = inspect.Frame
 )
 
 // Notice kinds a relay sends (Event.Notice.Kind), re-exported so that users
@@ -111,12 +137,23 @@ const (
 // Event is a change of state or a request, for display.
 type Event struct {
 	Kind    EventKind
+	Time    time.Time // when it happened
 	Tunnels []proto.Granted
 	Err     error
 	Attempt int
 	Retry   time.Duration
+	// Request summarises an EventRequest: the agent's own observation, or
+	// what an older relay sent (then HTTP is nil).
 	Request *proto.Event
-	Notice  *proto.Notice
+	// HTTP is the whole exchange of an EventRequest: headers and the
+	// first bytes of the bodies. Do not modify it.
+	HTTP      *Exchange
+	WebSocket *WebSocket
+	Notice    *proto.Notice
+	// RTT is the round-trip time to the relay (EventRTT, EventOnline).
+	RTT time.Duration
+	// Inspector is the inspector's URL (EventInspector, EventOnline).
+	Inspector string
 }
 
 func (c *Config) check(needLocal bool) (*url.URL, error) {
@@ -188,8 +225,85 @@ func Run(ctx context.Context, cfg Config) error {
 	if len(cfg.Tunnels) == 0 {
 		return errors.New("no tunnels to serve: give at least one local port")
 	}
-	c := newClient(cfg, u, func(ctx context.Context, st *tunnel.Stream, index int) {
-		serveLocal(ctx, &cfg, st, cfg.Tunnels[index].Local)
+	var c *client
+	var ins *inspect.Inspector
+	if cfg.OnEvent != nil || cfg.InspectAddr != "" {
+		ins = inspect.New(inspect.Options{
+			Logger: cfg.Logger,
+			OnExchange: func(ex *Exchange) {
+				// An upgrade is reported as EventWebSocketOpen instead.
+				if ex.WebSocket == 0 {
+					c.emit(requestEvent(ex))
+				}
+			},
+			OnWebSocket: func(ws WebSocket) { c.emit(webSocketEvent(ws)) },
+		})
+	}
+	c = newClient(cfg, u, func(ctx context.Context, st *tunnel.Stream, name string, index int) {
+		serveLocal(ctx, &cfg, st, cfg.Tunnels[index].Local, name, ins)
 	})
+	c.ins = ins
+	if ins != nil {
+		var locals []string
+		for _, t := range cfg.Tunnels {
+			locals = append(locals, t.Local)
+		}
+		ins.SetStatus(func(s *inspect.Status) { s.State, s.Relay, s.Local = "connecting", cfg.Relay, locals })
+	}
+	if cfg.InspectAddr != "" {
+		ictx, stop := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		ln, err := net.Listen("tcp", cfg.InspectAddr)
+		if err != nil {
+			close(done)
+			err = fmt.Errorf("inspector not started: %w", err)
+			cfg.Logger.Debug("inspector not started", "err", err)
+			c.emit(Event{Kind: EventInspector, Err: err})
+		} else {
+			c.inspectURL = "http://" + ln.Addr().String()
+			go func() {
+				defer close(done)
+				if err := ins.Serve(ictx, ln); err != nil {
+					cfg.Logger.Warn("inspector stopped", "err", err)
+				}
+			}()
+			c.emit(Event{Kind: EventInspector, Inspector: c.inspectURL})
+		}
+		defer func() {
+			stop()
+			<-done
+		}()
+	}
 	return c.run(ctx, nil)
+}
+
+// requestEvent reports an observed exchange, with the summary older
+// consumers of EventRequest read.
+func requestEvent(ex *Exchange) Event {
+	path := ex.Path
+	if len(path) > maxEventPath {
+		path = path[:maxEventPath]
+	}
+	return Event{
+		Kind: EventRequest,
+		Time: ex.Time,
+		HTTP: ex,
+		Request: &proto.Event{
+			Name: ex.Tunnel, Time: ex.Time, Remote: ex.Remote, Method: ex.Method, Path: path,
+			Status: ex.Status, Duration: time.Duration(ex.Duration),
+			BytesIn: ex.RequestBody.Size, BytesOut: ex.ResponseBody.Size,
+		},
+	}
+}
+
+// maxEventPath bounds the path in Event.Request, as the relay's events do.
+const maxEventPath = 2048
+
+func webSocketEvent(ws WebSocket) Event {
+	ev := Event{Kind: EventWebSocketOpen, Time: ws.Time, WebSocket: &ws}
+	if !ws.Open {
+		ev.Kind = EventWebSocketClose
+		ev.Time = ws.Time.Add(time.Duration(ws.Duration))
+	}
+	return ev
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/tunnel-dev/tunnel/agent/inspect"
 	"github.com/tunnel-dev/tunnel/proto"
 	"github.com/tunnel-dev/tunnel/tunnel"
 )
@@ -35,7 +36,15 @@ type client struct {
 	cfg    Config
 	u      *url.URL
 	log    *slog.Logger
-	handle func(ctx context.Context, st *tunnel.Stream, index int)
+	handle func(ctx context.Context, st *tunnel.Stream, name string, index int)
+
+	// ins, if not nil, observes the traffic and shows the agent's state;
+	// inspectURL is where it serves, if it does.
+	ins        *inspect.Inspector
+	inspectURL string
+	// relayEvents asks the relay for an Event per request: for Listen,
+	// whose streams the agent does not observe itself.
+	relayEvents bool
 
 	// Kept across attempts so a reconnect asks for the same names, with the
 	// secret that proves they are ours.
@@ -49,7 +58,7 @@ type client struct {
 	refused   *proto.Error // the relay ended the session with this error
 }
 
-func newClient(cfg Config, u *url.URL, handle func(context.Context, *tunnel.Stream, int)) *client {
+func newClient(cfg Config, u *url.URL, handle func(context.Context, *tunnel.Stream, string, int)) *client {
 	names := make([]string, len(cfg.Tunnels))
 	for i, t := range cfg.Tunnels {
 		names[i] = t.Name
@@ -58,10 +67,41 @@ func newClient(cfg Config, u *url.URL, handle func(context.Context, *tunnel.Stre
 }
 
 func (c *client) emit(ev Event) {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	if c.ins != nil {
+		c.showStatus(ev)
+	}
 	if c.cfg.OnEvent != nil {
 		c.cfg.OnEvent(ev)
 	}
 }
+
+// showStatus keeps the inspector's status current.
+func (c *client) showStatus(ev Event) {
+	switch ev.Kind {
+	case EventOnline:
+		c.ins.SetStatus(func(s *inspect.Status) {
+			s.State, s.Error, s.Attempt, s.NextTry = "online", "", 0, time.Time{}
+			s.URLs = s.URLs[:0]
+			for _, g := range ev.Tunnels {
+				s.URLs = append(s.URLs, g.URL)
+			}
+			s.RTT = inspect.Duration(ev.RTT)
+		})
+	case EventOffline:
+		c.ins.SetStatus(func(s *inspect.Status) {
+			s.State, s.Error, s.Attempt, s.NextTry = "reconnecting", fmt.Sprint(ev.Err), ev.Attempt, ev.Time.Add(ev.Retry)
+		})
+	case EventRTT:
+		c.ins.SetStatus(func(s *inspect.Status) { s.RTT = inspect.Duration(ev.RTT) })
+	}
+}
+
+// rttInterval is how often the agent measures the round-trip time to the
+// relay.
+const rttInterval = 10 * time.Second
 
 // PermanentError wraps an error that retrying cannot fix.
 type PermanentError struct{ Err error }
@@ -152,17 +192,21 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 	if err != nil {
 		return false, fmt.Errorf("open control stream: %w", err)
 	}
-	hello := &proto.Hello{Version: proto.Version, Client: Software, Secret: c.secret, Events: c.cfg.OnEvent != nil}
+	// The agent observes the requests itself (Run); only Listen, which
+	// hands streams to its caller, asks the relay for events.
+	hello := &proto.Hello{Version: proto.Version, Client: Software, Secret: c.secret, Events: c.relayEvents}
 	for i, n := range c.names {
 		hello.Tunnels = append(hello.Tunnels, proto.TunnelRequest{Name: n, Access: c.cfg.Tunnels[i].Access})
 	}
 	ctrl.SetDeadline(time.Now().Add(helloTimeout))
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
+	helloAt := time.Now()
 	if err := proto.WriteMessage(ctrl, hello); err != nil {
 		return false, fmt.Errorf("send hello: %w", err)
 	}
 	welcome, err := proto.ReadAs[*proto.Welcome](ctrl)
+	rtt := time.Since(helloAt)
 	if err != nil {
 		var perr *proto.Error
 		if errors.As(err, &perr) {
@@ -187,11 +231,16 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 	for i, g := range welcome.Tunnels {
 		urls[i] = g.URL
 	}
-	c.log.Info("tunnel online", "urls", strings.Join(urls, " "))
+	// With OnEvent set the caller shows this itself; keep the log quiet.
+	onlineLevel := slog.LevelInfo
+	if c.cfg.OnEvent != nil {
+		onlineLevel = slog.LevelDebug
+	}
+	c.log.Log(ctx, onlineLevel, "tunnel online", "urls", strings.Join(urls, " "))
 	if online != nil {
 		online(welcome.Tunnels)
 	}
-	c.emit(Event{Kind: EventOnline, Tunnels: welcome.Tunnels})
+	c.emit(Event{Kind: EventOnline, Tunnels: welcome.Tunnels, RTT: rtt, Inspector: c.inspectURL})
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -222,6 +271,23 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 			}
 		}
 	})
+	if c.cfg.OnEvent != nil || c.ins != nil {
+		wg.Go(func() {
+			t := time.NewTicker(rttInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+				case <-sess.CloseChan():
+					return
+				}
+				// Ping returns at the session's end or after its write timeout.
+				if rtt, err := sess.Ping(); err == nil {
+					c.emit(Event{Kind: EventRTT, RTT: rtt})
+				}
+			}
+		})
+	}
 	wg.Go(func() {
 		for {
 			ys, err := sess.AcceptStream()
@@ -275,7 +341,8 @@ func (c *client) readControl(ctrl net.Conn, resets *tunnel.Resets) {
 		case *proto.StreamReset:
 			resets.Reset(m.Stream)
 		case *proto.Event:
-			c.emit(Event{Kind: EventRequest, Request: m})
+			// Sent by relays when asked (Listen), and by older ones always.
+			c.emit(Event{Kind: EventRequest, Time: m.Time, Request: m})
 		case *proto.Error:
 			// The relay revoked the session (name revoked, token removed).
 			c.refused = m
@@ -306,15 +373,17 @@ func (c *client) serveStream(ctx context.Context, ys *yamux.Stream, resets *tunn
 	resets.Track(st)
 	for i, n := range c.names {
 		if n == hdr.Name {
-			c.handle(ctx, st, i)
+			c.handle(ctx, st, n, i)
 			return
 		}
 	}
 	st.Refuse(proto.Errorf(proto.CodeUnknownTunnel, "this agent does not serve %q", hdr.Name))
 }
 
-// serveLocal dials the local target for one stream and joins the two.
-func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, local string) {
+// serveLocal dials the local target for one stream and joins the two. ins,
+// if not nil, observes the bytes through a tap: it never alters nor delays
+// them.
+func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, local, name string, ins *inspect.Inspector) {
 	d := net.Dialer{Timeout: cfg.LocalDialTimeout}
 	lc, err := d.DialContext(ctx, "tcp", local)
 	if err != nil {
@@ -342,7 +411,13 @@ func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, local strin
 		lc.Close()
 	})
 	defer stop()
-	if err := tunnel.JoinWith(st, lc, tunnel.JoinOptions{WriteIdleTimeout: cfg.WriteIdleTimeout}); err != nil {
+	opts := tunnel.JoinOptions{WriteIdleTimeout: cfg.WriteIdleTimeout}
+	if ins != nil {
+		obs := ins.Observe(inspect.ConnInfo{Tunnel: name, Local: local, Remote: st.RemoteAddr().String()})
+		defer obs.Close() // after Join: reports what was left open
+		opts.Tap = func(d tunnel.Direction, p []byte) { obs.Tap(d == tunnel.AToB, p) }
+	}
+	if err := tunnel.JoinWith(st, lc, opts); err != nil {
 		cfg.Logger.Debug("stream ended with error", "local", local, "err", err)
 	}
 }

@@ -40,7 +40,7 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	l := &Listener{conns: make(chan net.Conn), cancel: cancel, done: make(chan struct{})}
-	c := newClient(cfg, u, func(ctx context.Context, st *tunnel.Stream, _ int) {
+	c := newClient(cfg, u, func(ctx context.Context, st *tunnel.Stream, _ string, _ int) {
 		if err := st.Accept(); err != nil {
 			st.Close()
 			return
@@ -52,6 +52,7 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 		}
 	})
 	c.failFirst = true
+	c.relayEvents = cfg.OnEvent != nil
 	ready := make(chan []proto.Granted, 1)
 	go func() {
 		defer close(l.done)

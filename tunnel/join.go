@@ -53,6 +53,28 @@ type JoinOptions struct {
 	// this long ends the join. Zero means DefaultWriteIdleTimeout;
 	// negative means no bound.
 	WriteIdleTimeout time.Duration
+	// Tap, if not nil, sees every chunk after it was written, in order
+	// within each direction, from the goroutine copying that direction.
+	// It observes and must not alter the traffic: p is reused after Tap
+	// returns (copy what you keep), and Tap must not block, since the
+	// bytes wait for it. Nil costs nothing.
+	Tap func(dir Direction, p []byte)
+}
+
+// Direction is one of Join's two directions.
+type Direction uint8
+
+// Join's directions.
+const (
+	AToB Direction = iota // read from a, written to b
+	BToA                  // read from b, written to a
+)
+
+func (d Direction) String() string {
+	if d == AToB {
+		return "a→b"
+	}
+	return "b→a"
 }
 
 // JoinWith is Join with options.
@@ -72,13 +94,13 @@ func JoinWith(a, b net.Conn, opts JoinOptions) error {
 	}
 	errc := make(chan error, 1)
 	go func() {
-		err := pipe(b, a, &counts.AToB, idle)
+		err := pipe(b, a, &counts.AToB, idle, AToB, opts.Tap)
 		if err != nil {
 			abort()
 		}
 		errc <- err
 	}()
-	err1 := pipe(a, b, &counts.BToA, idle)
+	err1 := pipe(a, b, &counts.BToA, idle, BToA, opts.Tap)
 	if err1 != nil {
 		abort()
 	}
@@ -100,8 +122,9 @@ func JoinWith(a, b net.Conn, opts JoinOptions) error {
 var errAborted = errors.New("tunnel: join aborted")
 
 // pipe copies src to dst until EOF or an error, then half-closes dst. Each
-// write must finish within idle (unless idle is negative).
-func pipe(dst, src net.Conn, n *atomic.Int64, idle time.Duration) error {
+// write must finish within idle (unless idle is negative). tap, if not nil,
+// sees what was written.
+func pipe(dst, src net.Conn, n *atomic.Int64, idle time.Duration, dir Direction, tap func(Direction, []byte)) error {
 	var small [smallBuf]byte
 	var big *[]byte
 	defer func() {
@@ -121,6 +144,9 @@ func pipe(dst, src net.Conn, n *atomic.Int64, idle time.Duration) error {
 			}
 			nw, werr := dst.Write(buf[:nr])
 			n.Add(int64(nw))
+			if tap != nil && nw > 0 {
+				tap(dir, buf[:nw])
+			}
 			if werr != nil {
 				if errors.Is(werr, net.ErrClosed) {
 					return errAborted

@@ -38,7 +38,7 @@ func TestExposeThroughRelay(t *testing.T) {
 
 	// One line per request; the WebSocket's comes when it has closed.
 	httpLine := regexp.MustCompile(`^\d\d:\d\d:\d\d GET / 200 \S+ 16B$`)
-	wsLine := regexp.MustCompile(`^\d\d:\d\d:\d\d WS /ws 101 \S+ \d+B/\d+B closed$`)
+	wsLine := regexp.MustCompile(`^\d\d:\d\d:\d\d WS /ws 101 \S+ \d+B/\d+B 1/1 msgs closed 1000 "bye" by visitor$`)
 	expose.stdout.find(t, "GET request line", httpLine.MatchString)
 	expose.stdout.find(t, "WebSocket request line", wsLine.MatchString)
 

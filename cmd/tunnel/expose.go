@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -22,6 +23,10 @@ import (
 // defaultRelay pairs with `tunnel relay --domain localhost`, which listens
 // on 127.0.0.1:8000.
 const defaultRelay = "http://localhost:8000"
+
+// defaultInspectAddr is where the inspector listens: loopback only, on the
+// port developers know from other tunnels.
+const defaultInspectAddr = "127.0.0.1:4040"
 
 // ExposeOptions are the inputs of `tunnel expose`.
 type ExposeOptions struct {
@@ -39,6 +44,11 @@ type ExposeOptions struct {
 	AllowIPs  []string // --allow-ip: admit visitors only from these prefixes
 	DenyIPs   []string // --deny-ip: refuse visitors from these prefixes
 
+	InspectAddr string // --inspect-addr; empty means defaultInspectAddr
+	NoInspect   bool   // --no-inspect
+	JSON        bool   // --json: one JSON object per event on stdout
+	Quiet       bool   // --quiet: only the URLs and errors
+
 	// TLSConfig trusts the system roots and CAFile's; nil without --ca-file.
 	TLSConfig *tls.Config
 	// Access holds the visitor rules of BasicAuth, AllowIPs and DenyIPs;
@@ -55,9 +65,22 @@ func NewCmdExpose(f *Factory, runF func(*ExposeOptions) error) *cobra.Command {
 		Short: "Give a local port a public URL on a relay",
 		Long: `Connect to a relay and forward the traffic for a public name to a local port.
 
-Prints the public URL and its WebSocket form on stdout, then one line per
-request; with a relay that obtains certificates, once the name's certificate
-is ready. Reconnects by itself and keeps the URL; Ctrl-C releases the name.
+Prints the public URL and its WebSocket form on stdout (with a relay that
+obtains certificates, once the name's certificate is ready), then one line
+per HTTP request and two per WebSocket (opened; closed with its code,
+duration, bytes and messages each way, visitor→server/server→visitor).
+Status goes to stderr: where traffic goes, the relay and its round-trip
+time, the inspector, reconnects. Reconnects by itself and keeps the URL;
+Ctrl-C releases the name. Colour only on a terminal, never with NO_COLOR.
+--quiet prints only the URLs and errors.
+
+The inspector (http://127.0.0.1:4040 unless --inspect-addr says otherwise,
+off with --no-inspect) lists recent requests with headers and bodies, replays
+them to your server, and shows WebSocket frames and close codes, live. It
+listens on loopback only unless you give another address. If its port is
+taken, expose says so and runs without it. Its JSON API: GET /api/requests,
+/api/requests/{id}, POST /api/requests/{id}/replay, GET /api/websockets,
+/api/websockets/{id}, /api/events (server-sent events).
 
 An https relay's certificate is verified against the system's roots; for a
 relay whose certificate comes from a private CA, pass that CA's certificate
@@ -69,12 +92,15 @@ reaches this machine, for plain requests and WebSockets alike:
                            (repeatable; only the password's SHA-256 is sent)
   --allow-ip CIDR          admit only these addresses (repeatable)
   --deny-ip CIDR           refuse these addresses; wins over --allow-ip
-Addresses are CIDR prefixes like 203.0.113.0/24 or single IPs.`,
+Addresses are CIDR prefixes like 203.0.113.0/24 or single IPs.
+
+` + jsonFields,
 		Example: `  tunnel expose -p 8080 -s demo --relay https://example.com
   tunnel expose -p 8080 --relay https://relay.internal --ca-file internal-ca.pem
   TUNNEL_RELAY=http://localhost:8000 tunnel expose -p 3000
   TUNNEL_TOKEN=$(cat ~/.tunnel-token) tunnel expose -p 8080 -s demo --relay https://example.com
-  tunnel expose -p 8080 --basic-auth ann:correct-horse --allow-ip 203.0.113.0/24`,
+  tunnel expose -p 8080 --basic-auth ann:correct-horse --allow-ip 203.0.113.0/24
+  tunnel expose -p 8080 --json | jq 'select(.event == "request" and .status >= 500)'`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !cmd.Flags().Changed("relay") {
@@ -105,6 +131,17 @@ Addresses are CIDR prefixes like 203.0.113.0/24 or single IPs.`,
 				return usageErrorf(cmd, "%v", err)
 			}
 			opts.Access = access
+			if opts.JSON && opts.Quiet {
+				return usageErrorf(cmd, "--json and --quiet do not go together: --json prints every event, --quiet almost none")
+			}
+			if opts.NoInspect && cmd.Flags().Changed("inspect-addr") {
+				return usageErrorf(cmd, "--no-inspect and --inspect-addr do not go together")
+			}
+			if opts.InspectAddr != "" {
+				if _, _, err := net.SplitHostPort(opts.InspectAddr); err != nil {
+					return usageErrorf(cmd, "--inspect-addr %q is not host:port, e.g. 127.0.0.1:4040", opts.InspectAddr)
+				}
+			}
 			if runF != nil {
 				return runF(opts)
 			}
@@ -121,6 +158,10 @@ Addresses are CIDR prefixes like 203.0.113.0/24 or single IPs.`,
 	fl.StringArrayVar(&opts.BasicAuth, "basic-auth", nil, "`user:password` visitors must give; repeatable")
 	fl.StringArrayVar(&opts.AllowIPs, "allow-ip", nil, "admit visitors only from this `CIDR` or IP; repeatable")
 	fl.StringArrayVar(&opts.DenyIPs, "deny-ip", nil, "refuse visitors from this `CIDR` or IP; repeatable, wins over --allow-ip")
+	fl.Var((*defaultString)(&opts.InspectAddr), "inspect-addr", "`address` of the local inspector (default "+defaultInspectAddr+")")
+	fl.BoolVar(&opts.NoInspect, "no-inspect", false, "do not run the local inspector")
+	fl.BoolVar(&opts.JSON, "json", false, "print every event as one JSON object per line on stdout (fields below)")
+	fl.BoolVarP(&opts.Quiet, "quiet", "q", false, "print only the URLs and errors")
 	return cmd
 }
 
@@ -161,17 +202,61 @@ func visitorRules(opts *ExposeOptions) (*agent.Access, error) {
 }
 
 func exposeRun(ctx context.Context, opts *ExposeOptions) error {
-	p := newStatusPrinter(opts.IO, printTunnelURLs)
+	local := net.JoinHostPort(opts.LocalHost, strconv.Itoa(opts.Port))
+	inspectAddr := opts.InspectAddr
+	switch {
+	case opts.NoInspect:
+		inspectAddr = ""
+	case inspectAddr == "":
+		inspectAddr = defaultInspectAddr
+	}
+	p := newPrinter(opts.IO, printTunnelURLs, printerOptions{
+		JSON:  opts.JSON,
+		Quiet: opts.Quiet,
+		Color: !opts.JSON && useColor(opts.IO.Out, os.Getenv),
+		Block: true,
+		Local: local,
+		Relay: opts.Relay,
+	})
 	defer p.close()
 	return agent.Run(ctx, agent.Config{
-		Relay:     opts.Relay,
-		Token:     opts.Token,
-		Tunnels:   []agent.Tunnel{{Name: opts.Name, Local: net.JoinHostPort(opts.LocalHost, strconv.Itoa(opts.Port)), Access: opts.Access}},
-		TLSConfig: opts.TLSConfig,
-		OnEvent:   p.onEvent,
-		Logger:    opts.Logger,
+		Relay:       opts.Relay,
+		Token:       opts.Token,
+		Tunnels:     []agent.Tunnel{{Name: opts.Name, Local: local, Access: opts.Access}},
+		TLSConfig:   opts.TLSConfig,
+		OnEvent:     p.onEvent,
+		InspectAddr: inspectAddr,
+		Logger:      opts.Logger,
 	})
 }
+
+// useColor reports whether output to w may carry ANSI colours: only on a
+// terminal, and never when NO_COLOR is set (https://no-color.org) or TERM
+// is dumb.
+func useColor(w io.Writer, getenv func(string) string) bool {
+	if getenv("NO_COLOR") != "" || getenv("TERM") == "dumb" {
+		return false
+	}
+	return isTerminal(w)
+}
+
+// isTerminal reports whether w is a character device, such as a terminal.
+var isTerminal = func(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// defaultString is a string flag whose zero value stands for a default that
+// the help shows, so options keep their zero value unless the flag is given.
+type defaultString string
+
+func (s *defaultString) String() string     { return string(*s) }
+func (s *defaultString) Set(v string) error { *s = defaultString(v); return nil }
+func (s *defaultString) Type() string       { return "string" }
 
 // tlsConfigTrusting returns a client TLS configuration that trusts the
 // system's roots and the certificates in the PEM file caFile.

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -23,13 +25,16 @@ import (
 type statusPrinter struct {
 	io        IOStreams
 	printURLs func(w io.Writer, urls []string)
+	opts      printerOptions
 	events    chan agent.Event
 	wg        sync.WaitGroup
 
 	// Owned by the printing goroutine.
-	urls    []string // the URLs printed last
-	online  bool
-	granted []grant // the tunnels of the last EventOnline
+	urls       []string // the URLs printed last
+	online     bool
+	granted    []grant // the tunnels of the last EventOnline
+	inspector  string  // the inspector's URL
+	inspectErr error   // why there is no inspector
 
 	mu         sync.Mutex
 	closed     bool
@@ -43,11 +48,32 @@ type grant struct {
 	failed    bool // the relay could not: its URL is not printed
 }
 
+// printerOptions choose what a statusPrinter shows. The zero value prints
+// URLs, state changes and request lines, without colour or status block.
+type printerOptions struct {
+	// JSON prints every event as one JSON object per line on Out, and
+	// nothing else (errors still go to ErrOut, from main).
+	JSON bool
+	// Quiet prints only the URLs and errors.
+	Quiet bool
+	// Color marks statuses with ANSI colours; only for a terminal.
+	Color bool
+	// Block prints a status block on ErrOut when first online: the local
+	// target, the relay, the round-trip time and the inspector.
+	Block        bool
+	Local, Relay string
+}
+
 // newStatusPrinter starts a printer. printURLs prints the granted URLs the
 // first time and whenever they change. close must be called once the agent
 // has returned.
 func newStatusPrinter(ios IOStreams, printURLs func(w io.Writer, urls []string)) *statusPrinter {
-	p := &statusPrinter{io: ios, printURLs: printURLs, events: make(chan agent.Event, 256)}
+	return newPrinter(ios, printURLs, printerOptions{})
+}
+
+// newPrinter is newStatusPrinter with options.
+func newPrinter(ios IOStreams, printURLs func(w io.Writer, urls []string), opts printerOptions) *statusPrinter {
+	p := &statusPrinter{io: ios, printURLs: printURLs, opts: opts, events: make(chan agent.Event, 1024)}
 	p.wg.Go(p.loop)
 	return p
 }
@@ -90,20 +116,40 @@ func (p *statusPrinter) loop() {
 }
 
 func (p *statusPrinter) print(ev agent.Event) {
+	if p.opts.JSON {
+		p.printJSON(ev)
+		return
+	}
+	// info is for lines that are neither URLs nor errors.
+	info := p.io.ErrOut
+	if p.opts.Quiet {
+		info = io.Discard
+	}
 	switch ev.Kind {
 	case agent.EventOnline:
+		first := !p.online
 		if p.online {
-			fmt.Fprintln(p.io.ErrOut, "online again")
+			fmt.Fprintln(info, "online again")
 		}
 		p.online = true
 		p.granted = p.granted[:0]
 		for _, g := range ev.Tunnels {
 			p.granted = append(p.granted, grant{name: g.Name, url: g.URL, pending: g.CertPending})
 			if g.CertPending {
-				fmt.Fprintf(p.io.ErrOut, "waiting for certificate for %s…\n", hostOf(g.URL, g.Name))
+				fmt.Fprintf(info, "waiting for certificate for %s…\n", hostOf(g.URL, g.Name))
 			}
 		}
 		p.printReadyURLs()
+		if first && p.opts.Block {
+			p.printBlock(info, ev)
+		}
+	case agent.EventInspector:
+		p.inspector, p.inspectErr = ev.Inspector, ev.Err
+	case agent.EventRTT:
+	case agent.EventWebSocketOpen, agent.EventWebSocketClose:
+		if !p.opts.Quiet {
+			fmt.Fprintln(p.io.Out, p.webSocketLine(ev))
+		}
 	case agent.EventOffline:
 		// The agent's delays are jittered down to near zero: keep
 		// milliseconds below a second so that none reads "0s".
@@ -130,11 +176,147 @@ func (p *statusPrinter) print(ev agent.Event) {
 			fmt.Fprintf(p.io.ErrOut, "certificate for %s failed: %s\n", host, n.Message)
 			p.printReadyURLs()
 		default:
-			fmt.Fprintf(p.io.ErrOut, "relay says: %s\n", n.Message)
+			fmt.Fprintf(info, "relay says: %s\n", n.Message)
 		}
 	case agent.EventRequest:
-		fmt.Fprintln(p.io.Out, requestLine(ev))
+		if !p.opts.Quiet {
+			fmt.Fprintln(p.io.Out, p.requestLine(ev))
+		}
 	}
+}
+
+// printBlock prints what a person wants to know once the tunnel is up:
+//
+//	forwarding  https://demo.example.com → localhost:8080
+//	relay       https://example.com (round trip 23ms)
+//	inspector   http://127.0.0.1:4040
+func (p *statusPrinter) printBlock(w io.Writer, ev agent.Event) {
+	for _, g := range ev.Tunnels {
+		fmt.Fprintf(w, "forwarding  %s → %s\n", g.URL, p.opts.Local)
+	}
+	fmt.Fprintf(w, "relay       %s (round trip %v)\n", p.opts.Relay, roundDuration(ev.RTT))
+	switch {
+	case p.inspector != "":
+		fmt.Fprintf(w, "inspector   %s\n", p.inspector)
+	case p.inspectErr != nil:
+		fmt.Fprintf(w, "inspector   off: %v (choose another address with --inspect-addr)\n", oneLine(p.inspectErr))
+	}
+}
+
+// jsonEvent is one line of --json output; see expose's help for the fields.
+type jsonEvent struct {
+	Time  time.Time `json:"time"`
+	Event string    `json:"event"`
+
+	Tunnels   []jsonTunnel `json:"tunnels,omitempty"`
+	Inspector string       `json:"inspector,omitempty"`
+	RTT       *float64     `json:"rtt_ms,omitempty"`
+
+	Error   string   `json:"error,omitempty"`
+	Attempt int      `json:"attempt,omitempty"`
+	RetryMS *float64 `json:"retry_ms,omitempty"`
+
+	ID       int64    `json:"id,omitempty"`
+	Tunnel   string   `json:"tunnel,omitempty"`
+	Remote   string   `json:"remote,omitempty"`
+	Method   string   `json:"method,omitempty"`
+	Path     string   `json:"path,omitempty"`
+	Status   *int     `json:"status,omitempty"`
+	Duration *float64 `json:"duration_ms,omitempty"`
+	BytesIn  *int64   `json:"bytes_in,omitempty"`
+	BytesOut *int64   `json:"bytes_out,omitempty"`
+	Replay   bool     `json:"replay,omitempty"`
+
+	Code        *int   `json:"code,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+	ClosedBy    string `json:"closed_by,omitempty"`
+	MessagesIn  *int64 `json:"messages_in,omitempty"`
+	MessagesOut *int64 `json:"messages_out,omitempty"`
+
+	Kind    string `json:"kind,omitempty"`
+	Name    string `json:"name,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+type jsonTunnel struct {
+	Name        string `json:"name"`
+	URL         string `json:"url"`
+	WebSocket   string `json:"ws_url"`
+	CertPending bool   `json:"cert_pending,omitempty"`
+}
+
+// jsonFields is the --json part of expose's help.
+const jsonFields = `With --json, stdout carries one JSON object per line and nothing else. Every
+object has "time" (RFC 3339) and "event", one of:
+  online           tunnels [{name, url, ws_url, cert_pending}], rtt_ms, inspector
+  offline          error, attempt, retry_ms (the next attempt is in retry_ms)
+  notice           kind (draining, cert-ready, cert-failed), name, message
+  request          id, tunnel, remote, method, path, status (0: no response),
+                   duration_ms, bytes_in, bytes_out (body bytes), replay, error
+  websocket_open   id, tunnel, remote, path
+  websocket_close  id, tunnel, remote, path, code (1006: no close frame),
+                   reason, closed_by (visitor or server), duration_ms,
+                   messages_in, messages_out, bytes_in, bytes_out
+  rtt              rtt_ms: round-trip time to the relay, every 10 s
+  inspector        inspector (its URL), or error
+bytes_in and messages_in count from the visitor to your server, _out the other
+way.`
+
+func jsonMS(d time.Duration) *float64 {
+	v := float64(d.Microseconds()) / 1000
+	return &v
+}
+
+func jptr[T any](v T) *T { return &v }
+
+func (p *statusPrinter) printJSON(ev agent.Event) {
+	j := jsonEvent{Time: ev.Time}
+	if j.Time.IsZero() {
+		j.Time = time.Now()
+	}
+	if ev.Err != nil {
+		j.Error = oneLine(ev.Err)
+	}
+	switch ev.Kind {
+	case agent.EventOnline:
+		j.Event, j.RTT, j.Inspector = "online", jsonMS(ev.RTT), ev.Inspector
+		for _, g := range ev.Tunnels {
+			j.Tunnels = append(j.Tunnels, jsonTunnel{Name: g.Name, URL: g.URL, WebSocket: webSocketURL(g.URL), CertPending: g.CertPending})
+		}
+	case agent.EventOffline:
+		j.Event, j.Attempt, j.RetryMS = "offline", ev.Attempt, jsonMS(ev.Retry)
+	case agent.EventNotice:
+		j.Event, j.Kind, j.Name, j.Message = "notice", string(ev.Notice.Kind), ev.Notice.Name, ev.Notice.Message
+	case agent.EventRTT:
+		j.Event, j.RTT = "rtt", jsonMS(ev.RTT)
+	case agent.EventInspector:
+		j.Event, j.Inspector = "inspector", ev.Inspector
+	case agent.EventRequest:
+		r := ev.Request
+		j.Event, j.Tunnel, j.Remote, j.Method, j.Path = "request", r.Name, r.Remote, r.Method, r.Path
+		j.Status, j.Duration, j.BytesIn, j.BytesOut = jptr(r.Status), jsonMS(r.Duration), jptr(r.BytesIn), jptr(r.BytesOut)
+		if r.WebSocket { // from an older relay
+			j.Event = "websocket_close"
+		}
+		if h := ev.HTTP; h != nil {
+			j.ID, j.Replay, j.Error = h.ID, h.Replay, h.Error
+		}
+	case agent.EventWebSocketOpen, agent.EventWebSocketClose:
+		ws := ev.WebSocket
+		j.Event, j.ID, j.Tunnel, j.Remote, j.Path = "websocket_open", ws.ID, ws.Tunnel, ws.Remote, ws.Path
+		if ev.Kind == agent.EventWebSocketClose {
+			j.Event, j.Code, j.Reason, j.ClosedBy = "websocket_close", jptr(ws.CloseCode), ws.CloseReason, ws.ClosedBy
+			j.Duration = jsonMS(time.Duration(ws.Duration))
+			j.MessagesIn, j.MessagesOut, j.BytesIn, j.BytesOut = jptr(ws.MessagesIn), jptr(ws.MessagesOut), jptr(ws.BytesIn), jptr(ws.BytesOut)
+		}
+	default:
+		return
+	}
+	b, err := json.Marshal(j)
+	if err != nil {
+		return
+	}
+	p.io.Out.Write(append(b, '\n'))
 }
 
 // printReadyURLs prints the URLs of the granted tunnels, without those whose
@@ -199,16 +381,96 @@ func webSocketURL(u string) string {
 // requestLine formats one request, e.g.
 //
 //	14:03:07 GET /index.html 200 1.2ms 5120B
-//	14:03:09 WS /chat 101 41.5s 120B/3400B closed
+//	14:03:08 POST /api 502 3.1ms 0B (replay)
+//	14:03:09 GET /slow - 30s 0B no response: the connection ended first
+//	14:03:09 WS /chat 101 41.5s 120B/3400B closed   (from an older relay)
 //
-// where a WebSocket's bytes are visitor-to-server / server-to-visitor.
-func requestLine(ev agent.Event) string {
+// where the bytes are the response body's, and a WebSocket's are
+// visitor-to-server / server-to-visitor.
+func requestLine(ev agent.Event) string { return (&statusPrinter{}).requestLine(ev) }
+
+func (p *statusPrinter) requestLine(ev agent.Event) string {
 	r := ev.Request
 	at := r.Time.Local().Format(time.TimeOnly)
 	if r.WebSocket {
-		return fmt.Sprintf("%s WS %s %d %v %dB/%dB closed", at, r.Path, r.Status, roundDuration(r.Duration), r.BytesIn, r.BytesOut)
+		return fmt.Sprintf("%s %s %s %d %v %dB/%dB closed", at, p.paint(cWS, "WS"), r.Path, r.Status, roundDuration(r.Duration), r.BytesIn, r.BytesOut)
 	}
-	return fmt.Sprintf("%s %s %s %d %v %dB", at, r.Method, r.Path, r.Status, roundDuration(r.Duration), r.BytesOut)
+	status := "-"
+	if r.Status != 0 {
+		status = p.paint(statusColor(r.Status), strconv.Itoa(r.Status))
+	}
+	line := fmt.Sprintf("%s %s %s %s %v %dB", at, r.Method, r.Path, status, roundDuration(r.Duration), r.BytesOut)
+	if h := ev.HTTP; h != nil {
+		if h.Replay {
+			line += " (replay)"
+		}
+		if h.Error != "" {
+			line += " " + p.paint(cRed, h.Error)
+		}
+	}
+	return line
+}
+
+// webSocketLine formats a WebSocket's opening or its end, e.g.
+//
+//	14:03:07 WS /chat 101 opened
+//	14:03:49 WS /chat 101 41.5s 120B/3400B 3/5 msgs closed 1000 "bye" by visitor
+//
+// where bytes and messages are visitor-to-server / server-to-visitor, and
+// 1006 means the connection ended without a close frame.
+func (p *statusPrinter) webSocketLine(ev agent.Event) string {
+	ws := ev.WebSocket
+	at := ev.Time.Local().Format(time.TimeOnly)
+	if ev.Kind == agent.EventWebSocketOpen {
+		return fmt.Sprintf("%s %s %s 101 opened", at, p.paint(cWS, "WS"), ws.Path)
+	}
+	line := fmt.Sprintf("%s %s %s 101 %v %dB/%dB %d/%d msgs closed %s", at, p.paint(cWS, "WS"), ws.Path,
+		roundDuration(time.Duration(ws.Duration)), ws.BytesIn, ws.BytesOut, ws.MessagesIn, ws.MessagesOut,
+		p.paint(closeColor(ws.CloseCode), strconv.Itoa(ws.CloseCode)))
+	if ws.CloseReason != "" {
+		line += " " + strconv.Quote(ws.CloseReason)
+	}
+	if ws.ClosedBy != "" {
+		line += " by " + ws.ClosedBy
+	} else if ws.CloseCode == 1006 {
+		line += " (no close frame)"
+	}
+	return line
+}
+
+// ANSI colours, used only when printerOptions.Color is set.
+const (
+	cGreen  = "32"
+	cCyan   = "36"
+	cYellow = "33"
+	cRed    = "31"
+	cWS     = "35"
+)
+
+func statusColor(status int) string {
+	switch {
+	case status >= 500:
+		return cRed
+	case status >= 400:
+		return cYellow
+	case status >= 300:
+		return cCyan
+	}
+	return cGreen
+}
+
+func closeColor(code int) string {
+	if code == 1000 || code == 1001 {
+		return cGreen
+	}
+	return cYellow
+}
+
+func (p *statusPrinter) paint(color, s string) string {
+	if !p.opts.Color {
+		return s
+	}
+	return "\x1b[" + color + "m" + s + "\x1b[0m"
 }
 
 // roundDuration keeps three significant digits or so.

@@ -1,0 +1,292 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/coder/websocket"
+
+	"github.com/tunnel-dev/tunnel/agent"
+)
+
+// startInspected runs a relay, a local server and an agent with its
+// inspector on a free loopback port, and returns the inspector's URL.
+func startInspected(t *testing.T) (rl *testRelay, local *localServer, inspector string) {
+	t.Helper()
+	rl = startRelay(t, "")
+	local = startLocal(t)
+	urls := make(chan string, 1)
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}}, func(c *agent.Config) {
+		c.InspectAddr = "127.0.0.1:0"
+		prev := c.OnEvent
+		c.OnEvent = func(e agent.Event) {
+			if e.Kind == agent.EventInspector {
+				if e.Err != nil {
+					t.Errorf("inspector: %v", e.Err)
+				}
+				urls <- e.Inspector
+			}
+			prev(e)
+		}
+	})
+	select {
+	case u := <-urls:
+		return rl, local, u
+	case <-time.After(10 * time.Second):
+		t.Fatal("no EventInspector")
+	}
+	return
+}
+
+// apiGet fetches an inspector API path into v.
+func apiGet(t *testing.T, base, path string, v any) {
+	t.Helper()
+	resp, err := http.Get(base + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET %s: %s %s", path, resp.Status, b)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+}
+
+type requestList struct {
+	Requests []struct {
+		ID     int64  `json:"id"`
+		Method string `json:"method"`
+		Path   string `json:"path"`
+		Status int    `json:"status"`
+		Replay bool   `json:"replay"`
+	} `json:"requests"`
+}
+
+// waitRequest waits until the inspector lists a request for path and
+// returns its ID.
+func waitRequest(t *testing.T, base, method, path string, replay bool) int64 {
+	t.Helper()
+	var id int64
+	waitFor(t, 5*time.Second, method+" "+path+" in /api/requests", func() bool {
+		var l requestList
+		apiGet(t, base, "/api/requests", &l)
+		for _, r := range l.Requests {
+			if r.Method == method && r.Path == path && r.Replay == replay {
+				id = r.ID
+				return true
+			}
+		}
+		return false
+	})
+	return id
+}
+
+// TestInspectorAPI sends a request and a WebSocket session through the
+// tunnel and finds them in the inspector's JSON API, with headers, bodies,
+// frames and the close code; a replay reaches the local server again.
+func TestInspectorAPI(t *testing.T) {
+	rl, local, base := startInspected(t)
+	c := visitorClient(rl.addr)
+
+	req, _ := http.NewRequest("POST", "http://demo.localhost/echo?x=1", strings.NewReader(`{"hello":"world"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Test", "inspected")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+
+	id := waitRequest(t, base, "POST", "/echo?x=1", false)
+	var ex agent.Exchange
+	apiGet(t, base, fmt.Sprintf("/api/requests/%d", id), &ex)
+	if ex.Status != 200 || ex.Tunnel != "demo" || ex.Local != local.addr || !strings.HasPrefix(ex.Remote, "127.0.0.1:") {
+		t.Errorf("exchange: status %d tunnel %q local %q remote %q", ex.Status, ex.Tunnel, ex.Local, ex.Remote)
+	}
+	if ex.RequestHeader.Get("X-Test") != "inspected" || ex.RequestHeader.Get("X-Forwarded-For") == "" {
+		t.Errorf("request headers %v", ex.RequestHeader)
+	}
+	if got := string(ex.RequestBody.Data); got != `{"hello":"world"}` {
+		t.Errorf("request body %q", got)
+	}
+	if got := string(ex.ResponseBody.Data); got != "POST /echo?x=1" || ex.ResponseHeader.Get("Content-Type") == "" {
+		t.Errorf("response body %q, headers %v", got, ex.ResponseHeader)
+	}
+
+	// Replay as captured, then edited: both reach the local server.
+	replay := func(body string) agent.Exchange {
+		t.Helper()
+		resp, err := http.Post(fmt.Sprintf("%s/api/requests/%d/replay", base, id), "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var r agent.Exchange
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || resp.StatusCode != 201 {
+			t.Fatalf("replay: %s %v", resp.Status, err)
+		}
+		return r
+	}
+	r1 := replay("")
+	if !r1.Replay || r1.ReplayOf != id || r1.Status != 200 || string(r1.ResponseBody.Data) != "POST /echo?x=1" {
+		t.Errorf("replay: %+v", r1)
+	}
+	r2 := replay(`{"method":"PUT","path":"/edited?y=2","body":"changed"}`)
+	if r2.Status != 200 || string(r2.ResponseBody.Data) != "PUT /edited?y=2" || string(r2.RequestBody.Data) != "changed" {
+		t.Errorf("edited replay: %d %q", r2.Status, r2.ResponseBody.Data)
+	}
+	if seen := local.seen(); seen != "/echo /echo /edited" {
+		t.Errorf("local server saw %q, want the request and two replays", seen)
+	}
+	waitRequest(t, base, "PUT", "/edited?y=2", true)
+
+	// A WebSocket session: frames both ways and the visitor's close.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, err := dialWS(ctx, rl.addr, "ws://demo.localhost/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, msg := range []string{"hello", "second"} {
+		if err := ws.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if _, got, err := ws.Read(ctx); err != nil || string(got) != msg {
+			t.Fatalf("echo %q: %q %v", msg, got, err)
+		}
+	}
+	ws.Close(4000, "done here")
+
+	var list struct {
+		WebSockets []agent.WebSocket `json:"websockets"`
+	}
+	waitFor(t, 5*time.Second, "a closed WebSocket in /api/websockets", func() bool {
+		apiGet(t, base, "/api/websockets", &list)
+		return len(list.WebSockets) == 1 && !list.WebSockets[0].Open
+	})
+	var s agent.WebSocket
+	apiGet(t, base, fmt.Sprintf("/api/websockets/%d", list.WebSockets[0].ID), &s)
+	if s.CloseCode != 4000 || s.CloseReason != "done here" || s.ClosedBy != "visitor" || s.Path != "/ws" {
+		t.Errorf("close: %d %q by %q on %q", s.CloseCode, s.CloseReason, s.ClosedBy, s.Path)
+	}
+	if s.MessagesIn != 2 || s.MessagesOut != 2 {
+		t.Errorf("messages %d in, %d out; want 2 and 2", s.MessagesIn, s.MessagesOut)
+	}
+	var frames []string
+	for _, f := range s.Frames {
+		frames = append(frames, fmt.Sprintf("%s %s %q masked=%v", f.Dir, f.Op, f.Preview, f.Masked))
+	}
+	for _, want := range []string{`in text "hello" masked=true`, `out text "hello" masked=false`, `in text "second" masked=true`, `in close "done here" masked=true`} {
+		if !strings.Contains(strings.Join(frames, "\n"), want) {
+			t.Errorf("frames lack %s:\n%s", want, strings.Join(frames, "\n"))
+		}
+	}
+
+	// The API answers only to loopback names (DNS rebinding) and refuses
+	// cross-site writes.
+	bad, _ := http.NewRequest("GET", base+"/api/requests", nil)
+	bad.Host = "evil.example"
+	if resp, err := http.DefaultClient.Do(bad); err != nil || resp.StatusCode != 403 {
+		t.Errorf("Host evil.example: %v %v, want 403", resp.Status, err)
+	} else {
+		resp.Body.Close()
+	}
+	cross, _ := http.NewRequest("POST", fmt.Sprintf("%s/api/requests/%d/replay", base, id), bytes.NewReader(nil))
+	cross.Header.Set("Origin", "https://evil.example")
+	if resp, err := http.DefaultClient.Do(cross); err != nil || resp.StatusCode != 403 {
+		t.Errorf("cross-site replay: %v %v, want 403", resp.Status, err)
+	} else {
+		resp.Body.Close()
+	}
+	http.DefaultClient.CloseIdleConnections()
+}
+
+// TestInspectorPageInChromium opens the inspector's page in headless
+// Chromium: the request row is rendered, a request made while the page is
+// open appears live, its details show, and the WebSocket tab shows frames.
+func TestInspectorPageInChromium(t *testing.T) {
+	if _, err := os.Stat(chromiumPath); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is missing and CI is set: install chromium (apt-get install -y chromium)", chromiumPath)
+		}
+		t.Skipf("!!! SKIPPING THE BROWSER TEST: %s is missing (apt-get install -y chromium) !!!", chromiumPath)
+	}
+	rl, _, base := startInspected(t)
+	c := visitorClient(rl.addr)
+	if status, _ := get(t, c, "http://demo.localhost/before?page=1"); status != 200 {
+		t.Fatal(status)
+	}
+	id := waitRequest(t, base, "GET", "/before?page=1", false)
+
+	ctx := startChromium(t)
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(1280, 800), chromedp.Navigate(base+"/")); err != nil {
+		t.Fatal(err)
+	}
+	row := fmt.Sprintf("#req-%d", id)
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(row))); err != nil {
+		t.Fatalf("request row: %v", err)
+	}
+	text, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(row)))
+	if err != nil || !strings.Contains(text, "GET") || !strings.Contains(text, "/before?page=1") || !strings.Contains(text, "200") {
+		t.Fatalf("row text %q: %v", text, err)
+	}
+
+	// Live: a request made now appears without a reload.
+	if status, _ := get(t, c, "http://demo.localhost/live"); status != 200 {
+		t.Fatal(status)
+	}
+	live := waitRequest(t, base, "GET", "/live", false)
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf("#req-%d", live)))); err != nil {
+		t.Fatalf("live row: %v", err)
+	}
+
+	// Details of the first request, with its Replay button.
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(row)), chromedp.WaitVisible(chromedp.CSS("#replay"))); err != nil {
+		t.Fatalf("details: %v", err)
+	}
+	detail, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#detail")))
+	if err != nil || !strings.Contains(detail, "X-Forwarded-For") || !strings.Contains(detail, "GET /before?page=1") {
+		t.Errorf("details %q: %v", detail, err)
+	}
+	saveScreenshot(t, ctx, "inspector-requests.png")
+
+	// A WebSocket session, then the WebSockets tab with its frames.
+	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, err := dialWS(wctx, rl.addr, "ws://demo.localhost/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws.Write(wctx, websocket.MessageText, []byte(`{"type":"chat","text":"hi from the test"}`))
+	ws.Read(wctx)
+	ws.Close(websocket.StatusNormalClosure, "bye")
+	waitFor(t, 5*time.Second, "the WebSocket closed in the API", func() bool {
+		var l struct {
+			WebSockets []agent.WebSocket `json:"websockets"`
+		}
+		apiGet(t, base, "/api/websockets", &l)
+		return len(l.WebSockets) == 1 && !l.WebSockets[0].Open
+	})
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#tab-websockets")), chromedp.WaitVisible(chromedp.CSS("#ws-1")),
+		chromedp.Click(chromedp.CSS("#ws-1")), chromedp.WaitVisible(chromedp.CSS("#frames tr"))); err != nil {
+		t.Fatalf("WebSocket tab: %v", err)
+	}
+	frames, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#detail")))
+	if err != nil || !strings.Contains(frames, "hi from the test") || !strings.Contains(frames, "closed 1000") {
+		t.Errorf("WebSocket details %q: %v", frames, err)
+	}
+	saveScreenshot(t, ctx, "inspector-websockets.png")
+}
