@@ -1,0 +1,345 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// BenchOptions are the inputs of `tunnel bench`.
+type BenchOptions struct {
+	IO     IOStreams
+	Logger *slog.Logger
+
+	// Relay is a relay URL to measure instead of a relay process of our
+	// own; its CPU and memory cannot be read then.
+	Relay string
+	Token string // the agent token for Relay: --token, else $TUNNEL_TOKEN
+	JSON  bool   // print one JSON document instead of the table
+	Quick bool   // small sizes and counts, for a smoke test
+
+	BulkMiB       int           // size of each bulk download
+	BulkRuns      int           // bulk downloads per path; the median counts
+	SmallClients  int           // keep-alive clients of the small-request test
+	SmallDuration time.Duration // how long the small-request test runs per path
+	Echoes        int           // sequential WebSocket echoes of the RTT test
+	WSConns       int           // WebSockets of the many-WebSockets test
+	WSMessages    int           // echoes per WebSocket of the many-WebSockets test
+	NewWS         int           // tries of the new-WebSocket test
+	Idle          int           // idle WebSockets of the memory test
+}
+
+// Limits of the bench's flags, each explained where it is checked.
+const (
+	// benchMaxStreams is how many WebSockets the bench puts through one
+	// agent: below the 200 streams the relay keeps open toward one agent
+	// (tunnel.MaxStreams), so that no open is refused with a 503.
+	benchMaxStreams = 190
+	// benchMaxIdle keeps the bench process and the relay, which each hold
+	// one socket per idle WebSocket, under the 20,000 open files a process
+	// may have here, with room for everything else.
+	benchMaxIdle = 18000
+	// benchMaxIdleFloor caps the floor's idle test: a forwarder blocked in
+	// splice(2) holds a pipe (two descriptors) per direction, so each
+	// connection costs it six descriptors.
+	benchMaxIdleFloor = 3000
+)
+
+// NewCmdBench returns `tunnel bench`. runF, if not nil, replaces running
+// the bench, so tests can check how flags are read.
+func NewCmdBench(f *Factory, runF func(*BenchOptions) error) *cobra.Command {
+	opts := &BenchOptions{IO: f.IO, Logger: f.Logger}
+	cmd := &cobra.Command{
+		Use:   "bench [--quick] [--json] [--relay URL] [flags]",
+		Short: "Measure the tunnel against a direct connection and two plain forwarders",
+		Long: `Measure what the tunnel costs on this machine.
+
+The bench starts a local server (the origin), a relay and an agent
+('tunnel relay' and 'tunnel expose', or an agent for --relay URL), and the
+floor: two plain TCP forwarders chained where the relay and the agent sit,
+the least any relay-and-agent design could cost. Each is a process of its
+own. Then it measures, in the same run, the three paths to the origin:
+
+  direct   visitor → origin
+  floor    visitor → forwarder → forwarder → origin
+  tunnel   visitor → relay → agent → origin
+
+and prints each figure with its ratio to direct and to the floor:
+
+  1. bulk: MB/s of a large GET (median of --bulk-runs)
+  2. small: 1 KiB GETs from --small-clients keep-alive clients: req/s,
+     p50/p99 latency, new connections the origin saw during the run
+  3. WebSocket echo round trip over sequential 32-byte messages, p50/p99
+  4. --ws-conns WebSockets echoing --ws-messages messages each: msgs/s
+  5. a new WebSocket and one echo, p50/p99
+  6. idle WebSockets, each having echoed one 32 KiB message: memory (RSS)
+     per connection of the relay and the agent, in fresh processes
+  7. CPU time of the relay and the agent per GB, per 1,000 requests and
+     per idle connection
+
+Ratios within one run are what to compare: absolute figures depend on the
+machine and on what else runs on it. The default run takes under a minute on
+two cores; --quick takes a few seconds and proves nothing.
+
+The agent serves at most 190 WebSockets at once here (the relay keeps at
+most 200 streams open to one agent), so the idle test runs one agent per
+190 connections and sums their memory.`,
+		Example: `  tunnel bench
+  tunnel bench --json > bench.json
+  tunnel bench --idle 5000
+  tunnel bench --relay https://example.com --token "$TOKEN"`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fl := cmd.Flags()
+			if opts.Quick {
+				// --quick shrinks whatever was not set explicitly.
+				for name, v := range map[string]string{
+					"bulk-mib": "16", "small-duration": "1s", "echoes": "300",
+					"ws-conns": "20", "ws-messages": "50", "new-ws": "30", "idle": "200",
+				} {
+					if !fl.Changed(name) {
+						fl.Set(name, v)
+					}
+				}
+			}
+			if err := checkBenchOptions(opts); err != nil {
+				return usageErrorf(cmd, "%v", err)
+			}
+			if !fl.Changed("token") {
+				opts.Token = os.Getenv("TUNNEL_TOKEN")
+			}
+			if runF != nil {
+				return runF(opts)
+			}
+			return benchRun(cmd.Context(), opts)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&opts.Relay, "relay", "", "measure the relay at this `URL` instead of starting one (its CPU and memory are not measured)")
+	fl.StringVar(&opts.Token, "token", "", "agent `token` for --relay (env TUNNEL_TOKEN)")
+	fl.BoolVar(&opts.JSON, "json", false, "print one JSON document with every figure instead of the table")
+	fl.BoolVar(&opts.Quick, "quick", false, "a short run with small sizes, to check that everything works")
+	fl.IntVar(&opts.BulkMiB, "bulk-mib", 256, "`MiB` per bulk download")
+	fl.IntVar(&opts.BulkRuns, "bulk-runs", 3, "bulk downloads per path; the median is reported")
+	fl.IntVar(&opts.SmallClients, "small-clients", 32, "keep-alive `clients` of the small-request test")
+	fl.DurationVar(&opts.SmallDuration, "small-duration", 5*time.Second, "how long the small-request test runs per path")
+	fl.IntVar(&opts.Echoes, "echoes", 3000, "sequential 32-byte WebSocket echoes of the round-trip test")
+	fl.IntVar(&opts.WSConns, "ws-conns", 100, "WebSockets of the many-WebSockets test (at most 150)")
+	fl.IntVar(&opts.WSMessages, "ws-messages", 500, "echoes per WebSocket of the many-WebSockets test")
+	fl.IntVar(&opts.NewWS, "new-ws", 300, "tries of the new-WebSocket-and-one-echo test")
+	fl.IntVar(&opts.Idle, "idle", 1000, fmt.Sprintf("idle WebSockets of the memory test (at most %d)", benchMaxIdle))
+	cmd.AddCommand(NewCmdBenchOrigin(f, nil), NewCmdBenchForward(f, nil))
+	return cmd
+}
+
+func checkBenchOptions(o *BenchOptions) error {
+	for _, c := range []struct {
+		flag      string
+		v, lo, hi int
+	}{
+		{"--bulk-mib", o.BulkMiB, 1, 16384},
+		{"--bulk-runs", o.BulkRuns, 1, 15},
+		{"--small-clients", o.SmallClients, 1, 150},
+		{"--echoes", o.Echoes, 1, 1_000_000},
+		// Each WebSocket is a stream to the one agent of the main tests.
+		{"--ws-conns", o.WSConns, 1, 150},
+		{"--ws-messages", o.WSMessages, 1, 1_000_000},
+		{"--new-ws", o.NewWS, 1, 100_000},
+		{"--idle", o.Idle, 1, benchMaxIdle},
+	} {
+		if c.v < c.lo || c.v > c.hi {
+			return fmt.Errorf("%s must be %d to %d, got %d", c.flag, c.lo, c.hi, c.v)
+		}
+	}
+	if o.SmallDuration < 100*time.Millisecond || o.SmallDuration > 10*time.Minute {
+		return fmt.Errorf("--small-duration must be 100ms to 10m, got %v", o.SmallDuration)
+	}
+	if o.Relay != "" && !strings.HasPrefix(o.Relay, "http://") && !strings.HasPrefix(o.Relay, "https://") {
+		return fmt.Errorf("--relay wants an http:// or https:// URL, got %q", o.Relay)
+	}
+	return nil
+}
+
+// bench is one run: the processes it started and the three paths.
+type bench struct {
+	opts     *BenchOptions
+	exe      string
+	children benchChildren
+	progress func(format string, args ...any)
+
+	agentArgs   []string // extra arguments of every `tunnel expose`
+	origin      string   // the origin's address
+	originStats string   // where the origin tells how many connections it accepted
+	paths       []*benchPath
+}
+
+// benchPath is one way from the visitor to the origin.
+type benchPath struct {
+	name  string   // "direct", "floor" or "tunnel"
+	bases []string // base URLs; the idle test spreads over several agents
+	// hops are the processes in the middle: [0] near the visitor (relay or
+	// first forwarder), [1] near the origin (agent or second forwarder).
+	// Empty for direct, and [0] for a relay we did not start.
+	hops [2]procGroup
+}
+
+func benchRun(ctx context.Context, opts *BenchOptions) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("bench: finding this program to start its helpers: %w", err)
+	}
+	b := &bench{opts: opts, exe: exe, progress: func(format string, args ...any) {
+		fmt.Fprintf(opts.IO.ErrOut, "bench: "+format+"\n", args...)
+	}}
+	defer b.children.stopAll()
+	res := &benchResult{Machine: benchMachine(), Params: benchParamsOf(opts)}
+	if opts.Relay != "" {
+		res.Machine.Relay = opts.Relay
+	}
+
+	if err := b.startPaths(ctx); err != nil {
+		return err
+	}
+	if err := b.runAll(ctx, res); err != nil {
+		return err
+	}
+	b.children.stopAll()
+	if opts.JSON {
+		return res.writeJSON(opts.IO.Out)
+	}
+	return res.writeTable(opts.IO.Out)
+}
+
+// start runs `tunnel args...` as a child and waits for its readiness line.
+func (b *bench) start(ctx context.Context, name string, onStdout bool, match func(string) (string, bool), args ...string) (*benchChild, string, error) {
+	c, err := startBenchChild(b.exe, name, onStdout, match, args...)
+	if err != nil {
+		return nil, "", err
+	}
+	b.children.add(c)
+	v, err := c.waitReady(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	return c, v, nil
+}
+
+func prefixMatch(prefix string) func(string) (string, bool) {
+	return func(line string) (string, bool) {
+		rest, ok := strings.CutPrefix(line, prefix)
+		return rest, ok
+	}
+}
+
+// startFloor starts two forwarders in a chain to the origin.
+func (b *bench) startFloor(ctx context.Context, label string) (addr string, hops [2]procGroup, err error) {
+	fwd2, addr2, err := b.start(ctx, label+" forwarder 2", true, prefixMatch(benchForwardReady), "bench", "forward", "--to", b.origin)
+	if err != nil {
+		return "", hops, err
+	}
+	fwd1, addr1, err := b.start(ctx, label+" forwarder 1", true, prefixMatch(benchForwardReady), "bench", "forward", "--to", addr2)
+	if err != nil {
+		return "", hops, err
+	}
+	return addr1, [2]procGroup{{fwd1}, {fwd2}}, nil
+}
+
+// startRelay starts `tunnel relay` on a free loopback port and returns its
+// URL, or returns --relay's URL without starting anything.
+func (b *bench) startRelay(ctx context.Context, label string) (url string, relay procGroup, err error) {
+	if b.opts.Relay != "" {
+		return b.opts.Relay, nil, nil
+	}
+	c, line, err := b.start(ctx, label, false, prefixMatch("relay listening on "),
+		"relay", "--domain", "localhost", "--addr", "127.0.0.1:0", "--admin-addr=", "--grace", "0", "--drain-timeout", "1s")
+	if err != nil {
+		return "", nil, err
+	}
+	addr, _, _ := strings.Cut(line, ",")
+	return "http://" + addr, procGroup{c}, nil
+}
+
+// startAgent starts `tunnel expose` for the origin on relayURL and returns
+// the tunnel's URL.
+func (b *bench) startAgent(ctx context.Context, label, relayURL, name string) (*benchChild, string, error) {
+	_, port, _ := net.SplitHostPort(b.origin)
+	args := append([]string{"expose", "--relay", relayURL, "-p", port, "--local-host", "127.0.0.1", "-s", name}, b.agentArgs...)
+	if b.opts.Token != "" {
+		args = append(args, "--token", b.opts.Token)
+	}
+	// expose prints the URL first, then a line per request, which the
+	// child's reader drains.
+	return b.start(ctx, label, true, func(line string) (string, bool) {
+		return line, strings.HasPrefix(line, "http://") || strings.HasPrefix(line, "https://")
+	}, args...)
+}
+
+// tunnelName is the name the bench asks for: on a relay of ours any name
+// is free, on someone else's a random suffix avoids taking a real one.
+func (b *bench) tunnelName(base string) string {
+	if b.opts.Relay == "" {
+		return base
+	}
+	return base + "-" + strconv.FormatInt(time.Now().UnixNano()%1_000_000, 36)
+}
+
+// startPaths starts the origin, the floor, the relay and the agent.
+func (b *bench) startPaths(ctx context.Context) error {
+	b.progress("starting the origin, two forwarders, a relay and an agent")
+	_, line, err := b.start(ctx, "origin", true, prefixMatch(benchOriginReady), "bench", "origin")
+	if err != nil {
+		return err
+	}
+	origin, stats, ok := strings.Cut(line, ", stats on ")
+	if !ok {
+		return fmt.Errorf("bench origin said %q", line)
+	}
+	b.origin, b.originStats = origin, stats
+	// An agent with a traffic inspector runs it by default on one fixed
+	// port, which only the first of several agents would get: give each
+	// its own, so that every agent measured runs as a user's would.
+	if help, err := exec.CommandContext(ctx, b.exe, "expose", "--help").Output(); err == nil && bytes.Contains(help, []byte("--inspect-addr")) {
+		b.agentArgs = []string{"--inspect-addr", "127.0.0.1:0"}
+	}
+
+	floorAddr, floorHops, err := b.startFloor(ctx, "floor")
+	if err != nil {
+		return err
+	}
+	relayURL, relay, err := b.startRelay(ctx, "relay")
+	if err != nil {
+		return err
+	}
+	agent, tunnelURL, err := b.startAgent(ctx, "agent", relayURL, b.tunnelName("bench"))
+	if err != nil {
+		return err
+	}
+	b.paths = []*benchPath{
+		{name: "direct", bases: []string{"http://" + b.origin}},
+		{name: "floor", bases: []string{"http://" + floorAddr}, hops: floorHops},
+		{name: "tunnel", bases: []string{tunnelURL}, hops: [2]procGroup{relay, {agent}}},
+	}
+	return nil
+}
+
+// alive checks that every child is still running: a figure measured while
+// one had died would be a lie.
+func (b *bench) alive() error {
+	b.children.mu.Lock()
+	defer b.children.mu.Unlock()
+	for _, c := range b.children.list {
+		if err := c.alive(); err != nil {
+			return err
+		}
+	}
+	return nil
+}

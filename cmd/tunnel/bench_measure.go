@@ -1,0 +1,640 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Bounds on each measurement of one path, so that a stuck path ends the
+// bench with an error instead of hanging it.
+const (
+	benchBulkTimeout = 2 * time.Minute // one bulk download
+	benchWSTimeout   = time.Minute     // each WebSocket test
+	benchIdleTimeout = 3 * time.Minute // opening every idle WebSocket
+	benchSmallGrace  = 30 * time.Second
+	benchWSMessage   = 32       // bytes per echo of the latency and many-WebSockets tests
+	benchIdleMessage = 32 << 10 // the one echo of each idle WebSocket
+	benchSources     = 16       // 127.0.0.2 to 127.0.0.17: 16 times the ephemeral ports of one source address
+)
+
+// runAll runs every scenario on every path and adds the rows to res.
+func (b *bench) runAll(ctx context.Context, res *benchResult) error {
+	o := b.opts
+	bulkBytes := int64(o.BulkMiB) << 20
+
+	// 1. Bulk.
+	var mbps [3]float64
+	var bulkCPU [3]hopFigures
+	for i, p := range b.paths {
+		b.progress("bulk: %s, %d × %d MiB", p.name, o.BulkRuns, o.BulkMiB)
+		var v float64
+		cpu, err := b.measure(p, func() (err error) {
+			v, err = benchBulk(ctx, p, bulkBytes, o.BulkRuns)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("bulk, %s: %w", p.name, err)
+		}
+		mbps[i] = v
+		bulkCPU[i] = cpu.per(float64(bulkBytes*int64(o.BulkRuns)) / 1e9)
+	}
+	res.add("bulk", "MB/s", higher, mbps[0], mbps[1], mbps[2])
+
+	// 2. Small requests.
+	var small [3]benchSmallResult
+	var smallCPU [3]hopFigures
+	for i, p := range b.paths {
+		b.progress("small: %s, %d clients for %v", p.name, o.SmallClients, o.SmallDuration)
+		cpu, err := b.measure(p, func() (err error) {
+			small[i], err = b.benchSmall(ctx, p)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("small requests, %s: %w", p.name, err)
+		}
+		smallCPU[i] = cpu.per(float64(small[i].requests) / 1000)
+	}
+	res.add("small", "req/s", higher, small[0].reqPerSec, small[1].reqPerSec, small[2].reqPerSec)
+	res.add("small", "p50 ms", lower, ms(small[0].p50), ms(small[1].p50), ms(small[2].p50))
+	res.add("small", "p99 ms", lower, ms(small[0].p99), ms(small[1].p99), ms(small[2].p99))
+	res.add("small", "new origin conns", lower, float64(small[0].newConns), float64(small[1].newConns), float64(small[2].newConns))
+
+	// 3. WebSocket echo round trip.
+	var echo [3][2]time.Duration
+	for i, p := range b.paths {
+		b.progress("WebSocket echo: %s, %d messages", p.name, o.Echoes)
+		var err error
+		echo[i][0], echo[i][1], err = benchWSEcho(ctx, p, o.Echoes)
+		if err != nil {
+			return fmt.Errorf("WebSocket echo, %s: %w", p.name, err)
+		}
+		if err := b.alive(); err != nil {
+			return err
+		}
+	}
+	res.add("ws-echo", "p50 ms", lower, ms(echo[0][0]), ms(echo[1][0]), ms(echo[2][0]))
+	res.add("ws-echo", "p99 ms", lower, ms(echo[0][1]), ms(echo[1][1]), ms(echo[2][1]))
+
+	// 4. Many WebSockets.
+	var many [3]float64
+	for i, p := range b.paths {
+		b.progress("many WebSockets: %s, %d × %d messages", p.name, o.WSConns, o.WSMessages)
+		var err error
+		if many[i], err = benchWSMany(ctx, p, o.WSConns, o.WSMessages); err != nil {
+			return fmt.Errorf("many WebSockets, %s: %w", p.name, err)
+		}
+		if err := b.alive(); err != nil {
+			return err
+		}
+	}
+	res.add("ws-many", "msgs/s", higher, many[0], many[1], many[2])
+
+	// 5. New WebSocket and one echo.
+	var fresh [3][2]time.Duration
+	for i, p := range b.paths {
+		b.progress("new WebSocket + echo: %s, %d tries", p.name, o.NewWS)
+		var err error
+		fresh[i][0], fresh[i][1], err = benchWSNew(ctx, p, o.NewWS)
+		if err != nil {
+			return fmt.Errorf("new WebSocket, %s: %w", p.name, err)
+		}
+		if err := b.alive(); err != nil {
+			return err
+		}
+	}
+	res.add("ws-new", "p50 ms", lower, ms(fresh[0][0]), ms(fresh[1][0]), ms(fresh[2][0]))
+	res.add("ws-new", "p99 ms", lower, ms(fresh[0][1]), ms(fresh[1][1]), ms(fresh[2][1]))
+
+	// 6. Idle WebSockets, in fresh processes.
+	floorIdle := min(o.Idle, benchMaxIdleFloor)
+	b.progress("idle: floor, %d WebSockets through two fresh forwarders", floorIdle)
+	fMem, fCPU, err := b.idleFloor(ctx, floorIdle)
+	if err != nil {
+		return fmt.Errorf("idle WebSockets, floor: %w", err)
+	}
+	agents := (o.Idle + benchMaxStreams - 1) / benchMaxStreams
+	b.progress("idle: tunnel, %d WebSockets through a fresh relay and %d fresh agents", o.Idle, agents)
+	tMem, tCPU, err := b.idleTunnel(ctx, o.Idle, agents)
+	if err != nil {
+		return fmt.Errorf("idle WebSockets, tunnel: %w", err)
+	}
+	res.Params.IdleFloor, res.Params.IdleAgents = floorIdle, agents
+	res.addHops("idle", "KiB/conn", fMem, tMem)
+
+	// 7. CPU.
+	res.addHops("bulk", "CPU s/GB", bulkCPU[1], bulkCPU[2])
+	res.addHops("small", "CPU s/1k req", smallCPU[1], smallCPU[2])
+	res.addHops("idle", "CPU ms/conn", fCPU.per(float64(floorIdle)/1000), tCPU.per(float64(o.Idle)/1000))
+	return nil
+}
+
+// hopFigures is a figure (CPU or memory) for each hop of a path; ok is
+// false for a hop whose processes the bench cannot see (a --relay it did
+// not start) or that does not exist (direct).
+type hopFigures struct {
+	hops [2]float64
+	ok   [2]bool
+}
+
+// per divides the hops' figures by n.
+func (c hopFigures) per(n float64) hopFigures {
+	for i := range c.hops {
+		c.hops[i] /= n
+	}
+	return c
+}
+
+// measure runs f and returns the CPU seconds each hop of p used meanwhile.
+func (b *bench) measure(p *benchPath, f func() error) (hopFigures, error) {
+	var before, after, c hopFigures
+	for i, g := range p.hops {
+		if len(g) == 0 {
+			continue
+		}
+		s, err := g.cpuSeconds()
+		if err != nil {
+			return c, err
+		}
+		before.hops[i], c.ok[i] = s, true
+	}
+	if err := f(); err != nil {
+		return c, err
+	}
+	if err := b.alive(); err != nil {
+		return c, err
+	}
+	for i, g := range p.hops {
+		if len(g) == 0 {
+			continue
+		}
+		s, err := g.cpuSeconds()
+		if err != nil {
+			return c, err
+		}
+		after.hops[i] = s
+		c.hops[i] = after.hops[i] - before.hops[i]
+	}
+	return c, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// sourceSpread hands out source addresses 127.0.0.2, 127.0.0.3, … in turn,
+// so that many connections to one address do not run out of ephemeral
+// ports (28,000 per source address and destination).
+type sourceSpread struct{ n atomic.Uint32 }
+
+func (s *sourceSpread) next() *net.TCPAddr {
+	i := s.n.Add(1) % benchSources
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i))}
+}
+
+// benchDial dials addr as a visitor: *.localhost goes to 127.0.0.1, which
+// Go would not resolve, and with spread each loopback connection comes from
+// the next source address.
+func benchDial(spread *sourceSpread) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+			host = "127.0.0.1"
+			addr = net.JoinHostPort(host, port)
+		}
+		var d net.Dialer
+		if ip := net.ParseIP(host); spread != nil && ip != nil && ip.IsLoopback() {
+			d.LocalAddr = spread.next()
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+}
+
+// benchClient is a visitor's HTTP client: keep-alive with up to conns idle
+// connections, no compression, no proxy from the environment.
+func benchClient(spread *sourceSpread, conns int) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		Proxy:               nil,
+		DialContext:         benchDial(spread),
+		MaxIdleConnsPerHost: conns,
+		DisableCompression:  true,
+		ForceAttemptHTTP2:   false,
+	}}
+}
+
+// get fetches url and reads the body into buf's space, returning its size.
+func benchGet(ctx context.Context, client *http.Client, url string, buf []byte) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+		return 0, fmt.Errorf("GET %s: %s: %s", url, resp.Status, bytes.TrimSpace(body))
+	}
+	// Read straight into one buffer: io.Discard would copy through its
+	// own 8 KiB one, and the visitor's cost is not what is measured.
+	var n int64
+	for {
+		m, err := resp.Body.Read(buf)
+		n += int64(m)
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, fmt.Errorf("GET %s: after %d bytes: %w", url, n, err)
+		}
+	}
+}
+
+// benchBulk downloads size bytes runs times and returns the median MB/s
+// (10^6 bytes a second).
+func benchBulk(ctx context.Context, p *benchPath, size int64, runs int) (float64, error) {
+	client := benchClient(nil, 1)
+	defer client.CloseIdleConnections()
+	buf := make([]byte, 1<<20)
+	url := p.bases[0] + "/bulk?bytes=" + strconv.FormatInt(size, 10)
+	var rates []float64
+	for range runs {
+		gctx, cancel := context.WithTimeout(ctx, benchBulkTimeout)
+		start := time.Now()
+		n, err := benchGet(gctx, client, url, buf)
+		elapsed := time.Since(start)
+		cancel()
+		if err != nil {
+			return 0, err
+		}
+		if n != size {
+			return 0, fmt.Errorf("GET %s: %d bytes, want %d", url, n, size)
+		}
+		rates = append(rates, float64(size)/elapsed.Seconds()/1e6)
+	}
+	slices.Sort(rates)
+	return rates[len(rates)/2], nil
+}
+
+type benchSmallResult struct {
+	requests  int
+	reqPerSec float64
+	p50, p99  time.Duration
+	newConns  int64 // connections the origin accepted during the timed run
+}
+
+// benchSmall runs SmallClients clients, each on a keep-alive connection of
+// its own, that GET 1 KiB one after another for SmallDuration. Each client
+// makes one request first, outside the measurement, so that its
+// connection exists: the origin should then see no new connection.
+func (b *bench) benchSmall(ctx context.Context, p *benchPath) (benchSmallResult, error) {
+	var res benchSmallResult
+	n := b.opts.SmallClients
+	url := p.bases[0] + "/small"
+	ctx, cancel := context.WithTimeout(ctx, b.opts.SmallDuration+benchSmallGrace)
+	defer cancel()
+	clients := make([]*http.Client, n)
+	for i := range clients {
+		clients[i] = benchClient(nil, 1)
+		defer clients[i].CloseIdleConnections()
+	}
+	if err := parallel(n, n, func(i int) error {
+		_, err := benchGet(ctx, clients[i], url, make([]byte, 4096))
+		return err
+	}); err != nil {
+		return res, fmt.Errorf("first requests: %w", err)
+	}
+
+	before, err := b.originConns(ctx)
+	if err != nil {
+		return res, err
+	}
+	lat := make([][]time.Duration, n)
+	start := time.Now()
+	deadline := start.Add(b.opts.SmallDuration)
+	err = parallel(n, n, func(i int) error {
+		buf := make([]byte, 4096)
+		for time.Now().Before(deadline) {
+			t0 := time.Now()
+			if _, err := benchGet(ctx, clients[i], url, buf); err != nil {
+				return err
+			}
+			lat[i] = append(lat[i], time.Since(t0))
+		}
+		return nil
+	})
+	elapsed := time.Since(start)
+	if err != nil {
+		return res, err
+	}
+	after, err := b.originConns(ctx)
+	if err != nil {
+		return res, err
+	}
+	all := slices.Concat(lat...)
+	res.requests = len(all)
+	res.reqPerSec = float64(len(all)) / elapsed.Seconds()
+	res.p50, res.p99 = percentiles(all)
+	res.newConns = after - before
+	return res, nil
+}
+
+// originConns asks the origin how many connections it has accepted.
+func (b *bench) originConns(ctx context.Context) (int64, error) {
+	client := benchClient(nil, 1)
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.originStats+"/", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("origin stats: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 100))
+	if err != nil {
+		return 0, fmt.Errorf("origin stats: %w", err)
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(body)), 10, 64)
+}
+
+// percentiles returns the 50th and 99th percentiles of d, which it sorts.
+func percentiles(d []time.Duration) (p50, p99 time.Duration) {
+	if len(d) == 0 {
+		return 0, 0
+	}
+	slices.Sort(d)
+	at := func(q float64) time.Duration {
+		i := int(q*float64(len(d))+0.999999) - 1
+		return d[max(0, min(i, len(d)-1))]
+	}
+	return at(0.50), at(0.99)
+}
+
+// parallel runs f(0) … f(n-1), at most limit at a time, and returns the
+// first error.
+func parallel(n, limit int, f func(i int) error) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+		sem   = make(chan struct{}, limit)
+	)
+	for i := range n {
+		mu.Lock()
+		failed := first != nil
+		mu.Unlock()
+		if failed {
+			break
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := f(i); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+// wsURL is the WebSocket echo's URL on base.
+func wsURL(base string) string { return base + "/ws" }
+
+// benchWSDial opens a WebSocket to the echo.
+func benchWSDial(ctx context.Context, client *http.Client, base string) (*websocket.Conn, error) {
+	c, _, err := websocket.Dial(ctx, wsURL(base), &websocket.DialOptions{
+		HTTPClient:      client,
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.SetReadLimit(1 << 20)
+	return c, nil
+}
+
+// benchEcho sends msg and waits for it to come back.
+func benchEcho(ctx context.Context, c *websocket.Conn, msg []byte) error {
+	if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+		return err
+	}
+	_, got, err := c.Read(ctx)
+	if err != nil {
+		return err
+	}
+	if len(got) != len(msg) {
+		return fmt.Errorf("echo of %d bytes came back with %d", len(msg), len(got))
+	}
+	return nil
+}
+
+// benchWSEcho times n sequential echoes of 32 bytes on one WebSocket,
+// after a few that warm it up.
+func benchWSEcho(ctx context.Context, p *benchPath, n int) (p50, p99 time.Duration, err error) {
+	ctx, cancel := context.WithTimeout(ctx, benchWSTimeout)
+	defer cancel()
+	client := benchClient(nil, 1)
+	c, err := benchWSDial(ctx, client, p.bases[0])
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.CloseNow()
+	msg := make([]byte, benchWSMessage)
+	for range min(n, 50) {
+		if err := benchEcho(ctx, c, msg); err != nil {
+			return 0, 0, err
+		}
+	}
+	rtt := make([]time.Duration, 0, n)
+	for range n {
+		t0 := time.Now()
+		if err := benchEcho(ctx, c, msg); err != nil {
+			return 0, 0, err
+		}
+		rtt = append(rtt, time.Since(t0))
+	}
+	p50, p99 = percentiles(rtt)
+	return p50, p99, nil
+}
+
+// benchWSMany opens conns WebSockets, then has each echo msgs messages one
+// after another, all WebSockets at once, and returns the echoes a second.
+func benchWSMany(ctx context.Context, p *benchPath, conns, msgs int) (float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, benchWSTimeout)
+	defer cancel()
+	client := benchClient(nil, conns)
+	cs := make([]*websocket.Conn, conns)
+	defer func() {
+		for _, c := range cs {
+			if c != nil {
+				c.CloseNow()
+			}
+		}
+	}()
+	if err := parallel(conns, 16, func(i int) (err error) {
+		cs[i], err = benchWSDial(ctx, client, p.bases[0])
+		return err
+	}); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	err := parallel(conns, conns, func(i int) error {
+		msg := make([]byte, benchWSMessage)
+		for range msgs {
+			if err := benchEcho(ctx, cs[i], msg); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	elapsed := time.Since(start)
+	if err != nil {
+		return 0, err
+	}
+	return float64(conns*msgs) / elapsed.Seconds(), nil
+}
+
+// benchWSNew times n tries of opening a WebSocket (a new TCP connection)
+// and echoing 32 bytes on it.
+func benchWSNew(ctx context.Context, p *benchPath, n int) (p50, p99 time.Duration, err error) {
+	ctx, cancel := context.WithTimeout(ctx, benchWSTimeout)
+	defer cancel()
+	client := benchClient(nil, 1)
+	msg := make([]byte, benchWSMessage)
+	took := make([]time.Duration, 0, n)
+	for range n {
+		t0 := time.Now()
+		c, err := benchWSDial(ctx, client, p.bases[0])
+		if err != nil {
+			return 0, 0, err
+		}
+		err = benchEcho(ctx, c, msg)
+		d := time.Since(t0)
+		c.CloseNow()
+		if err != nil {
+			return 0, 0, err
+		}
+		took = append(took, d)
+	}
+	p50, p99 = percentiles(took)
+	return p50, p99, nil
+}
+
+// idleFloor opens n idle WebSockets through two fresh forwarders and
+// returns each forwarder's memory per connection (KiB) and the CPU seconds
+// they used to set the connections up.
+func (b *bench) idleFloor(ctx context.Context, n int) (mem, cpu hopFigures, err error) {
+	addr, hops, err := b.startFloor(ctx, "idle floor")
+	if err != nil {
+		return mem, cpu, err
+	}
+	defer b.children.stop(slices.Concat(hops[0], hops[1]))
+	p := &benchPath{name: "floor", bases: []string{"http://" + addr}, hops: hops}
+	return b.idle(ctx, p, n)
+}
+
+// idleTunnel opens n idle WebSockets through a fresh relay (unless --relay)
+// and the agents it takes, and returns the relay's and the agents' memory
+// per connection (KiB) and the CPU seconds they used to set them up.
+func (b *bench) idleTunnel(ctx context.Context, n, agents int) (mem, cpu hopFigures, err error) {
+	var started []*benchChild
+	defer func() { b.children.stop(started) }()
+	relayURL, relay, err := b.startRelay(ctx, "idle relay")
+	if err != nil {
+		return mem, cpu, err
+	}
+	started = append(started, relay...)
+	p := &benchPath{name: "tunnel", hops: [2]procGroup{relay, nil}}
+	// The agents connect one after another: the relay's name registry is
+	// not what is measured, and it keeps the output tidy.
+	for i := range agents {
+		c, url, err := b.startAgent(ctx, fmt.Sprintf("idle agent %d", i+1), relayURL, b.tunnelName(fmt.Sprintf("idle%d", i+1)))
+		if err != nil {
+			return mem, cpu, err
+		}
+		started = append(started, c)
+		p.hops[1] = append(p.hops[1], c)
+		p.bases = append(p.bases, url)
+	}
+	return b.idle(ctx, p, n)
+}
+
+// idle opens n WebSockets on p, spread over its bases, each echoing one
+// 32 KiB message, and then holds them all open while it reads the hops'
+// memory. It returns the memory growth per connection in KiB and the CPU
+// seconds spent from the first open to the last echo.
+func (b *bench) idle(ctx context.Context, p *benchPath, n int) (mem, cpu hopFigures, err error) {
+	var before hopFigures
+	for i, g := range p.hops {
+		if len(g) == 0 {
+			continue
+		}
+		if before.hops[i], err = g.rssKiB(); err != nil {
+			return mem, cpu, err
+		}
+	}
+	spread := &sourceSpread{}
+	client := benchClient(spread, n)
+	cs := make([]*websocket.Conn, n)
+	defer func() {
+		for _, c := range cs {
+			if c != nil {
+				c.CloseNow()
+			}
+		}
+	}()
+	octx, cancel := context.WithTimeout(ctx, benchIdleTimeout)
+	defer cancel()
+	cpu, err = b.measure(p, func() error {
+		return parallel(n, 32, func(i int) error {
+			c, err := benchWSDial(octx, client, p.bases[i%len(p.bases)])
+			if err != nil {
+				return fmt.Errorf("WebSocket %d: %w", i+1, err)
+			}
+			cs[i] = c
+			if err := benchEcho(octx, c, make([]byte, benchIdleMessage)); err != nil {
+				return fmt.Errorf("WebSocket %d: %w", i+1, err)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			err = fmt.Errorf("not all %d WebSockets open after %v: %w", n, benchIdleTimeout, err)
+		}
+		return mem, cpu, err
+	}
+	for i, g := range p.hops {
+		if len(g) == 0 {
+			continue
+		}
+		after, err := g.rssKiB()
+		if err != nil {
+			return mem, cpu, err
+		}
+		mem.hops[i], mem.ok[i] = (after-before.hops[i])/float64(n), true
+	}
+	return mem, cpu, nil
+}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBenchQuickJSON runs `tunnel bench --quick --json` through the built
+// binary, which starts the origin, forwarders, relay and agents as
+// processes of their own, and checks that the document holds every figure
+// with ratios computed from the same run. It asserts nothing about speed:
+// the machine is shared and a quick run measures nothing worth comparing.
+func TestBenchQuickJSON(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, tunnelBin, "bench", "--quick", "--json")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	t.Logf("tunnel bench --quick --json took %v; stderr:\n%s", time.Since(start).Round(time.Millisecond), stderr.String())
+	if err != nil {
+		t.Fatalf("tunnel bench: %v", err)
+	}
+	out := stdout.Bytes()
+	var res benchResult
+	dec := json.NewDecoder(bytes.NewReader(out))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&res); err != nil {
+		t.Fatalf("decoding the JSON: %v\n%s", err, out)
+	}
+	if rest := strings.TrimSpace(string(out[dec.InputOffset():])); rest != "" {
+		t.Errorf("more than one JSON document on stdout; after it: %q", rest)
+	}
+
+	m := res.Machine
+	if m.CPU == "" || m.Cores < 1 || m.GOMAXPROCS < 1 || !strings.HasPrefix(m.Go, "go") || m.OS == "" {
+		t.Errorf("machine = %+v, want CPU, cores, OS, Go version and GOMAXPROCS", m)
+	}
+	if _, err := time.Parse(time.RFC3339, m.Date); err != nil {
+		t.Errorf("date %q: %v", m.Date, err)
+	}
+	if p := res.Params; !p.Quick || p.Idle < 1 || p.IdleFloor < 1 || p.IdleAgents < 1 {
+		t.Errorf("params = %+v, want a quick run with idle connections and agents", p)
+	}
+
+	// kind says what every figure of a row must be.
+	const (
+		positive    = iota // rates and latencies
+		nonNegative        // counts and CPU time at 10 ms resolution
+		finite             // memory growth, which the runtime may give back
+	)
+	want := []struct {
+		scenario, metric string
+		kind             int
+		hops             bool // a relay or agent row: no direct figure
+	}{
+		{"bulk", "MB/s", positive, false},
+		{"small", "req/s", positive, false},
+		{"small", "p50 ms", positive, false},
+		{"small", "p99 ms", positive, false},
+		{"small", "new origin conns", nonNegative, false},
+		{"ws-echo", "p50 ms", positive, false},
+		{"ws-echo", "p99 ms", positive, false},
+		{"ws-many", "msgs/s", positive, false},
+		{"ws-new", "p50 ms", positive, false},
+		{"ws-new", "p99 ms", positive, false},
+		{"idle", "relay KiB/conn", finite, true},
+		{"idle", "agent KiB/conn", finite, true},
+		{"bulk", "relay CPU s/GB", nonNegative, true},
+		{"bulk", "agent CPU s/GB", nonNegative, true},
+		{"small", "relay CPU s/1k req", nonNegative, true},
+		{"small", "agent CPU s/1k req", nonNegative, true},
+		{"idle", "relay CPU ms/conn", nonNegative, true},
+		{"idle", "agent CPU ms/conn", nonNegative, true},
+	}
+	if len(res.Rows) != len(want) {
+		t.Errorf("%d rows, want %d", len(res.Rows), len(want))
+	}
+	for i, w := range want {
+		if i >= len(res.Rows) {
+			t.Errorf("no row %s %q", w.scenario, w.metric)
+			continue
+		}
+		row := res.Rows[i]
+		name := row.Scenario + " " + row.Metric
+		if row.Scenario != w.scenario || row.Metric != w.metric {
+			t.Errorf("row %d is %q, want %s %s", i, name, w.scenario, w.metric)
+			continue
+		}
+		check := func(path string, v *float64) {
+			if v == nil {
+				t.Errorf("%s: no %s figure", name, path)
+				return
+			}
+			x := *v
+			switch {
+			case math.IsNaN(x) || math.IsInf(x, 0):
+				t.Errorf("%s: %s = %v, want a finite number", name, path, x)
+			case w.kind == positive && x <= 0:
+				t.Errorf("%s: %s = %v, want > 0", name, path, x)
+			case w.kind == nonNegative && x < 0:
+				t.Errorf("%s: %s = %v, want >= 0", name, path, x)
+			}
+		}
+		if w.hops {
+			if row.Direct != nil {
+				t.Errorf("%s: direct = %v, want null: the direct path has no relay or agent", name, *row.Direct)
+			}
+		} else {
+			check("direct", row.Direct)
+		}
+		check("floor", row.Floor)
+		check("tunnel", row.Tunnel)
+		checkRatio(t, name+": floor/direct", row.FloorVsDirect, row.Floor, row.Direct)
+		checkRatio(t, name+": tunnel/direct", row.TunnelVsDirect, row.Tunnel, row.Direct)
+		checkRatio(t, name+": tunnel/floor", row.TunnelVsFloor, row.Tunnel, row.Floor)
+	}
+}
+
+// checkRatio checks that got is a/b from the same document, and null
+// exactly when a or b is missing or b is zero.
+func checkRatio(t *testing.T, name string, got, a, b *float64) {
+	t.Helper()
+	if a == nil || b == nil || *b == 0 {
+		if got != nil {
+			t.Errorf("%s = %v, want null", name, *got)
+		}
+		return
+	}
+	if got == nil {
+		t.Errorf("%s is null, want %v / %v", name, *a, *b)
+		return
+	}
+	if want := *a / *b; math.Abs(*got-want) > 1e-9*math.Max(1, math.Abs(want)) {
+		t.Errorf("%s = %v, want %v / %v = %v", name, *got, *a, *b, want)
+	}
+}
+
+// TestBenchFlags checks how bench reads its flags: the defaults, --quick
+// shrinking only what was not set, and bad values refused before anything
+// starts.
+func TestBenchFlags(t *testing.T) {
+	defaults := BenchOptions{
+		BulkMiB: 256, BulkRuns: 3, SmallClients: 32, SmallDuration: 5 * time.Second,
+		Echoes: 3000, WSConns: 100, WSMessages: 500, NewWS: 300, Idle: 1000,
+	}
+	quick := BenchOptions{
+		Quick: true, BulkMiB: 16, BulkRuns: 3, SmallClients: 32, SmallDuration: time.Second,
+		Echoes: 300, WSConns: 20, WSMessages: 50, NewWS: 30, Idle: 200,
+	}
+	quickIdle := quick
+	quickIdle.Idle = 5000
+	tests := []struct {
+		name    string
+		args    []string
+		want    BenchOptions
+		wantErr string
+	}{
+		{name: "defaults", want: defaults},
+		{name: "quick", args: []string{"--quick"}, want: quick},
+		{name: "quick keeps what was set", args: []string{"--quick", "--idle", "5000"}, want: quickIdle},
+		{name: "idle beyond the file limit", args: []string{"--idle", "20000"}, wantErr: "--idle must be 1 to 18000"},
+		{name: "too many WebSockets for one agent", args: []string{"--ws-conns", "200"}, wantErr: "--ws-conns must be 1 to 150"},
+		{name: "zero runs", args: []string{"--bulk-runs", "0"}, wantErr: "--bulk-runs must be"},
+		{name: "relay not a URL", args: []string{"--relay", "example.com"}, wantErr: "--relay wants an http:// or https:// URL"},
+		{name: "argument", args: []string{"now"}, wantErr: "takes no arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("TUNNEL_TOKEN", "")
+			var got *BenchOptions
+			cmd := NewCmdBench(testFactory(), func(o *BenchOptions) error { got = o; return nil })
+			err := execute(cmd, tt.args...)
+			if tt.wantErr != "" {
+				var uerr *usageError
+				if !errors.As(err, &uerr) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want a usage error containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got.IO, got.Logger = IOStreams{}, nil
+			if *got != tt.want {
+				t.Errorf("options = %+v\nwant      %+v", *got, tt.want)
+			}
+		})
+	}
+}
+
+// TestBenchForwardFlags checks that the hidden forwarder wants --to.
+func TestBenchForwardFlags(t *testing.T) {
+	cmd := NewCmdBenchForward(testFactory(), func(*BenchForwardOptions) error { return nil })
+	var uerr *usageError
+	if err := execute(cmd); !errors.As(err, &uerr) {
+		t.Errorf("without --to: err = %v, want a usage error", err)
+	}
+	var got *BenchForwardOptions
+	cmd = NewCmdBenchForward(testFactory(), func(o *BenchForwardOptions) error { got = o; return nil })
+	if err := execute(cmd, "--to", "127.0.0.1:1"); err != nil {
+		t.Fatal(err)
+	}
+	if got.Listen != "127.0.0.1:0" || got.To != "127.0.0.1:1" {
+		t.Errorf("options = %+v", *got)
+	}
+}
