@@ -201,7 +201,7 @@ func TestAgentThatNeverAccepts(t *testing.T) {
 			resp.Body.Close()
 			switch {
 			case resp.StatusCode == 504 && strings.Contains(string(body), "did not answer in time"):
-			case resp.StatusCode == 503 && strings.Contains(string(body), "connections open at once"):
+			case resp.StatusCode == 503 && (strings.Contains(string(body), "connections open at once") || strings.Contains(string(body), "waiting for it to answer")):
 			default:
 				errs <- fmt.Errorf("%d %q", resp.StatusCode, body)
 			}

@@ -227,3 +227,38 @@ func TestHeadOfLine(t *testing.T) {
 		t.Fatalf("websocket during stalled download: %v", err)
 	}
 }
+
+// One agent carries more WebSockets at once than yamux's backlog of
+// pending opens (256): only opening is bounded agent-wide, established
+// streams only by the per-tunnel limit.
+func TestManyOpenWebSocketsOneAgent(t *testing.T) {
+	rl := startRelay(t, "")
+	local := startLocal(t)
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const n = 400
+	conns := make([]*websocket.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.CloseNow()
+		}
+	}()
+	for i := range n {
+		c, err := dialWS(ctx, rl.addr, "ws://demo.localhost/ws")
+		if err != nil {
+			t.Fatalf("WebSocket %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	// All open at once, every one still echoes.
+	for i, c := range conns {
+		msg := fmt.Appendf(nil, "still here %d", i)
+		if err := c.Write(ctx, websocket.MessageText, msg); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		if _, got, err := c.Read(ctx); err != nil || string(got) != string(msg) {
+			t.Fatalf("echo %d: %q %v", i, got, err)
+		}
+	}
+}

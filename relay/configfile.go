@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
-
-	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
 // FileConfig is what a relay configuration file holds: the agent tokens and
@@ -305,8 +303,8 @@ func (p *configParser) parseLimits(n *yaml.Node, l *Limits) error {
 			l.MaxTunnelsPerToken, err = p.intValue(v, what, 0)
 		case "max_streams_per_tunnel":
 			l.MaxStreamsPerTunnel, err = p.intValue(v, what, 0)
-			if err == nil && l.MaxStreamsPerTunnel > tunnel.MaxStreams {
-				err = p.errorf(v, "%s: at most %d, the streams one agent session can carry", what, tunnel.MaxStreams)
+			if err == nil && l.MaxStreamsPerTunnel > MaxStreamsLimit {
+				err = p.errorf(v, "%s: at most %d", what, MaxStreamsLimit)
 			}
 		case "conn_rate_per_ip":
 			l.ConnRatePerIP, err = p.rate(v, what)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tunnel-dev/tunnel/proto"
+	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
 type visitorKey struct{}
@@ -321,6 +322,11 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Retry-After", "1")
 		writePage(w, r, http.StatusServiceUnavailable, "Tunnel busy",
 			fmt.Sprintf("%s has %d connections open at once, the relay's limit per tunnel; try again shortly.", host, s.cfg.Limits.MaxStreamsPerTunnel))
+		s.rejectRequest(r, rejectTooManyStreams, http.StatusServiceUnavailable)
+	case errors.Is(err, errAgentBusy):
+		w.Header().Set("Retry-After", "1")
+		writePage(w, r, http.StatusServiceUnavailable, "Agent busy",
+			fmt.Sprintf("%d connections to the agent for %s are waiting for it to answer; try again shortly.", tunnel.MaxStreams, host))
 		s.rejectRequest(r, rejectTooManyStreams, http.StatusServiceUnavailable)
 	case errors.Is(err, errAgentTimeout):
 		writePage(w, r, http.StatusGatewayTimeout, "Agent did not answer",

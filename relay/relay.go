@@ -100,9 +100,9 @@ type Limits struct {
 	// MaxTunnelsPerToken caps the names one token holds at once (live or
 	// held for reconnect), unless the token sets its own. Default 10.
 	MaxTunnelsPerToken int
-	// MaxStreamsPerTunnel caps the connections open at once to one tunnel;
-	// more get 503 with Retry-After. Default and maximum 200
-	// (tunnel.MaxStreams, which also caps each agent).
+	// MaxStreamsPerTunnel caps the connections open at once to one tunnel
+	// (idle keep-alive streams and WebSockets included); more get 503 with
+	// Retry-After. Default 1000, at most MaxStreamsLimit.
 	MaxStreamsPerTunnel int
 	// ConnRatePerIP is how many new connections per second one address may
 	// open, with bursts of ten times that. Default 50; negative: no limit.
@@ -123,13 +123,19 @@ type Limits struct {
 	WriteIdleTimeout time.Duration
 }
 
+// MaxStreamsLimit is the largest MaxStreamsPerTunnel: each stream is a
+// visitor connection at the relay and a local connection at the agent, and
+// a process here may hold 20,000 open files.
+const MaxStreamsLimit = 50000
+
 func (l *Limits) setDefaults() {
 	if l.MaxTunnelsPerToken <= 0 {
 		l.MaxTunnelsPerToken = 10
 	}
-	if l.MaxStreamsPerTunnel <= 0 || l.MaxStreamsPerTunnel > tunnel.MaxStreams {
-		l.MaxStreamsPerTunnel = tunnel.MaxStreams
+	if l.MaxStreamsPerTunnel <= 0 {
+		l.MaxStreamsPerTunnel = 1000
 	}
+	l.MaxStreamsPerTunnel = min(l.MaxStreamsPerTunnel, MaxStreamsLimit)
 	if l.ConnRatePerIP == 0 {
 		l.ConnRatePerIP = 50
 	}

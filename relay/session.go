@@ -45,7 +45,7 @@ type agentSession struct {
 
 	ctrl    net.Conn
 	out     chan proto.Message // to the control stream; dropped when full
-	streams chan struct{}      // a slot per open stream, at most tunnel.MaxStreams
+	streams chan struct{}      // a slot per stream being opened, at most tunnel.MaxStreams
 	proxy   *httputil.ReverseProxy
 	tr      *http.Transport
 
@@ -441,8 +441,12 @@ var errSessionGone = errors.New("agent disconnected")
 // (its dial of the local target included) within OpenTimeout.
 var errAgentTimeout = errors.New("the agent did not answer in time")
 
-// errTooManyStreams is returned when the agent's stream slots stay full.
+// errTooManyStreams is returned when the tunnel's stream slots stay full.
 var errTooManyStreams = errors.New("too many concurrent connections to this tunnel")
+
+// errAgentBusy is returned when tunnel.MaxStreams opens already wait for
+// the agent to answer.
+var errAgentBusy = errors.New("too many connections waiting for the agent to answer")
 
 // openStream opens a data stream for name, waiting for a free slot and for
 // the agent's answer at most OpenTimeout.
@@ -461,6 +465,9 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 		}
 		return nil, ctx.Err()
 	}
+	// The agent-wide slot covers only the opening: yamux blocks once 256
+	// opens wait for the agent's answer, so at most tunnel.MaxStreams may.
+	// Established streams are bounded per tunnel instead.
 	select {
 	case as.streams <- struct{}{}:
 	case <-as.done:
@@ -469,7 +476,7 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 	case <-ctx.Done():
 		<-tunnelSlots
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, errTooManyStreams
+			return nil, errAgentBusy
 		}
 		return nil, ctx.Err()
 	}
@@ -490,13 +497,13 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 		}
 		return nil, err
 	}
+	<-as.streams // established: the agent answered, yamux has its ACK
 	as.resets.Track(st)
 	ts.streams.Add(1)
 	as.srv.metrics.streams.Inc()
 	return &slotConn{Conn: st, release: func() {
 		as.srv.metrics.streams.Dec()
 		ts.streams.Add(-1)
-		<-as.streams
 		<-tunnelSlots
 	}}, nil
 }

@@ -29,9 +29,10 @@ const (
 	// 2 MiB carries ~40 MB/s per stream at 50 ms RTT; yamux's default of
 	// 256 KiB would cap a single download at ~5 MB/s.
 	StreamWindow = 2 << 20
-	// MaxStreams is the most streams the relay keeps open toward one agent at
-	// once. It stays below yamux's accept backlog (256) so that OpenStream
-	// never blocks on unanswered SYNs.
+	// MaxStreams is the most streams the relay may be opening toward one
+	// agent at once (sent, not yet answered). It stays below yamux's accept
+	// backlog (256) so that OpenStream does not block on unanswered SYNs.
+	// Established streams are not limited by it.
 	MaxStreams = 200
 )
 

@@ -35,7 +35,6 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tunnel-dev/tunnel/relay"
-	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
 // The deploy tests check the files under deploy/ and docs/deploy.md against
@@ -994,7 +993,7 @@ func TestDeployRelayExample(t *testing.T) {
 	}
 	want := relay.Limits{
 		MaxTunnelsPerToken:    10,
-		MaxStreamsPerTunnel:   tunnel.MaxStreams,
+		MaxStreamsPerTunnel:   1000,
 		ConnRatePerIP:         50,
 		ResponseHeaderTimeout: 60 * time.Second,
 		AuthFailuresPerMinute: 10,
