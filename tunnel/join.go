@@ -53,11 +53,13 @@ type JoinOptions struct {
 	// this long ends the join. Zero means DefaultWriteIdleTimeout;
 	// negative means no bound.
 	WriteIdleTimeout time.Duration
-	// Tap, if not nil, sees every chunk after it was written, in order
-	// within each direction, from the goroutine copying that direction.
-	// It observes and must not alter the traffic: p is reused after Tap
-	// returns (copy what you keep), and Tap must not block, since the
-	// bytes wait for it. Nil costs nothing.
+	// Tap, if not nil, sees every chunk just before it is written, in
+	// order within each direction, from the goroutine copying that
+	// direction. Seeing it before the write keeps cause before effect
+	// across directions: a reply can only be tapped after the chunk that
+	// caused it. Tap observes: it must not modify p, which is reused after
+	// it returns (copy what you keep), and must not block, since the bytes
+	// wait for it. Nil costs nothing.
 	Tap func(dir Direction, p []byte)
 }
 
@@ -142,11 +144,11 @@ func pipe(dst, src net.Conn, n *atomic.Int64, idle time.Duration, dir Direction,
 			if idle > 0 {
 				dst.SetWriteDeadline(time.Now().Add(idle))
 			}
+			if tap != nil {
+				tap(dir, buf[:nr])
+			}
 			nw, werr := dst.Write(buf[:nr])
 			n.Add(int64(nw))
-			if tap != nil && nw > 0 {
-				tap(dir, buf[:nw])
-			}
 			if werr != nil {
 				if errors.Is(werr, net.ErrClosed) {
 					return errAborted
