@@ -117,8 +117,10 @@ wss://demo.example.com
 	wantErr := `forwarding  https://demo.example.com → localhost:8080
 relay       https://example.com (round trip 1.5ms)
 inspector   http://127.0.0.1:4040
+status      online · round trip 2ms · requests 1 (1 failed) · WebSockets 0 open, 1 in all
 relay says: relay is shutting down
 reconnecting (attempt 1, next in 1.2s): connection to relay lost
+summary     requests 1 (1 failed) · WebSockets 0 open, 1 in all
 `
 	if out != wantOut {
 		t.Errorf("stdout:\n%s\nwant:\n%s", out, wantOut)
@@ -133,6 +135,44 @@ reconnecting (attempt 1, next in 1.2s): connection to relay lost
 	out, _ = runPrinter(printerOptions{Color: true}, sampleEvents())
 	if !strings.Contains(out, "\x1b[31m500\x1b[0m") {
 		t.Errorf("coloured output lacks a red 500:\n%q", out)
+	}
+}
+
+// TestPrinterStatusLines checks the status block's counts: a status line
+// comes with a round-trip measurement at most once a minute, and only when
+// the counts changed; a summary ends the output.
+func TestPrinterStatusLines(t *testing.T) {
+	at := time.Date(2026, 1, 2, 14, 0, 0, 0, time.Local)
+	ok := func(d time.Duration) agent.Event {
+		return agent.Event{Kind: agent.EventRequest, Time: at.Add(d), Request: &proto.Event{Name: "demo", Method: "GET", Path: "/", Status: 200}}
+	}
+	rtt := func(d time.Duration) agent.Event {
+		return agent.Event{Kind: agent.EventRTT, Time: at.Add(d), RTT: 3 * time.Millisecond}
+	}
+	events := []agent.Event{
+		{Kind: agent.EventOnline, Time: at, Tunnels: []proto.Granted{{Name: "demo", URL: "https://demo.example.com"}}},
+		rtt(10 * time.Second), // nothing yet: no traffic
+		ok(15 * time.Second),
+		rtt(20 * time.Second), // a status line
+		ok(25 * time.Second),
+		rtt(30 * time.Second),  // changed, but within the minute: none
+		rtt(90 * time.Second),  // a status line
+		rtt(160 * time.Second), // unchanged: none
+	}
+	_, errOut := runPrinter(printerOptions{Block: true, Local: "localhost:8080", Relay: "https://example.com"}, events)
+	var status []string
+	for _, line := range strings.Split(errOut, "\n") {
+		if strings.HasPrefix(line, "status") || strings.HasPrefix(line, "summary") {
+			status = append(status, line)
+		}
+	}
+	want := []string{
+		"status      online · round trip 3ms · requests 1 (0 failed) · WebSockets 0 open, 0 in all",
+		"status      online · round trip 3ms · requests 2 (0 failed) · WebSockets 0 open, 0 in all",
+		"summary     requests 2 (0 failed) · WebSockets 0 open, 0 in all",
+	}
+	if strings.Join(status, "\n") != strings.Join(want, "\n") {
+		t.Errorf("status lines:\n%s\nwant:\n%s", strings.Join(status, "\n"), strings.Join(want, "\n"))
 	}
 }
 

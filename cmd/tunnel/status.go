@@ -35,11 +35,28 @@ type statusPrinter struct {
 	granted    []grant // the tunnels of the last EventOnline
 	inspector  string  // the inspector's URL
 	inspectErr error   // why there is no inspector
+	counts     counts  // traffic so far, for the status lines
+	reported   counts  // as of the last status line
+	reportedAt time.Time
 
 	mu         sync.Mutex
 	closed     bool
 	dropQueued int
 }
+
+// counts is the traffic a status line reports.
+type counts struct {
+	requests, failed int // failed: 5xx or no response
+	wsOpen, wsTotal  int
+}
+
+func (c counts) String() string {
+	return fmt.Sprintf("requests %d (%d failed) · WebSockets %d open, %d in all", c.requests, c.failed, c.wsOpen, c.wsTotal)
+}
+
+// statusEvery is how often, at most, a status line with the round-trip
+// time and the counts is printed while traffic changes them.
+const statusEvery = time.Minute
 
 // grant is a granted tunnel and where its certificate stands.
 type grant struct {
@@ -105,13 +122,35 @@ func (p *statusPrinter) close() {
 
 func (p *statusPrinter) loop() {
 	for ev := range p.events {
+		p.count(ev)
 		p.print(ev)
+	}
+	if p.opts.Block && !p.opts.Quiet && !p.opts.JSON && p.counts != (counts{}) {
+		fmt.Fprintf(p.io.ErrOut, "summary     %v\n", p.counts)
 	}
 	p.mu.Lock()
 	n := p.dropQueued
 	p.mu.Unlock()
 	if n > 0 {
 		fmt.Fprintf(p.io.ErrOut, "(%d events were not shown: output was too slow)\n", n)
+	}
+}
+
+// count adds ev to the traffic counts.
+func (p *statusPrinter) count(ev agent.Event) {
+	switch ev.Kind {
+	case agent.EventRequest:
+		p.counts.requests++
+		if r := ev.Request; r == nil || r.Status >= 500 || r.Status == 0 || (ev.HTTP != nil && ev.HTTP.Error != "") {
+			p.counts.failed++
+		}
+	case agent.EventWebSocketOpen:
+		p.counts.wsOpen++
+		p.counts.wsTotal++
+	case agent.EventWebSocketClose:
+		if p.counts.wsOpen > 0 {
+			p.counts.wsOpen--
+		}
 	}
 }
 
@@ -146,6 +185,15 @@ func (p *statusPrinter) print(ev agent.Event) {
 	case agent.EventInspector:
 		p.inspector, p.inspectErr = ev.Inspector, ev.Err
 	case agent.EventRTT:
+		// A status line now and then while traffic changes the counts.
+		at := ev.Time
+		if at.IsZero() {
+			at = time.Now()
+		}
+		if p.opts.Block && p.counts != p.reported && at.Sub(p.reportedAt) >= statusEvery {
+			fmt.Fprintf(info, "status      online · round trip %v · %v\n", roundDuration(ev.RTT), p.counts)
+			p.reported, p.reportedAt = p.counts, at
+		}
 	case agent.EventWebSocketOpen, agent.EventWebSocketClose:
 		if !p.opts.Quiet {
 			fmt.Fprintln(p.io.Out, p.webSocketLine(ev))
