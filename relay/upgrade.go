@@ -78,21 +78,10 @@ func (as *agentSession) switchProtocols(res *http.Response) error {
 }
 
 func upgradeType(h http.Header) string {
-	if !headerHasToken(h, "Connection", "upgrade") {
+	if !tunnel.HeaderHasToken(h, "Connection", "upgrade") {
 		return ""
 	}
 	return h.Get("Upgrade")
-}
-
-func headerHasToken(h http.Header, key, token string) bool {
-	for _, v := range h.Values(key) {
-		for _, t := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // upgradedBackend is the stream to the agent after a 101: reads go through

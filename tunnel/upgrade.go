@@ -177,8 +177,8 @@ var ErrNotUpgrade = errors.New("not a tunnel upgrade request: want GET with Conn
 func IsControlRequest(r *http.Request) bool {
 	return r.Method == http.MethodGet &&
 		r.URL.Path == proto.ConnectPath &&
-		headerHasToken(r.Header, "Connection", "upgrade") &&
-		headerHasToken(r.Header, "Upgrade", proto.UpgradeProtocol)
+		HeaderHasToken(r.Header, "Connection", "upgrade") &&
+		HeaderHasToken(r.Header, "Upgrade", proto.UpgradeProtocol)
 }
 
 // AcceptControl performs the relay's side of the upgrade: it hijacks the
@@ -207,7 +207,9 @@ func AcceptControl(w http.ResponseWriter, r *http.Request) (net.Conn, error) {
 	return conn, nil
 }
 
-func headerHasToken(h http.Header, key, token string) bool {
+// HeaderHasToken reports whether a comma-separated header such as
+// Connection lists token, case-insensitively.
+func HeaderHasToken(h http.Header, key, token string) bool {
 	for _, v := range h.Values(key) {
 		for _, t := range strings.Split(v, ",") {
 			if strings.EqualFold(strings.TrimSpace(t), token) {
