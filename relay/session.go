@@ -132,8 +132,7 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		as.refuse(err)
 		return
 	}
-	s.metrics.agents.Inc()
-	defer s.metrics.agents.Dec()
+	defer s.metrics.agents.Dec() // counted by handshake, before the welcome
 	as.serve()
 }
 
@@ -237,7 +236,11 @@ func (as *agentSession) handshake() error {
 		g.CertPending = as.srv.certs != nil && as.srv.certs.needsACME(n+"."+as.srv.cfg.Domain)
 		welcome.Tunnels = append(welcome.Tunnels, g)
 	}
+	// Counted before the agent can see the welcome, so that anything the
+	// agent does next (a scrape of the metrics, say) sees it connected.
+	as.srv.metrics.agents.Inc()
 	if err := proto.WriteMessage(ys, welcome); err != nil {
+		as.srv.metrics.agents.Dec()
 		// Hold the names: the agent's old session may already be closed,
 		// and the agent will retry with the same secret.
 		as.srv.reg.release(as, names, true)

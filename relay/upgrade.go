@@ -56,6 +56,9 @@ func (as *agentSession) switchProtocols(res *http.Response) error {
 		back.Close()
 		return fmt.Errorf("hijack visitor connection: %w", err)
 	}
+	// Counted before the visitor can see the 101.
+	as.srv.metrics.websockets.Inc()
+	defer as.srv.metrics.websockets.Dec()
 	fmt.Fprintf(brw, "HTTP/1.1 101 %s\r\n", http.StatusText(http.StatusSwitchingProtocols))
 	res.Header.Write(brw)
 	brw.WriteString("\r\n")
@@ -68,8 +71,6 @@ func (as *agentSession) switchProtocols(res *http.Response) error {
 	if brw.Reader.Buffered() > 0 {
 		visitor = &bufferedVisitor{Conn: conn, r: brw.Reader}
 	}
-	as.srv.metrics.websockets.Inc()
-	defer as.srv.metrics.websockets.Dec()
 	opts := tunnel.JoinOptions{Counts: &up.counts, WriteIdleTimeout: as.srv.cfg.Limits.WriteIdleTimeout}
 	if err := tunnel.JoinWith(visitor, back, opts); err != nil {
 		as.log.Debug("websocket ended with error", "err", err)
