@@ -167,11 +167,13 @@ func (c *Conn) parseRequests() {
 			return
 		}
 		ex.RequestBody, err = c.in.capture(req.Body)
-		close(p.bodyDone)
 		if err != nil {
+			// Before bodyDone: the response parser reads ex once it is closed.
 			ex.Error = captureError("request body", err)
+			close(p.bodyDone)
 			return
 		}
+		close(p.bodyDone)
 		if p.upgrade {
 			var ws *wsState
 			select {
@@ -216,8 +218,10 @@ func (c *Conn) parseResponses() {
 // whether parsing can go on.
 func (c *Conn) parseResponse(f *feed, br *bufio.Reader, p *pending) (*wsState, bool) {
 	ex := p.ex
+	// ex is shared with the request parser until bodyDone: write it after.
 	if _, err := br.Peek(1); err != nil {
 		if errors.Is(err, errOverrun) {
+			<-p.bodyDone
 			ex.Error = captureError("response", err)
 		}
 		return nil, false // reported by Close
@@ -228,6 +232,7 @@ func (c *Conn) parseResponse(f *feed, br *bufio.Reader, p *pending) (*wsState, b
 		resp, err = http.ReadResponse(br, p.req)
 	}
 	if err != nil {
+		<-p.bodyDone
 		ex.Error = captureError("response", err)
 		return nil, false
 	}
