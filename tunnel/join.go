@@ -11,7 +11,7 @@ import (
 
 // Buffer sizes of Join. An idle direction blocks in a read of smallBuf bytes;
 // a pooled bigBuf is taken only while data keeps arriving in full reads and
-// is given back as soon as the flow slows down. An idle WebSocket therefore
+// is given back after any read that drained the source. An idle WebSocket therefore
 // pins 2×smallBuf instead of the 2×32 KiB of io.Copy.
 const (
 	smallBuf = 512
@@ -160,10 +160,19 @@ func pipe(dst, src net.Conn, n *atomic.Int64, idle time.Duration, dir Direction,
 		case big == nil && nr == len(buf):
 			// Data is flowing faster than one small read: switch to a big buffer.
 			big = bufPool.Get().(*[]byte)
-		case big != nil && nr < len(buf)/8:
-			// The flow slowed down: give the big buffer back before blocking.
-			bufPool.Put(big)
-			big = nil
+		case nr < len(buf):
+			// The read took all there was: the next one may block for
+			// as long as the connection stays idle. Give the big buffer
+			// back first, and let the source drop its own receive
+			// buffer (a yamux stream keeps one the size of the largest
+			// frame it held).
+			if big != nil {
+				bufPool.Put(big)
+				big = nil
+			}
+			if s, ok := src.(shrinker); ok {
+				s.Shrink()
+			}
 		}
 		if rerr != nil {
 			if rerr == io.EOF {
@@ -177,6 +186,10 @@ func pipe(dst, src net.Conn, n *atomic.Int64, idle time.Duration, dir Direction,
 		}
 	}
 }
+
+// shrinker is a connection that can release its idle receive buffer
+// (Stream, over yamux's Stream.Shrink).
+type shrinker interface{ Shrink() }
 
 func closeWrite(c net.Conn) error {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {

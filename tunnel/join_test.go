@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -277,4 +278,53 @@ func TestJoinOwnerCloseEndsBoth(t *testing.T) {
 			}
 		})
 	}
+}
+
+// shrinkCounter is a connection that counts Join's requests to release its
+// receive buffer, and remembers whether each came when nothing was left
+// unread.
+type shrinkCounter struct {
+	net.Conn
+	mu      sync.Mutex
+	shrinks int
+}
+
+func (c *shrinkCounter) Shrink() {
+	c.mu.Lock()
+	c.shrinks++
+	c.mu.Unlock()
+}
+
+func (c *shrinkCounter) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.shrinks
+}
+
+// TestJoinShrinksIdleSource: after a burst, before Join blocks waiting for
+// more, it asks the source to drop its receive buffer (a yamux stream keeps
+// one the size of the largest frame it held, for as long as it lives).
+func TestJoinShrinksIdleSource(t *testing.T) {
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	src := &shrinkCounter{Conn: a}
+	f := startJoin(t, client, src, b, server)
+	msg := randomBytes(t, 32<<10)
+	if _, err := client.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(server, got); err != nil {
+		t.Fatal(err)
+	}
+	// The last read of the burst returned less than the buffer: the source
+	// was drained, and Join said so before its next (blocking) read.
+	for deadline := time.Now().Add(5 * time.Second); src.count() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Join never asked the drained source to shrink")
+		}
+	}
+	client.Close()
+	server.Close()
+	f.wait(t)
 }

@@ -132,7 +132,7 @@ func (w *logLimiter) counts() (lines, dropped uint64) {
 
 // Client starts the agent's side of a session on an upgraded connection.
 func Client(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
-	return yamux.Client(conn, YamuxConfig(logger))
+	return yamux.Client(newFrameWriter(conn, conn), YamuxConfig(logger))
 }
 
 // Server starts the relay's side of a session on an upgraded connection.
@@ -142,7 +142,7 @@ func Server(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
 	cfg, logs := yamuxConfig(logger)
 	g := NewGuard(conn, DefaultGuardLimits, logger)
 	g.logs = logs
-	return yamux.Server(g, cfg)
+	return yamux.Server(newFrameWriter(g, conn), cfg)
 }
 
 // deadline sets conn's deadline from ctx and returns a function that clears

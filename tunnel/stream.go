@@ -90,6 +90,12 @@ func (c *Stream) Read(b []byte) (int, error) {
 	return n, c.mapErr("read", err)
 }
 
+// Shrink drops the stream's receive buffer if it is empty. yamux keeps it
+// after every read, sized to the largest frame it held; a stream that goes
+// idle after a burst would pin that much memory until it closes. Join calls
+// Shrink after each read that drained the stream.
+func (c *Stream) Shrink() { c.s.Shrink() }
+
 // Write implements net.Conn. If yamux gives up on a write because the
 // shared connection did not take it within its write timeout, the stream is
 // closed: yamux would leave it half-dead, the peer's Read hanging forever
