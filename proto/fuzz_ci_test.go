@@ -11,7 +11,7 @@ import (
 // corpus while the suite stays one `go test` command. Elsewhere the seeds
 // alone run, as plain tests.
 func TestFuzzBriefly(t *testing.T) {
-	runFuzzersBriefly(t, "FuzzReadMessage", "FuzzValidateName")
+	runFuzzersBriefly(t, "FuzzReadMessage", "FuzzValidateName", "FuzzStreamCodecRead", "FuzzStreamCodecWrite")
 }
 
 func runFuzzersBriefly(t *testing.T, targets ...string) {

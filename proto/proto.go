@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"time"
 )
 
@@ -204,9 +205,11 @@ type Event struct {
 
 // StreamHeader is the first frame the relay writes on every data stream.
 type StreamHeader struct {
-	Name   string `json:"name"`             // which tunnel the visitor asked for
-	Remote string `json:"remote,omitempty"` // visitor address, "ip:port"
-	Scheme string `json:"scheme,omitempty"` // "http" or "https", as the visitor used
+	Name string `json:"name"` // which tunnel the visitor asked for
+	// Remote is the visitor's address; it travels as text, "ip:port", and
+	// is omitted when zero. StreamCodec reads and writes the same bytes.
+	Remote netip.AddrPort `json:"remote,omitzero"`
+	Scheme string         `json:"scheme,omitempty"` // "http" or "https", as the visitor used
 }
 
 // StreamReply is the agent's answer to a StreamHeader. When Error is set the

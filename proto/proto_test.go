@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"net/netip"
 	"reflect"
 	"runtime"
 	"strings"
@@ -46,7 +47,7 @@ func sampleMessages() []proto.Message {
 			BytesOut:  34,
 			WebSocket: true,
 		},
-		&proto.StreamHeader{Name: "demo", Remote: "192.0.2.1:4321", Scheme: "https"},
+		&proto.StreamHeader{Name: "demo", Remote: netip.MustParseAddrPort("192.0.2.1:4321"), Scheme: "https"},
 		&proto.StreamReply{},
 		&proto.StreamReply{Error: proto.Errorf(proto.CodeLocalDial, "connection refused")},
 		&proto.StreamReset{Stream: 7},

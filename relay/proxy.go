@@ -27,7 +27,7 @@ type visitorKey struct{}
 // writes it into the stream header.
 type visitorInfo struct {
 	name   string
-	remote string
+	remote netip.AddrPort // zero if RemoteAddr is not ip:port
 	scheme string
 }
 
@@ -235,7 +235,8 @@ func (s *Server) forward(v *visitReq, r *http.Request, name string) {
 	if r.TLS != nil {
 		scheme = "https"
 	}
-	ctx := context.WithValue(r.Context(), visitorKey{}, visitorInfo{name: name, remote: r.RemoteAddr, scheme: scheme})
+	remote, _ := netip.ParseAddrPort(r.RemoteAddr)
+	ctx := context.WithValue(r.Context(), visitorKey{}, visitorInfo{name: name, remote: remote, scheme: scheme})
 	if r.Header.Get("Upgrade") != "" {
 		up := &upgrade{rec: w}
 		v.up = up

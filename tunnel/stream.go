@@ -199,14 +199,16 @@ func OpenStream(ctx context.Context, sess *yamux.Session, hdr *proto.StreamHeade
 	}
 	st := NewStream(ys, nil)
 	clear := deadline(ctx, st)
-	err = proto.WriteMessage(st, hdr)
+	c := codecs.Get().(*proto.StreamCodec)
+	err = c.WriteStreamHeader(st, hdr)
 	if err == nil {
-		var reply *proto.StreamReply
-		reply, err = proto.ReadAs[*proto.StreamReply](st)
+		var reply proto.StreamReply
+		err = c.ReadStreamReply(st, &reply)
 		if err == nil && reply.Error != nil {
 			err = reply.Error
 		}
 	}
+	codecs.Put(c)
 	clear()
 	if err != nil {
 		st.Close()
@@ -260,29 +262,42 @@ func openYamux(ctx context.Context, sess *yamux.Session, failed func()) (*yamux.
 func AcceptStream(ctx context.Context, ys *yamux.Stream) (*Stream, *proto.StreamHeader, error) {
 	st := NewStream(ys, nil)
 	clear := deadline(ctx, st)
-	hdr, err := proto.ReadAs[*proto.StreamHeader](st)
+	hdr := new(proto.StreamHeader)
+	c := codecs.Get().(*proto.StreamCodec)
+	err := c.ReadStreamHeader(st, hdr)
+	codecs.Put(c)
 	clear()
 	if err != nil {
 		st.Close()
 		return nil, nil, fmt.Errorf("read stream header: %w", ctxErr(ctx, err))
 	}
-	if hdr.Remote != "" {
-		if ap, perr := netipAddrPort(hdr.Remote); perr == nil {
-			st.remote = ap
-		}
+	if hdr.Remote.IsValid() {
+		st.remote = net.TCPAddrFromAddrPort(hdr.Remote)
 	}
 	return st, hdr, nil
 }
 
+// codecs hold the buffers, and the tunnel names and visitor addresses
+// seen, that let every data stream's header and reply go without
+// allocating.
+var codecs = sync.Pool{New: func() any { return new(proto.StreamCodec) }}
+
 // Accept tells the relay the stream is served; bytes may flow after it.
 func (c *Stream) Accept() error {
-	return proto.WriteMessage(c, &proto.StreamReply{})
+	return c.writeReply(&proto.StreamReply{})
 }
 
 // Refuse tells the relay why the stream cannot be served and closes it.
 func (c *Stream) Refuse(e *proto.Error) error {
-	err := proto.WriteMessage(c, &proto.StreamReply{Error: e})
+	err := c.writeReply(&proto.StreamReply{Error: e})
 	c.CloseWrite()
 	c.Close()
+	return err
+}
+
+func (c *Stream) writeReply(r *proto.StreamReply) error {
+	pc := codecs.Get().(*proto.StreamCodec)
+	err := pc.WriteStreamReply(c, r)
+	codecs.Put(pc)
 	return err
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -54,7 +55,7 @@ func TestOpenAcceptStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	want := proto.StreamHeader{Name: "demo", Remote: "192.0.2.7:4321", Scheme: "https"}
+	want := proto.StreamHeader{Name: "demo", Remote: netip.MustParseAddrPort("192.0.2.7:4321"), Scheme: "https"}
 	type opened struct {
 		st  *tunnel.Stream
 		err error
@@ -78,7 +79,7 @@ func TestOpenAcceptStream(t *testing.T) {
 	if *hdr != want {
 		t.Errorf("agent got header %+v, want %+v", *hdr, want)
 	}
-	if got := ast.RemoteAddr().String(); got != want.Remote {
+	if got := ast.RemoteAddr().String(); got != want.Remote.String() {
 		t.Errorf("agent's RemoteAddr = %s, want the visitor's %s", got, want.Remote)
 	}
 	if err := ast.Accept(); err != nil {
