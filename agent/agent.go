@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,7 +39,7 @@ type Config struct {
 	Token string
 	// Tunnels lists the public names to claim and where each one's traffic
 	// goes. Run needs at least one, each with Local; Listen takes at most one
-	// and ignores Local.
+	// and ignores Local and the other Local fields.
 	Tunnels []Tunnel
 	// TLSConfig is used for https relays; nil means the system roots.
 	TLSConfig *tls.Config
@@ -76,6 +78,43 @@ type Tunnel struct {
 	// Access, if not nil, restricts who may visit; the relay enforces it
 	// before anything reaches the agent.
 	Access *Access
+
+	// LocalHTTPS dials Local over TLS (HTTP/1.1 only: the relay forwards
+	// HTTP/1.1), for local servers that speak only HTTPS. The local
+	// server's certificate is verified against LocalCA for
+	// LocalServerName. Visitors still use the relay's own scheme.
+	LocalHTTPS bool
+	// LocalCA holds the roots that verify the local server's certificate;
+	// nil means the system's roots. Only with LocalHTTPS.
+	LocalCA *x509.CertPool
+	// LocalServerName is the name the local server's certificate must
+	// cover (and the SNI sent); empty means Local's host. Only with
+	// LocalHTTPS.
+	LocalServerName string
+	// LocalInsecure skips verifying the local server's certificate: any
+	// certificate is accepted. Only with LocalHTTPS, never with LocalCA.
+	LocalInsecure bool
+
+	// HostHeader, if not empty, is the Host header the local server gets
+	// instead of the public host name (which it then finds in
+	// X-Forwarded-Host), for servers that answer only to their own name:
+	// a host or host:port, or HostRewrite for Local itself. The relay
+	// writes it; Run and Listen fail with a PermanentError if the relay is
+	// too old to.
+	HostHeader string
+}
+
+// HostRewrite as Tunnel.HostHeader sends Local (e.g. "localhost:8080") as
+// the Host header, as ngrok's --host-header=rewrite does.
+const HostRewrite = "rewrite"
+
+// hostHeader is the Host header to ask the relay for: HostHeader with
+// HostRewrite resolved.
+func (t *Tunnel) hostHeader() string {
+	if t.HostHeader == HostRewrite {
+		return t.Local
+	}
+	return t.HostHeader
 }
 
 // Access restricts who may visit a tunnel: Basic auth users, and IP
@@ -180,6 +219,17 @@ func (c *Config) check(needLocal bool) (*url.URL, error) {
 				return nil, fmt.Errorf("local target %q is not host:port: %v", t.Local, err)
 			}
 		}
+		if err := t.checkLocalTLS(); err != nil {
+			return nil, err
+		}
+		switch {
+		case t.HostHeader == HostRewrite && !needLocal:
+			return nil, fmt.Errorf("host header %q needs a local target; give the host name to send instead", HostRewrite)
+		case t.HostHeader != "":
+			if err := ValidateHostHeader(t.hostHeader()); err != nil {
+				return nil, err
+			}
+		}
 		if t.Access != nil {
 			for _, c := range append(append([]string{}, t.Access.AllowIPs...), t.Access.DenyIPs...) {
 				if _, err := netip.ParsePrefix(c); err != nil {
@@ -240,7 +290,7 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 	}
 	c = newClient(cfg, u, func(ctx context.Context, st *tunnel.Stream, name string, index int) {
-		serveLocal(ctx, &cfg, st, cfg.Tunnels[index].Local, name, ins)
+		serveLocal(ctx, &cfg, st, &cfg.Tunnels[index], name, ins)
 	})
 	c.ins = ins
 	if ins != nil {
@@ -306,4 +356,104 @@ func webSocketEvent(ws WebSocket) Event {
 		ev.Time = ws.Time.Add(time.Duration(ws.Duration))
 	}
 	return ev
+}
+
+// checkLocalTLS checks that the local TLS options go together.
+func (t *Tunnel) checkLocalTLS() error {
+	switch {
+	case t.LocalInsecure && t.LocalCA != nil:
+		return fmt.Errorf("local target %q: LocalCA (verify with this CA) and LocalInsecure (do not verify) do not go together; choose one", t.Local)
+	case !t.LocalHTTPS && (t.LocalCA != nil || t.LocalInsecure || t.LocalServerName != ""):
+		return fmt.Errorf("local target %q: LocalCA, LocalInsecure and LocalServerName apply only with LocalHTTPS", t.Local)
+	}
+	return nil
+}
+
+// localTLSConfig is the TLS client configuration for t's local server.
+func (t *Tunnel) localTLSConfig() *tls.Config {
+	name := t.LocalServerName
+	if name == "" {
+		name, _, _ = net.SplitHostPort(t.Local)
+	}
+	return &tls.Config{
+		ServerName: name,
+		RootCAs:    t.LocalCA,
+		// The stream carries HTTP/1.1 from the relay, byte for byte.
+		NextProtos:         []string{"http/1.1"},
+		InsecureSkipVerify: t.LocalInsecure,
+	}
+}
+
+// ValidateHostHeader checks a value for Tunnel.HostHeader (other than
+// HostRewrite): a host or host:port, where the host is a DNS name, an IPv4
+// address or a bracketed IPv6 address, and the port is from 1 to 65535.
+// Nothing that could end the header line, or make the value a URL, gets
+// through. The relay checks the same rules again (proto/SPEC.md, hello).
+func ValidateHostHeader(v string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("host header %q is not a host or host:port like localhost:8080: %s", v, why)
+	}
+	if v == "" || len(v) > 259 {
+		return bad("it must be 1 to 259 characters")
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c <= ' ' || c >= 0x7f || strings.IndexByte(`/?#@\`, c) >= 0 {
+			return bad(fmt.Sprintf("character %q is not allowed", c))
+		}
+	}
+	host, port, hasPort := v, "", false
+	if strings.HasPrefix(v, "[") {
+		end := strings.IndexByte(v, ']')
+		if end < 0 {
+			return bad("no ] after the IPv6 address")
+		}
+		host = v[1:end]
+		if rest := v[end+1:]; rest != "" {
+			var ok bool
+			if port, ok = strings.CutPrefix(rest, ":"); !ok {
+				return bad("only :port may follow ]")
+			}
+			hasPort = true
+		}
+		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() || a.Zone() != "" {
+			return bad("not an IPv6 address in brackets")
+		}
+	} else {
+		host, port, hasPort = strings.Cut(v, ":")
+		if strings.Contains(port, ":") {
+			return bad("an IPv6 address goes in brackets, like [::1]:8080")
+		}
+		if _, err := netip.ParseAddr(host); err != nil {
+			if err := checkDNSName(host); err != nil {
+				return bad(err.Error())
+			}
+		}
+	}
+	if hasPort {
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 1 || n > 65535 || port[0] < '0' || port[0] > '9' {
+			return bad("the port must be a number from 1 to 65535")
+		}
+	}
+	return nil
+}
+
+// checkDNSName accepts labels of letters, digits, '-' and '_', 1 to 63
+// characters each, separated by dots.
+func checkDNSName(h string) error {
+	if h == "" || len(h) > 253 {
+		return errors.New("the host name must be 1 to 253 characters")
+	}
+	for label := range strings.SplitSeq(h, ".") {
+		if label == "" || len(label) > 63 {
+			return errors.New("each part of the host name between dots must be 1 to 63 characters")
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return fmt.Errorf("character %q is not allowed in a host name", c)
+			}
+		}
+	}
+	return nil
 }

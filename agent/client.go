@@ -112,6 +112,10 @@ func (e *PermanentError) Unwrap() error { return e.Err }
 // isPermanent reports whether err means the same attempt cannot succeed
 // later: the relay refused the name, the token or the version.
 func isPermanent(err error) bool {
+	var pe *PermanentError
+	if errors.As(err, &pe) {
+		return true
+	}
 	var perr *proto.Error
 	if errors.As(err, &perr) {
 		return perr.Permanent()
@@ -141,6 +145,9 @@ func (c *client) run(ctx context.Context, online func([]proto.Granted)) error {
 			return nil
 		}
 		if isPermanent(err) {
+			if perr := (*PermanentError)(nil); errors.As(err, &perr) {
+				return err
+			}
 			return &PermanentError{Err: err}
 		}
 		if c.failFirst && !connected && attempt == 1 {
@@ -196,7 +203,8 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 	// hands streams to its caller, asks the relay for events.
 	hello := &proto.Hello{Version: proto.Version, Client: Software, Secret: c.secret, Events: c.relayEvents}
 	for i, n := range c.names {
-		hello.Tunnels = append(hello.Tunnels, proto.TunnelRequest{Name: n, Access: c.cfg.Tunnels[i].Access})
+		t := &c.cfg.Tunnels[i]
+		hello.Tunnels = append(hello.Tunnels, proto.TunnelRequest{Name: n, Access: t.Access, HostHeader: t.hostHeader()})
 	}
 	ctrl.SetDeadline(time.Now().Add(helloTimeout))
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
@@ -218,6 +226,17 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 	}
 	if len(welcome.Tunnels) != len(c.names) {
 		return false, fmt.Errorf("relay granted %d names for %d asked", len(welcome.Tunnels), len(c.names))
+	}
+	if err := c.checkHostHeaders(welcome.Tunnels); err != nil {
+		// Serving would show the local server the public host name. Free
+		// the names now rather than leave them held for the grace period.
+		if proto.WriteMessage(ctrl, &proto.Goodbye{}) == nil {
+			select {
+			case <-sess.CloseChan():
+			case <-time.After(2 * time.Second):
+			}
+		}
+		return false, &PermanentError{Err: err}
 	}
 	ctrl.SetDeadline(time.Time{})
 	if !stop() {
@@ -326,6 +345,20 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 	return true, errors.New("connection to relay lost (closed, or no answer to keepalives within 20 s)")
 }
 
+// checkHostHeaders makes sure the relay will write the Host headers the
+// agent asked for: a relay older than the field ignores it, and does not
+// echo it in Granted.
+func (c *client) checkHostHeaders(granted []proto.Granted) error {
+	for i, g := range granted {
+		t := &c.cfg.Tunnels[i]
+		if want := t.hostHeader(); want != "" && g.HostHeader != want {
+			return fmt.Errorf("relay %s ignored the Host header %q asked for %s: it is older than this agent; update the relay, or run without the host header",
+				c.u.Host, want, g.URL)
+		}
+	}
+	return nil
+}
+
 // readControl handles the relay's messages on the control stream until it
 // closes.
 func (c *client) readControl(ctrl net.Conn, resets *tunnel.Resets) {
@@ -383,7 +416,8 @@ func (c *client) serveStream(ctx context.Context, ys *yamux.Stream, resets *tunn
 // serveLocal dials the local target for one stream and joins the two. ins,
 // if not nil, observes the bytes through a tap: it never alters nor delays
 // them.
-func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, local, name string, ins *inspect.Inspector) {
+func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, t *Tunnel, name string, ins *inspect.Inspector) {
+	local := t.Local
 	d := net.Dialer{Timeout: cfg.LocalDialTimeout}
 	lc, err := d.DialContext(ctx, "tcp", local)
 	if err != nil {
@@ -397,6 +431,17 @@ func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, local, name
 		cfg.Logger.Warn("local target does not answer", "local", local, "err", err)
 		st.Refuse(proto.Errorf(proto.CodeLocalDial, "nothing answers on %s (%v)", local, reason))
 		return
+	}
+	if t.LocalHTTPS {
+		tc, err := localHandshake(ctx, lc, t, cfg.LocalDialTimeout)
+		if err != nil {
+			lc.Close()
+			msg := localTLSProblem(local, err)
+			cfg.Logger.Warn(msg, "local", local, "err", err)
+			st.Refuse(proto.Errorf(proto.CodeLocalDial, "%s (%v)", msg, err))
+			return
+		}
+		lc = tc
 	}
 	if err := st.Accept(); err != nil {
 		st.Close()
@@ -420,4 +465,32 @@ func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, local, name
 	if err := tunnel.JoinWith(st, lc, opts); err != nil {
 		cfg.Logger.Debug("stream ended with error", "local", local, "err", err)
 	}
+}
+
+// localHandshake runs the TLS handshake with an HTTPS local server within
+// timeout.
+func localHandshake(ctx context.Context, conn net.Conn, t *Tunnel, timeout time.Duration) (*tls.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tc := tls.Client(conn, t.localTLSConfig())
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, err
+	}
+	return tc, nil
+}
+
+// localTLSProblem says in one sentence why the TLS handshake with the
+// local server failed, and what to do about it.
+func localTLSProblem(local string, err error) string {
+	var (
+		verr *tls.CertificateVerificationError
+		rerr tls.RecordHeaderError
+	)
+	switch {
+	case errors.As(err, &verr):
+		return fmt.Sprintf("the HTTPS server on %s has a certificate this agent does not trust; give the CA that signed it (--local-ca), or skip verification (--local-insecure)", local)
+	case errors.As(err, &rerr):
+		return fmt.Sprintf("the server on %s does not speak TLS; drop --local-https if it serves plain HTTP", local)
+	}
+	return fmt.Sprintf("TLS handshake with the HTTPS server on %s failed", local)
 }

@@ -38,7 +38,9 @@ import (
 // Changelog:
 //   - 1: first version: hello / welcome / error / notice / goodbye / event on
 //     the control stream; stream header and stream reply on data streams.
-//     Added compatibly: stream-reset (9), which an older peer ignores.
+//     Added compatibly: stream-reset (9), which an older peer ignores;
+//     TunnelRequest.HostHeader, which a relay that honours it echoes in
+//     Granted.HostHeader.
 const Version = 1
 
 // MinVersion is the oldest agent protocol version this code accepts.
@@ -121,6 +123,12 @@ type TunnelRequest struct {
 	// Access holds the owner's rules for visitors of this tunnel, enforced
 	// by the relay before anything reaches the agent.
 	Access *Access `json:"access,omitempty"`
+	// HostHeader, if not empty, is the Host header the relay writes on the
+	// requests it forwards to this tunnel, WebSocket upgrades included,
+	// instead of the visitor's (which it sends as X-Forwarded-Host): a host
+	// or host:port, for local servers that answer only to their own name.
+	// A relay that honours it echoes it in Granted.HostHeader.
+	HostHeader string `json:"host_header,omitempty"`
 }
 
 // Access restricts who may visit a tunnel. The zero value allows everyone.
@@ -161,6 +169,10 @@ type Granted struct {
 	// CertPending: the relay is obtaining the name's certificate; a Notice
 	// cert-ready or cert-failed follows.
 	CertPending bool `json:"cert_pending,omitempty"`
+	// HostHeader echoes TunnelRequest.HostHeader when the relay rewrites
+	// the Host header as asked; a relay that predates the field leaves it
+	// empty, and the agent then knows its request was ignored.
+	HostHeader string `json:"host_header,omitempty"`
 }
 
 // Notice is an informational message from the relay on the control stream.

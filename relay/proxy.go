@@ -65,8 +65,15 @@ func (as *agentSession) setupProxy() {
 			v, _ := pr.In.Context().Value(visitorKey{}).(visitorInfo)
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = poolKey(v.name, pr.In.RemoteAddr)
-			// The local server sees the public host name it is served under.
+			// The local server sees the public host name it is served under,
+			// unless the agent asked for another Host header (its local
+			// server answers only to its own name); the public one is then
+			// in X-Forwarded-Host, which SetXForwarded takes from pr.In.
+			// WebSocket upgrades pass here too.
 			pr.Out.Host = pr.In.Host
+			if h := as.hostHeader(pr.In.Context(), v.name); h != "" {
+				pr.Out.Host = h
+			}
 			// Rewrite mode has already removed the visitor's own
 			// X-Forwarded-For/-Host/-Proto and Forwarded; set ours, and
 			// drop the other client-address headers a visitor could spoof.

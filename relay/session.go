@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -48,6 +50,13 @@ type agentSession struct {
 	streams chan struct{}      // a slot per stream being opened, at most tunnel.MaxStreams
 	proxy   *httputil.ReverseProxy
 	tr      *http.Transport
+
+	// hostHeaders maps each tunnel name whose agent asked for it to the
+	// Host header its requests carry; claimed is closed once it is
+	// complete (or the handshake failed), and the proxy reads it only
+	// after that, so it needs no lock.
+	hostHeaders map[string]string
+	claimed     chan struct{}
 
 	tok     *token                  // the agent's token; nil without auth
 	resets  *tunnel.Resets          // data streams, for resets both ways
@@ -113,6 +122,7 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		tunnels: make(map[string]*tunnelState),
 		tok:     tok,
 		done:    make(chan struct{}),
+		claimed: make(chan struct{}),
 	}
 	as.resets = tunnel.NewResets(func(id uint32) { as.notify(&proto.StreamReset{Stream: id}) })
 	if tok != nil {
@@ -204,7 +214,21 @@ func (as *agentSession) handshake() error {
 		if rules[i], err = compileAccess(t.Name, t.Access); err != nil {
 			return err
 		}
+		if t.HostHeader != "" {
+			if err := checkHostHeader(t.HostHeader); err != nil {
+				which := fmt.Sprintf("tunnel %q", t.Name)
+				if t.Name == "" {
+					which = "a tunnel with a random name"
+				}
+				return proto.Errorf(proto.CodeBadRequest, "%s: %v", which, err)
+			}
+		}
 	}
+	// Requests may reach the session as soon as claim returns: they wait
+	// for claimed before reading hostHeaders.
+	var claimOnce sync.Once
+	markClaimed := func() { claimOnce.Do(func() { close(as.claimed) }) }
+	defer markClaimed()
 	maxTunnels := as.srv.cfg.Limits.MaxTunnelsPerToken
 	if as.tok != nil && as.tok.MaxTunnels > 0 {
 		maxTunnels = as.tok.MaxTunnels
@@ -221,6 +245,15 @@ func (as *agentSession) handshake() error {
 		return err
 	}
 	as.names = names
+	for i, n := range names {
+		if h := hello.Tunnels[i].HostHeader; h != "" {
+			if as.hostHeaders == nil {
+				as.hostHeaders = make(map[string]string)
+			}
+			as.hostHeaders[n] = h
+		}
+	}
+	markClaimed()
 	if reconnect {
 		as.srv.metrics.reconnects.Inc()
 	}
@@ -232,7 +265,7 @@ func (as *agentSession) handshake() error {
 	for _, n := range names {
 		u := as.url(n)
 		as.urls[n] = u
-		g := proto.Granted{Name: n, URL: u}
+		g := proto.Granted{Name: n, URL: u, HostHeader: as.hostHeaders[n]}
 		g.CertPending = as.srv.certs != nil && as.srv.certs.needsACME(n+"."+as.srv.cfg.Domain)
 		welcome.Tunnels = append(welcome.Tunnels, g)
 	}
@@ -260,6 +293,93 @@ func (as *agentSession) handshake() error {
 	}
 	as.nlog = as.log.With("names", strings.Join(names, ","))
 	as.nlog.Info("tunnel online", "urls", strings.Join(sortedValues(as.urls), " "), "reconnect", reconnect)
+	return nil
+}
+
+// hostHeader returns the Host header the agent asked for on requests to
+// name, or "" to keep the visitor's. It waits, if need be, until the
+// handshake has recorded them: a request can find the session in the
+// registry a moment before.
+func (as *agentSession) hostHeader(ctx context.Context, name string) string {
+	select {
+	case <-as.claimed:
+	case <-ctx.Done():
+		return ""
+	}
+	return as.hostHeaders[name]
+}
+
+// checkHostHeader accepts a host or host:port for the Host header of
+// forwarded requests: a DNS name, an IPv4 address or a bracketed IPv6
+// address, and a port from 1 to 65535. Nothing that could end the header
+// line, or make the value a URL, gets through. The agent checks the same
+// rules (agent.checkHostHeader) before it asks.
+func checkHostHeader(v string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("host header %q is not a host or host:port like localhost:8080: %s", v, why)
+	}
+	if v == "" || len(v) > 259 {
+		return bad("it must be 1 to 259 characters")
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c <= ' ' || c >= 0x7f || strings.IndexByte(`/?#@\`, c) >= 0 {
+			return bad(fmt.Sprintf("character %q is not allowed", c))
+		}
+	}
+	host, port, hasPort := v, "", false
+	if strings.HasPrefix(v, "[") {
+		end := strings.IndexByte(v, ']')
+		if end < 0 {
+			return bad("no ] after the IPv6 address")
+		}
+		host = v[1:end]
+		if rest := v[end+1:]; rest != "" {
+			var ok bool
+			if port, ok = strings.CutPrefix(rest, ":"); !ok {
+				return bad("only :port may follow ]")
+			}
+			hasPort = true
+		}
+		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() || a.Zone() != "" {
+			return bad("not an IPv6 address in brackets")
+		}
+	} else {
+		host, port, hasPort = strings.Cut(v, ":")
+		if strings.Contains(port, ":") {
+			return bad("an IPv6 address goes in brackets, like [::1]:8080")
+		}
+		if _, err := netip.ParseAddr(host); err != nil {
+			if err := checkDNSName(host); err != nil {
+				return bad(err.Error())
+			}
+		}
+	}
+	if hasPort {
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 1 || n > 65535 || port[0] < '0' || port[0] > '9' {
+			return bad("the port must be a number from 1 to 65535")
+		}
+	}
+	return nil
+}
+
+// checkDNSName accepts labels of letters, digits, '-' and '_', 1 to 63
+// characters each, separated by dots.
+func checkDNSName(h string) error {
+	if h == "" || len(h) > 253 {
+		return errors.New("the host name must be 1 to 253 characters")
+	}
+	for label := range strings.SplitSeq(h, ".") {
+		if label == "" || len(label) > 63 {
+			return errors.New("each part of the host name between dots must be 1 to 63 characters")
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return fmt.Errorf("character %q is not allowed in a host name", c)
+			}
+		}
+	}
 	return nil
 }
 

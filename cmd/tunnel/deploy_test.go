@@ -550,12 +550,18 @@ func TestDeploySystemdUnits(t *testing.T) {
 		"EnvironmentFile":       "/etc/tunnel/relay.env",
 		"ExecReload":            "/bin/kill -HUP $MAINPID",
 	}
+	// The agent's configuration is root's file, handed to the dynamic user
+	// as a credential; the environment file is optional.
+	agentOnly := map[string]string{
+		"LoadCredential":  "tunnels.yaml:/etc/tunnel/agent-demo.yaml",
+		"EnvironmentFile": "-/etc/tunnel/agent-demo.env",
+	}
 	for _, c := range []struct {
 		u    *deployUnit
 		want []map[string]string
 	}{
 		{relayUnit, []map[string]string{hardening, relayOnly}},
-		{agentUnit, []map[string]string{hardening, {"EnvironmentFile": "/etc/tunnel/agent-demo.env"}}},
+		{agentUnit, []map[string]string{hardening, agentOnly}},
 	} {
 		for _, want := range c.want {
 			for k, v := range want {
@@ -821,18 +827,23 @@ func TestDeploySystemdRun(t *testing.T) {
 		t.Errorf("GET on TUNNEL_HTTP_ADDR: %d to %q, want a redirect to https", status, h.Get("Location"))
 	}
 
-	// The agent, as tunnel-agent@demo.service runs it.
+	// The agent, as tunnel-agent@demo.service runs it: its configuration
+	// in /etc/tunnel/agent-demo.yaml with the token, its environment file
+	// left out (it is optional).
 	local := startLocalServer(t)
 	_, port, _ := net.SplitHostPort(addr)
-	agentEnvFile := deployWriteEnvFile(t,
-		"TUNNEL_RELAY=https://localhost:"+port,
-		"TUNNEL_TOKEN="+token,
-		"PORT="+local.port(),
-		"TUNNEL_ARGS=--ca-file "+certs.CAFile,
-	)
-	agentEnv := deployEnv(t, agentUnit, map[string]string{"/etc/tunnel/agent-demo.env": agentEnvFile})
+	agentYAML := filepath.Join(t.TempDir(), "agent-demo.yaml")
+	if err := os.WriteFile(agentYAML, []byte("relay: https://localhost:"+port+"\ntoken: "+token+"\nca_file: "+certs.CAFile+
+		"\ntunnels:\n  - name: demo\n    port: "+local.port()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agentEnv := deployEnv(t, agentUnit, nil)
 	agentEnv["PATH"] = os.Getenv("PATH")
+	agentEnv["CREDENTIALS_DIRECTORY"] = deployCredentials(t, agentUnit, map[string]string{"/etc/tunnel/agent-demo.yaml": agentYAML})
 	agentArgv := deployCommand(t, agentUnit, agentUnit.one(t, "Service", "ExecStart"), agentEnv)
+	if len(agentArgv) < 2 || agentArgv[1] != "start" {
+		t.Fatalf("agent unit: ExecStart %q does not run tunnel start", agentArgv)
+	}
 	agentArgv[0] = tunnelBin
 	agent := deployStart(t, "agent unit", agentArgv, agentEnv)
 	if got, want := agent.stdout.first(t, 1)[0], "https://demo.localhost:"+port; got != want {
@@ -864,6 +875,64 @@ func TestDeploySystemdRun(t *testing.T) {
 	agent.stop(t, waitTimeout)
 	stop, _ := time.ParseDuration(relayUnit.one(t, "Service", "TimeoutStopSec"))
 	relayProc.stop(t, stop)
+}
+
+// deployCredentials does what systemd does for the unit's LoadCredential=
+// lines: it copies each source file (files maps each LoadCredential= path
+// to the file the test wrote in its place) into a fresh directory under
+// the credential's name, readable by the service alone, and returns the
+// directory, the service's $CREDENTIALS_DIRECTORY.
+func deployCredentials(t *testing.T, u *deployUnit, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, v := range u.all("Service", "LoadCredential") {
+		id, src, ok := strings.Cut(u.specifiers(t, v), ":")
+		if !ok || id == "" || strings.Contains(id, "/") {
+			t.Fatalf("%s: LoadCredential=%s: want ID:PATH", u.name, v)
+		}
+		f, ok := files[src]
+		if !ok {
+			t.Fatalf("%s: LoadCredential=%s: the test wrote no file for %s", u.name, v, src)
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, id), b, 0o400); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// TestDeployTunnelsExample loads deploy/tunnels.example.yaml as tunnel
+// start would, and checks that it shows every key the agent's
+// configuration file knows (commented out or not), and that its tunnels
+// mean what its comments say.
+func TestDeployTunnelsExample(t *testing.T) {
+	path := deployFile(t, "deploy/tunnels.example.yaml")
+	unsetEnv(t, "TUNNEL_RELAY")
+	unsetEnv(t, "TUNNEL_TOKEN")
+	var got *StartOptions
+	if err := execute(NewCmdStart(testFactory(), func(o *StartOptions) error { got = o; return nil }), "--config", path); err != nil {
+		t.Fatalf("tunnel start --config %s: %v", path, err)
+	}
+	cfg := got.Config
+	if cfg.Relay != "https://example.com" || cfg.Token != "" || len(cfg.Tunnels) < 2 {
+		t.Fatalf("relay %q, token set %v, %d tunnels", cfg.Relay, cfg.Token != "", len(cfg.Tunnels))
+	}
+	text := deployRead(t, "deploy/tunnels.example.yaml")
+	for _, key := range []string{"relay", "token", "token_file", "ca_file", "inspect_addr", "tunnels",
+		"name", "port", "local", "local_https", "local_ca", "local_insecure", "host_header", "basic_auth", "allow_ip", "deny_ip"} {
+		if !regexp.MustCompile(`(?m)^[ #]*(- )?` + key + `:`).MatchString(text) {
+			t.Errorf("tunnels.example.yaml does not show the key %s", key)
+		}
+	}
+	for _, tun := range cfg.Tunnels {
+		if tun.Access != nil && len(tun.Access.BasicAuth) > 0 && !strings.Contains(text, "replace-this-password") {
+			t.Errorf("tunnel %s: an example password that does not say to replace it", tun.Name)
+		}
+	}
 }
 
 // deployRelayOptions parses a relay command line and environment as

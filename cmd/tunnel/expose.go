@@ -40,6 +40,11 @@ type ExposeOptions struct {
 	CAFile    string // extra root certificates to trust for an https relay
 	Token     string // the relay's agent token: --token, else $TUNNEL_TOKEN
 
+	LocalHTTPS    bool   // --local-https: the local server speaks HTTPS
+	LocalCAFile   string // --local-ca: PEM file of the CA of the local server's certificate
+	LocalInsecure bool   // --local-insecure: do not verify the local server's certificate
+	HostHeader    string // --host-header: Host for the local server; "rewrite" for its address
+
 	BasicAuth []string // --basic-auth user:password, for visitors
 	AllowIPs  []string // --allow-ip: admit visitors only from these prefixes
 	DenyIPs   []string // --deny-ip: refuse visitors from these prefixes
@@ -51,6 +56,8 @@ type ExposeOptions struct {
 
 	// TLSConfig trusts the system roots and CAFile's; nil without --ca-file.
 	TLSConfig *tls.Config
+	// LocalCA holds LocalCAFile's certificates; nil without --local-ca.
+	LocalCA *x509.CertPool
 	// Access holds the visitor rules of BasicAuth, AllowIPs and DenyIPs;
 	// nil without any.
 	Access *agent.Access
@@ -94,13 +101,29 @@ reaches this machine, for plain requests and WebSockets alike:
   --deny-ip CIDR           refuse these addresses; wins over --allow-ip
 Addresses are CIDR prefixes like 203.0.113.0/24 or single IPs.
 
+A local server that speaks only HTTPS: --local-https. Its certificate is
+checked for --local-host against the system's roots, or only against the CA
+in --local-ca (mkcert's rootCA.pem, say); --local-insecure accepts any
+certificate, for a self-signed one you cannot get the CA of.
+A local server that answers only to its own name: --host-header NAME sends
+Host: NAME instead of the public host name, which it then finds in
+X-Forwarded-Host; --host-header rewrite sends its address (localhost:PORT).
+The relay does the rewrite; expose stops with an error if the relay is too
+old to.
+
+Several tunnels, or settings in a file: see tunnel start --help.
+
 ` + jsonFields,
 		Example: `  tunnel expose -p 8080 -s demo --relay https://example.com
   tunnel expose -p 8080 --relay https://relay.internal --ca-file internal-ca.pem
   TUNNEL_RELAY=http://localhost:8000 tunnel expose -p 3000
   TUNNEL_TOKEN=$(cat ~/.tunnel-token) tunnel expose -p 8080 -s demo --relay https://example.com
   tunnel expose -p 8080 --basic-auth ann:correct-horse --allow-ip 203.0.113.0/24
-  tunnel expose -p 8080 --json | jq 'select(.event == "request" and .status >= 500)'`,
+  tunnel expose -p 8080 --json | jq 'select(.event == "request" and .status >= 500)'
+  tunnel expose -p 8443 --local-https --local-ca "$(mkcert -CAROOT)/rootCA.pem"
+  tunnel expose -p 8443 --local-host 127.0.0.1 --local-https --local-insecure
+  tunnel expose -p 8080 --host-header rewrite
+  tunnel expose -p 80 --host-header myapp.test`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !cmd.Flags().Changed("relay") {
@@ -131,6 +154,9 @@ Addresses are CIDR prefixes like 203.0.113.0/24 or single IPs.
 				return usageErrorf(cmd, "%v", err)
 			}
 			opts.Access = access
+			if err := localOptions(cmd, opts); err != nil {
+				return err
+			}
 			if opts.JSON && opts.Quiet {
 				return usageErrorf(cmd, "--json and --quiet do not go together: --json prints every event, --quiet almost none")
 			}
@@ -155,6 +181,10 @@ Addresses are CIDR prefixes like 203.0.113.0/24 or single IPs.
 	fl.StringVar(&opts.Relay, "relay", defaultRelay, "relay `URL` (env TUNNEL_RELAY)")
 	fl.StringVar(&opts.CAFile, "ca-file", "", "PEM `file` of CA certificates to trust for the relay, besides the system's")
 	fl.StringVar(&opts.Token, "token", "", "`token` the relay requires of agents (env TUNNEL_TOKEN)")
+	fl.BoolVar(&opts.LocalHTTPS, "local-https", false, "connect to the local server over HTTPS")
+	fl.StringVar(&opts.LocalCAFile, "local-ca", "", "PEM `file` of the CA that signed the local server's certificate (with --local-https)")
+	fl.BoolVar(&opts.LocalInsecure, "local-insecure", false, "accept any certificate from the local server (with --local-https)")
+	fl.StringVar(&opts.HostHeader, "host-header", "", "Host header the local server gets: a `host[:port]`, or rewrite for its own address (default: the public host)")
 	fl.StringArrayVar(&opts.BasicAuth, "basic-auth", nil, "`user:password` visitors must give; repeatable")
 	fl.StringArrayVar(&opts.AllowIPs, "allow-ip", nil, "admit visitors only from this `CIDR` or IP; repeatable")
 	fl.StringArrayVar(&opts.DenyIPs, "deny-ip", nil, "refuse visitors from this `CIDR` or IP; repeatable, wins over --allow-ip")
@@ -163,6 +193,34 @@ Addresses are CIDR prefixes like 203.0.113.0/24 or single IPs.
 	fl.BoolVar(&opts.JSON, "json", false, "print every event as one JSON object per line on stdout (fields below)")
 	fl.BoolVarP(&opts.Quiet, "quiet", "q", false, "print only the URLs and errors")
 	return cmd
+}
+
+// localOptions checks --local-https, --local-ca, --local-insecure and
+// --host-header, and reads the local CA.
+func localOptions(cmd *cobra.Command, opts *ExposeOptions) error {
+	switch {
+	case opts.LocalCAFile != "" && opts.LocalInsecure:
+		return usageErrorf(cmd, "--local-ca and --local-insecure do not go together: --local-ca verifies the local server's certificate, --local-insecure does not")
+	case !opts.LocalHTTPS && (opts.LocalCAFile != "" || opts.LocalInsecure):
+		flag := "--local-ca"
+		if opts.LocalInsecure {
+			flag = "--local-insecure"
+		}
+		return usageErrorf(cmd, "%s applies only to an HTTPS local server: add --local-https", flag)
+	}
+	if opts.LocalCAFile != "" {
+		pool := x509.NewCertPool()
+		if err := addCertsFromFile(pool, opts.LocalCAFile); err != nil {
+			return usageErrorf(cmd, "--local-ca: %v", err)
+		}
+		opts.LocalCA = pool
+	}
+	if cmd.Flags().Changed("host-header") && opts.HostHeader != agent.HostRewrite {
+		if err := agent.ValidateHostHeader(opts.HostHeader); err != nil {
+			return usageErrorf(cmd, "--host-header: %v (or rewrite, for the local server's address)", err)
+		}
+	}
+	return nil
 }
 
 // visitorRules checks --basic-auth, --allow-ip and --deny-ip and turns them
@@ -203,6 +261,10 @@ func visitorRules(opts *ExposeOptions) (*agent.Access, error) {
 
 func exposeRun(ctx context.Context, opts *ExposeOptions) error {
 	local := net.JoinHostPort(opts.LocalHost, strconv.Itoa(opts.Port))
+	shown := local
+	if opts.LocalHTTPS {
+		shown = "https://" + local
+	}
 	inspectAddr := opts.InspectAddr
 	switch {
 	case opts.NoInspect:
@@ -215,14 +277,18 @@ func exposeRun(ctx context.Context, opts *ExposeOptions) error {
 		Quiet: opts.Quiet,
 		Color: !opts.JSON && useColor(opts.IO.Out, os.Getenv),
 		Block: true,
-		Local: local,
+		Local: shown,
 		Relay: opts.Relay,
 	})
 	defer p.close()
 	return agent.Run(ctx, agent.Config{
-		Relay:       opts.Relay,
-		Token:       opts.Token,
-		Tunnels:     []agent.Tunnel{{Name: opts.Name, Local: local, Access: opts.Access}},
+		Relay: opts.Relay,
+		Token: opts.Token,
+		Tunnels: []agent.Tunnel{{
+			Name: opts.Name, Local: local, Access: opts.Access,
+			LocalHTTPS: opts.LocalHTTPS, LocalCA: opts.LocalCA, LocalInsecure: opts.LocalInsecure,
+			HostHeader: opts.HostHeader,
+		}},
 		TLSConfig:   opts.TLSConfig,
 		OnEvent:     p.onEvent,
 		InspectAddr: inspectAddr,
@@ -261,13 +327,21 @@ func (s *defaultString) Type() string       { return "string" }
 // tlsConfigTrusting returns a client TLS configuration that trusts the
 // system's roots and the certificates in the PEM file caFile.
 func tlsConfigTrusting(caFile string) (*tls.Config, error) {
-	data, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, err
-	}
 	pool, err := x509.SystemCertPool()
 	if err != nil {
 		pool = x509.NewCertPool()
+	}
+	if err := addCertsFromFile(pool, caFile); err != nil {
+		return nil, err
+	}
+	return &tls.Config{RootCAs: pool}, nil
+}
+
+// addCertsFromFile adds the certificates in the PEM file caFile to pool.
+func addCertsFromFile(pool *x509.CertPool, caFile string) error {
+	data, err := os.ReadFile(caFile)
+	if err != nil {
+		return err
 	}
 	n := 0
 	for rest := data; ; {
@@ -281,15 +355,15 @@ func tlsConfigTrusting(caFile string) (*tls.Config, error) {
 		}
 		cert, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%s: certificate %d: %v", caFile, n+1, err)
+			return fmt.Errorf("%s: certificate %d: %v", caFile, n+1, err)
 		}
 		pool.AddCert(cert)
 		n++
 	}
 	if n == 0 {
-		return nil, fmt.Errorf("%s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", caFile)
+		return fmt.Errorf("%s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", caFile)
 	}
-	return &tls.Config{RootCAs: pool}, nil
+	return nil
 }
 
 // portFlag is an int flag that accepts only TCP port numbers.

@@ -65,6 +65,7 @@ Try both ends in one process:          tunnel demo`,
 	cmd.AddCommand(
 		NewCmdRelay(f, nil),
 		NewCmdExpose(f, nil),
+		NewCmdStart(f, nil),
 		NewCmdDemo(f, nil),
 		NewCmdAdmin(f, nil),
 		NewCmdBench(f, nil),

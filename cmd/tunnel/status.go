@@ -79,6 +79,9 @@ type printerOptions struct {
 	// target, the relay, the round-trip time and the inspector.
 	Block        bool
 	Local, Relay string
+	// Locals, if set, are the local targets of the tunnels in the order
+	// they were asked for, in place of Local (tunnel start).
+	Locals []string
 }
 
 // newStatusPrinter starts a printer. printURLs prints the granted URLs the
@@ -239,8 +242,12 @@ func (p *statusPrinter) print(ev agent.Event) {
 //	relay       https://example.com (round trip 23ms)
 //	inspector   http://127.0.0.1:4040
 func (p *statusPrinter) printBlock(w io.Writer, ev agent.Event) {
-	for _, g := range ev.Tunnels {
-		fmt.Fprintf(w, "forwarding  %s → %s\n", g.URL, p.opts.Local)
+	for i, g := range ev.Tunnels {
+		local := p.opts.Local
+		if i < len(p.opts.Locals) {
+			local = p.opts.Locals[i]
+		}
+		fmt.Fprintf(w, "forwarding  %s → %s\n", g.URL, local)
 	}
 	fmt.Fprintf(w, "relay       %s (round trip %v)\n", p.opts.Relay, roundDuration(ev.RTT))
 	switch {
