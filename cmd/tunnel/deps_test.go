@@ -7,7 +7,8 @@ import (
 )
 
 // TestDeps checks the architecture rule for the CLI: it is a thin layer on
-// relay and agent, so of this module's packages it imports only those two;
+// relay and agent (and agent/doctor, the agent's checks behind `tunnel
+// doctor`), so of this module's packages it imports only those;
 // protocol details stay behind them. Model: tailscale cmd/derper TestDeps.
 func TestDeps(t *testing.T) {
 	const module = "github.com/tunnel-dev/tunnel/"
@@ -15,10 +16,10 @@ func TestDeps(t *testing.T) {
 	if err != nil {
 		t.Fatalf("go list: %v\n%s", err, out)
 	}
-	allowed := map[string]bool{module + "relay": true, module + "agent": true}
+	allowed := map[string]bool{module + "relay": true, module + "agent": true, module + "agent/doctor": true}
 	for _, imp := range strings.Fields(string(out)) {
 		if strings.HasPrefix(imp, module) && !allowed[imp] {
-			t.Errorf("cmd/tunnel imports %s; it may import only relay and agent of this module", imp)
+			t.Errorf("cmd/tunnel imports %s; it may import only relay, agent and agent/doctor of this module", imp)
 		}
 	}
 }

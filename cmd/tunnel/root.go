@@ -69,6 +69,7 @@ Try both ends in one process:          tunnel demo`,
 		NewCmdDemo(f, nil),
 		NewCmdAdmin(f, nil),
 		NewCmdBench(f, nil),
+		NewCmdDoctor(f, nil),
 		NewCmdVersion(f),
 	)
 	return cmd
