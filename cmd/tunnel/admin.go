@@ -70,8 +70,10 @@ func NewCmdAdmin(f *Factory, runF func(*AdminOptions) error) *cobra.Command {
 	ls := &cobra.Command{
 		Use:   "ls",
 		Short: "List the relay's tunnels",
-		Args:  noArgs,
-		RunE:  func(cmd *cobra.Command, args []string) error { return run(cmd, "ls", "") },
+		Example: `  tunnel admin ls
+  tunnel admin ls --admin-url http://127.0.0.1:9090 --json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return run(cmd, "ls", "") },
 	}
 	ls.Flags().BoolVar(&opts.JSON, "json", false, "print the API's JSON list instead of a table")
 	cmd.AddCommand(ls)
@@ -80,10 +82,14 @@ func NewCmdAdmin(f *Factory, runF func(*AdminOptions) error) *cobra.Command {
 		{"revoke", "Free a tunnel name; its agent stops with a permanent error"},
 	} {
 		cmd.AddCommand(&cobra.Command{
-			Use:   c.action + " NAME",
-			Short: c.short,
-			Args:  oneName,
-			RunE:  func(cmd *cobra.Command, args []string) error { return run(cmd, c.action, args[0]) },
+			Use:     c.action + " NAME",
+			Short:   c.short,
+			Example: "  tunnel admin " + c.action + " demo\n  TUNNEL_ADMIN_TOKEN=$(cat /etc/tunnel/admin-token) tunnel admin " + c.action + " demo",
+			Args:    oneName,
+			// Asking the relay for its names would need the admin token
+			// before the command runs; complete nothing rather than files.
+			ValidArgsFunction: cobra.NoFileCompletions,
+			RunE:              func(cmd *cobra.Command, args []string) error { return run(cmd, c.action, args[0]) },
 		})
 	}
 	return cmd

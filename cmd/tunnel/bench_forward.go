@@ -32,10 +32,11 @@ const benchForwardReady = "bench forward on "
 func NewCmdBenchForward(f *Factory, runF func(*BenchForwardOptions) error) *cobra.Command {
 	opts := &BenchForwardOptions{IO: f.IO, Logger: f.Logger}
 	cmd := &cobra.Command{
-		Use:    "forward --to HOST:PORT [--listen HOST:PORT]",
-		Short:  "Forward TCP connections to another address, as the bench's floor",
-		Hidden: true,
-		Args:   noArgs,
+		Use:     "forward --to HOST:PORT [--listen HOST:PORT]",
+		Short:   "Forward TCP connections to another address, as the bench's floor",
+		Hidden:  true,
+		Example: `  tunnel bench forward --listen 127.0.0.1:9001 --to 127.0.0.1:9000`,
+		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.To == "" {
 				return usageErrorf(cmd, "no --to: pass the address to forward connections to")

@@ -33,10 +33,11 @@ const benchOriginReady = "bench origin on "
 func NewCmdBenchOrigin(f *Factory, runF func(*BenchOriginOptions) error) *cobra.Command {
 	opts := &BenchOriginOptions{IO: f.IO, Logger: f.Logger}
 	cmd := &cobra.Command{
-		Use:    "origin [--addr HOST:PORT]",
-		Short:  "Serve the bench's origin: /bulk, /small and a WebSocket echo at /ws",
-		Hidden: true,
-		Args:   noArgs,
+		Use:     "origin [--addr HOST:PORT]",
+		Short:   "Serve the bench's origin: /bulk, /small and a WebSocket echo at /ws",
+		Hidden:  true,
+		Example: `  tunnel bench origin --addr 127.0.0.1:9000`,
+		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if runF != nil {
 				return runF(opts)

@@ -46,6 +46,11 @@ func newCmdRoot(f *Factory) *cobra.Command {
 On a VPS with a wildcard DNS record:   tunnel relay --domain example.com --acme-accept-tos
 On the laptop:                         tunnel expose -p 8080 -s demo --relay https://example.com
 Try both ends in one process:          tunnel demo`,
+		Example: `  tunnel demo
+  tunnel relay --domain example.com --acme-accept-tos --acme-email ops@example.com
+  tunnel expose -p 8080 -s demo --relay https://example.com
+  tunnel help expose
+  tunnel completion bash > ~/.local/share/bash-completion/completions/tunnel`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		// Without Args cobra answers an unknown command with a plain error
@@ -53,6 +58,7 @@ Try both ends in one process:          tunnel demo`,
 		Args: unknownCommand,
 		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
 	}
+	// NewCmdCompletion replaces cobra's completion command.
 	cmd.CompletionOptions.DisableDefaultCmd = true
 	cmd.SuggestionsMinimumDistance = 2
 	cmd.SetOut(f.IO.Out)
@@ -70,8 +76,16 @@ Try both ends in one process:          tunnel demo`,
 		NewCmdAdmin(f, nil),
 		NewCmdBench(f, nil),
 		NewCmdDoctor(f, nil),
-		NewCmdVersion(f),
+		NewCmdVersion(f, nil),
+		NewCmdCompletion(f),
 	)
+	// cobra adds `help` when the command runs; adding it now lets it have
+	// an example like every other command.
+	cmd.InitDefaultHelpCmd()
+	if help, _, err := cmd.Find([]string{"help"}); err == nil && help != cmd {
+		help.Example = "  tunnel help expose\n  tunnel help admin kick"
+	}
+	registerCompletions(cmd) // last: it completes the flags of the whole tree
 	return cmd
 }
 
