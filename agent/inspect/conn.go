@@ -6,15 +6,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// parseBuf is the parser's read-ahead per direction. It is small because
-// every observed connection, idle ones included, holds two; longer header
-// lines are still read whole.
+// parseBuf is the HTTP parser's read-ahead per direction. It is small
+// because every observed HTTP connection, idle keep-alive ones included,
+// holds two (a WebSocket drops them); longer header lines are still read
+// whole.
 const parseBuf = 4 << 10
 
 // Directions of a connection, as indexes.
@@ -36,21 +38,33 @@ type ConnInfo struct {
 // parses HTTP/1.1 requests and responses, in order on a keep-alive
 // connection, and after a WebSocket upgrade the frames both ways. Feed it
 // with Tap; Close it once the connection has ended.
+//
+// HTTP is parsed on two goroutines, one per direction, each reading a feed
+// through a bufio.Reader. Once a WebSocket has begun, they hand their
+// direction over to a frameParser that Tap drives itself and end: an idle
+// WebSocket holds no goroutine and no buffer of the inspector's.
 type Conn struct {
 	in    *Inspector
 	info  ConnInfo
-	feeds [2]*feed
+	dirs  [2]direction
 	total [2]atomic.Int64 // bytes tapped per direction
 	seq   atomic.Int64    // chunks tapped, both directions
 	wg    sync.WaitGroup
-
-	reqs     chan *pending // parsed requests, for the response parser
-	respDone chan struct{} // closed when the response parser has ended
 
 	mu     sync.Mutex
 	open   []*pending // requests not yet reported
 	ws     *wsState
 	wsBase [2]int64 // bytes per direction before the WebSocket began
+}
+
+// direction is where one direction's taps go: the HTTP parser's feed, then
+// after the switch to WebSocket the frame parser, then (capture over)
+// nowhere. mu orders each tap with the switch, so that no byte is lost,
+// repeated or reordered on the way.
+type direction struct {
+	mu     sync.Mutex
+	feed   *feed
+	frames *frameParser
 }
 
 // pending is a request waiting for its response.
@@ -71,36 +85,74 @@ func (p *pending) resolve(ws *wsState) {
 // Observe starts observing a connection. The caller must call Tap with its
 // bytes and Close when it has ended.
 func (in *Inspector) Observe(info ConnInfo) *Conn {
-	c := &Conn{
-		in:       in,
-		info:     info,
-		feeds:    [2]*feed{newFeed(), newFeed()},
-		reqs:     make(chan *pending, 16),
-		respDone: make(chan struct{}),
-	}
-	c.wg.Go(c.parseRequests)
-	c.wg.Go(c.parseResponses)
+	c := &Conn{in: in, info: info}
+	fin, fout := newFeed(), newFeed()
+	c.dirs[dirIn].feed, c.dirs[dirOut].feed = fin, fout
+	// Local to the parsers, so that nothing of them stays once they end.
+	reqs := make(chan *pending, 16) // parsed requests, for the response parser
+	respDone := make(chan struct{}) // closed when the response parser has ended
+	c.wg.Go(func() { c.parseRequests(fin, reqs, respDone) })
+	c.wg.Go(func() { c.parseResponses(fout, reqs, respDone) })
 	return c
 }
 
 // Tap takes a chunk that went from the visitor to the local server
-// (fromVisitor) or back. It copies what it needs and never blocks on the
-// parser.
+// (fromVisitor) or back. Before a WebSocket it queues a copy for the HTTP
+// parser; after, it parses the frames itself, which takes a few steps per
+// chunk and copies at most a frame's preview. It never blocks on a parser.
+// Tap may be called for the two directions at once, but for each one from
+// one goroutine at a time, in order.
 func (c *Conn) Tap(fromVisitor bool, p []byte) {
 	d := dirOut
 	if fromVisitor {
 		d = dirIn
 	}
 	c.total[d].Add(int64(len(p)))
-	c.feeds[d].write(p, time.Now(), c.seq.Add(1))
+	now, seq := time.Now(), c.seq.Add(1)
+	h := &c.dirs[d]
+	h.mu.Lock()
+	switch {
+	case h.frames != nil:
+		h.frames.push(c.in, p, now, seq)
+	case h.feed != nil:
+		h.feed.write(p, now, seq)
+	}
+	h.mu.Unlock()
+}
+
+// detach stops direction d's feed and forgets it: its parser has ended.
+func (c *Conn) detach(d int) {
+	h := &c.dirs[d]
+	h.mu.Lock()
+	if h.feed != nil {
+		h.feed.stop()
+		h.feed = nil
+	}
+	h.mu.Unlock()
 }
 
 // Close ends the observation: the parsers finish what they were given, and
 // requests still without a response and an open WebSocket are reported.
 func (c *Conn) Close() {
-	c.feeds[dirIn].close()
-	c.feeds[dirOut].close()
+	for d := range c.dirs {
+		h := &c.dirs[d]
+		h.mu.Lock()
+		if h.feed != nil {
+			h.feed.close()
+		}
+		h.mu.Unlock()
+	}
 	c.wg.Wait()
+	// The frame parsers, if any, now hold everything: a frame they are
+	// still in was cut short.
+	for d := range c.dirs {
+		h := &c.dirs[d]
+		h.mu.Lock()
+		if h.frames != nil {
+			h.frames.end(c.in)
+		}
+		h.mu.Unlock()
+	}
 	now := time.Now()
 	c.mu.Lock()
 	open, ws := c.open, c.ws
@@ -121,11 +173,10 @@ func (c *Conn) Close() {
 // consumed is the offset of the next byte br will return.
 func consumed(f *feed, br *bufio.Reader) int64 { return f.offset() - int64(br.Buffered()) }
 
-func (c *Conn) parseRequests() {
-	f := c.feeds[dirIn]
+func (c *Conn) parseRequests(f *feed, reqs chan<- *pending, respDone <-chan struct{}) {
 	br := bufio.NewReaderSize(f, parseBuf)
-	defer close(c.reqs)
-	defer f.stop()
+	defer close(reqs)
+	defer c.detach(dirIn)
 	for first := true; ; first = false {
 		if _, err := br.Peek(1); err != nil {
 			return
@@ -136,7 +187,7 @@ func (c *Conn) parseRequests() {
 			if first && !errors.Is(err, errOverrun) {
 				// Not HTTP: count bytes only, for both directions.
 				c.in.log.Debug("inspect: not an HTTP request; counting bytes only", "tunnel", c.info.Tunnel, "err", err)
-				c.feeds[dirOut].stop()
+				c.detach(dirOut)
 			}
 			return
 		}
@@ -161,8 +212,8 @@ func (c *Conn) parseRequests() {
 		c.open = append(c.open, p)
 		c.mu.Unlock()
 		select {
-		case c.reqs <- p:
-		case <-c.respDone:
+		case reqs <- p:
+		case <-respDone:
 			close(p.bodyDone)
 			return
 		}
@@ -178,14 +229,14 @@ func (c *Conn) parseRequests() {
 			var ws *wsState
 			select {
 			case ws = <-p.switched:
-			case <-c.respDone:
+			case <-respDone:
 				select {
 				case ws = <-p.switched:
 				default:
 				}
 			}
 			if ws != nil {
-				c.frames(br, dirIn, ws)
+				c.startFrames(dirIn, f, br, ws)
 				return
 			}
 			if p.ex.Status == http.StatusSwitchingProtocols || p.ex.Error != "" {
@@ -195,16 +246,15 @@ func (c *Conn) parseRequests() {
 	}
 }
 
-func (c *Conn) parseResponses() {
-	f := c.feeds[dirOut]
+func (c *Conn) parseResponses(f *feed, reqs <-chan *pending, respDone chan<- struct{}) {
 	br := bufio.NewReaderSize(f, parseBuf)
-	defer close(c.respDone)
-	defer f.stop()
-	for p := range c.reqs {
+	defer close(respDone)
+	defer c.detach(dirOut)
+	for p := range reqs {
 		ws, ok := c.parseResponse(f, br, p)
 		p.resolve(ws)
 		if ws != nil {
-			c.frames(br, dirOut, ws)
+			c.startFrames(dirOut, f, br, ws)
 			return
 		}
 		if !ok {
@@ -271,11 +321,10 @@ func (c *Conn) parseResponse(f *feed, br *bufio.Reader, p *pending) (*wsState, b
 // report hands a finished exchange to the inspector.
 func (c *Conn) report(p *pending) {
 	c.mu.Lock()
-	for i, q := range c.open {
-		if q == p {
-			c.open = append(c.open[:i], c.open[i+1:]...)
-			break
-		}
+	if i := slices.Index(c.open, p); i >= 0 {
+		// Delete clears the slot it frees: the request must not stay
+		// reachable from a long-lived connection.
+		c.open = slices.Delete(c.open, i, i+1)
 	}
 	c.mu.Unlock()
 	c.in.addExchange(p.ex)

@@ -115,7 +115,8 @@ func (f *feed) Read(p []byte) (int, error) {
 }
 
 // keepMarks is how far behind the read offset the parser may still ask for
-// a time: the size of its read-ahead buffer.
+// a time: the size of its read-ahead buffer, whose bytes handOver may also
+// need the times of.
 const keepMarks = parseBuf
 
 // pruneLocked forgets the marks of chunks that end before off.
@@ -152,4 +153,17 @@ func (f *feed) offset() int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.readOff
+}
+
+// handOver stops the feed and returns what it still held: the unread
+// bytes, which start at offset off, the marks of the chunks around them,
+// and whether bytes were dropped after them because the parser fell
+// behind.
+func (f *feed) handOver() (buf []byte, off int64, marks []mark, overrun bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	buf, off, marks, overrun = f.buf, f.readOff, f.marks, f.overrun
+	f.stopped = true
+	f.buf, f.marks = nil, nil
+	return buf, off, marks, overrun
 }

@@ -1,9 +1,10 @@
 // Package inspect shows what goes through a tunnel without touching it. A
 // Conn is fed the bytes of one connection by a passive tap on the agent's
-// byte pipe (tunnel.JoinOptions.Tap) and parses them on its own goroutines:
-// HTTP/1.1 requests and responses, and after a WebSocket upgrade the
-// frames both ways. If the parser falls behind, or the bytes are not HTTP,
-// it stops capturing; the traffic never waits for it.
+// byte pipe (tunnel.JoinOptions.Tap). It parses HTTP/1.1 requests and
+// responses on its own goroutines; after a WebSocket upgrade those end,
+// and the tap parses the frames both ways itself, so that an idle
+// WebSocket costs a few hundred bytes. If a parser falls behind, or the
+// bytes are not HTTP, it stops capturing; the traffic never waits for it.
 //
 // An Inspector keeps the last requests and WebSocket sessions (bounded),
 // reports each to a callback, and serves them on a local web page with a
@@ -15,6 +16,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 )
@@ -67,6 +69,17 @@ type wsState struct {
 	WebSocket
 	closeSeq int64 // arrival order of the close frame recorded
 	first    int   // index of the oldest frame in Frames
+	// forgotten is set once the session is no longer kept: nothing can
+	// show its frames any more, so they are not kept either, however
+	// long it stays open.
+	forgotten bool
+}
+
+// forget drops the sessions of ss from what is kept.
+func forget(ss []*wsState) {
+	for _, s := range ss {
+		s.forgotten, s.Frames, s.first = true, nil, 0
+	}
 }
 
 // Status is the agent's state, shown by the page and /api/status.
@@ -133,9 +146,16 @@ func (in *Inspector) Close() {
 func (in *Inspector) SetStatus(update func(*Status)) {
 	in.mu.Lock()
 	update(&in.status)
-	st := in.status
+	st := in.status.clone()
 	in.mu.Unlock()
 	in.publish("status", st)
+}
+
+// clone returns a copy of s that a later update, which may reuse its
+// slices (append to URLs[:0]), leaves alone.
+func (s Status) clone() Status {
+	s.URLs, s.Local = slices.Clone(s.URLs), slices.Clone(s.Local)
+	return s
 }
 
 func (in *Inspector) addExchange(ex *Exchange) {
@@ -170,6 +190,7 @@ func (in *Inspector) openWS(ex *Exchange, info ConnInfo) *wsState {
 	in.status.WebSocket++
 	in.sockets = append(in.sockets, ws)
 	if n := len(in.sockets) - in.opts.MaxWebSockets; n > 0 {
+		forget(in.sockets[:n])
 		clear(in.sockets[:n])
 		in.sockets = append(in.sockets[:0], in.sockets[n:]...)
 	}
@@ -195,12 +216,14 @@ func (in *Inspector) addFrame(ws *wsState, dir int, fr Frame, message bool) {
 	// arrived first, not the one parsed first, says who closed.
 	if fr.Opcode == 8 && (ws.CloseCode == 0 || fr.seq < ws.closeSeq) {
 		ws.CloseCode, ws.CloseReason, ws.closeSeq = fr.CloseCode, fr.Preview, fr.seq
-		ws.ClosedBy = map[int]string{dirIn: "visitor", dirOut: "server"}[dir]
+		ws.ClosedBy = [2]string{dirIn: "visitor", dirOut: "server"}[dir]
 	}
 	// Frames is a ring of the last MaxFrames once full; first is its oldest.
-	if len(ws.Frames) < in.opts.MaxFrames {
+	switch {
+	case ws.forgotten:
+	case len(ws.Frames) < in.opts.MaxFrames:
 		ws.Frames = append(ws.Frames, fr)
-	} else {
+	default:
 		ws.Frames[ws.first] = fr
 		ws.first = (ws.first + 1) % len(ws.Frames)
 		ws.FramesDropped++
@@ -298,6 +321,7 @@ func (in *Inspector) WebSocket(id int64) (WebSocket, bool) {
 // clear forgets every kept exchange and session.
 func (in *Inspector) clear() {
 	in.mu.Lock()
+	forget(in.sockets)
 	in.exchanges, in.sockets = nil, nil
 	in.mu.Unlock()
 	in.publish("clear", struct{}{})
@@ -307,10 +331,14 @@ func (in *Inspector) clear() {
 // keep up misses it (the page reloads the lists when it notices).
 func (in *Inspector) publish(typ string, v any) {
 	in.mu.Lock()
-	defer in.mu.Unlock()
-	if len(in.subs) == 0 {
+	n := len(in.subs)
+	in.mu.Unlock()
+	if n == 0 {
 		return
 	}
+	// Encoded without the lock: frames are published from the taps of
+	// every connection, on the byte pipe. v is a copy, and one caller's
+	// events stay in order.
 	data, err := json.Marshal(struct {
 		Type string `json:"type"`
 		Data any    `json:"data"`
@@ -318,6 +346,8 @@ func (in *Inspector) publish(typ string, v any) {
 	if err != nil {
 		return
 	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	for ch := range in.subs {
 		select {
 		case ch <- data:

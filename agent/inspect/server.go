@@ -45,7 +45,7 @@ func (in *Inspector) Handler(loopback bool) http.Handler {
 	})
 	mux.HandleFunc("GET /api/status", func(w http.ResponseWriter, r *http.Request) {
 		in.mu.Lock()
-		st := in.status
+		st := in.status.clone()
 		in.mu.Unlock()
 		writeJSON(w, http.StatusOK, st)
 	})
