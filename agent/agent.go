@@ -289,8 +289,8 @@ func Run(ctx context.Context, cfg Config) error {
 			OnWebSocket: func(ws WebSocket) { c.emit(webSocketEvent(ws)) },
 		})
 	}
-	c = newClient(cfg, u, func(ctx context.Context, st *tunnel.Stream, name string, index int) {
-		serveLocal(ctx, &cfg, st, &cfg.Tunnels[index], name, ins)
+	c = newClient(cfg, u, func(ctx context.Context, st *tunnel.Stream, name string, index int, spawn func(func())) {
+		serveLocal(ctx, &cfg, st, &cfg.Tunnels[index], name, ins, spawn)
 	})
 	c.ins = ins
 	if ins != nil {

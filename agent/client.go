@@ -33,10 +33,13 @@ const livedLongEnough = 10 * time.Second
 
 // client is the reconnect loop shared by Run and Listen.
 type client struct {
-	cfg    Config
-	u      *url.URL
-	log    *slog.Logger
-	handle func(ctx context.Context, st *tunnel.Stream, name string, index int)
+	cfg Config
+	u   *url.URL
+	log *slog.Logger
+	// handle serves a stream of the tunnel at index. It may hand the rest
+	// of the work to spawn, which runs it in a goroutine the session waits
+	// for, and return.
+	handle func(ctx context.Context, st *tunnel.Stream, name string, index int, spawn func(func()))
 
 	// ins, if not nil, observes the traffic and shows the agent's state;
 	// inspectURL is where it serves, if it does.
@@ -58,7 +61,7 @@ type client struct {
 	refused   *proto.Error // the relay ended the session with this error
 }
 
-func newClient(cfg Config, u *url.URL, handle func(context.Context, *tunnel.Stream, string, int)) *client {
+func newClient(cfg Config, u *url.URL, handle func(context.Context, *tunnel.Stream, string, int, func(func()))) *client {
 	names := make([]string, len(cfg.Tunnels))
 	for i, t := range cfg.Tunnels {
 		names[i] = t.Name
@@ -313,7 +316,7 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 			if err != nil {
 				return
 			}
-			wg.Go(func() { c.serveStream(sctx, ys, resets) })
+			wg.Go(func() { c.serveStream(sctx, ys, resets, wg.Go) })
 		}
 	})
 
@@ -395,7 +398,7 @@ func (c *client) readControl(ctrl net.Conn, resets *tunnel.Resets) {
 // serveStream reads a stream's header and hands it to the tunnel it names.
 // The agent serves only the names it was granted: a stream for any other
 // name is refused.
-func (c *client) serveStream(ctx context.Context, ys *yamux.Stream, resets *tunnel.Resets) {
+func (c *client) serveStream(ctx context.Context, ys *yamux.Stream, resets *tunnel.Resets, spawn func(func())) {
 	hctx, cancel := context.WithTimeout(ctx, streamHeaderTimeout)
 	st, hdr, err := tunnel.AcceptStream(hctx, ys)
 	cancel()
@@ -406,7 +409,7 @@ func (c *client) serveStream(ctx context.Context, ys *yamux.Stream, resets *tunn
 	resets.Track(st)
 	for i, n := range c.names {
 		if n == hdr.Name {
-			c.handle(ctx, st, n, i)
+			c.handle(ctx, st, n, i, spawn)
 			return
 		}
 	}
@@ -416,7 +419,12 @@ func (c *client) serveStream(ctx context.Context, ys *yamux.Stream, resets *tunn
 // serveLocal dials the local target for one stream and joins the two. ins,
 // if not nil, observes the bytes through a tap: it never alters nor delays
 // them.
-func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, t *Tunnel, name string, ins *inspect.Inspector) {
+//
+// The connection is served by a goroutine of its own, started with spawn:
+// this one has grown its stack through the stream's handshake, the dial and
+// TLS, and would otherwise keep it for the life of the connection, often
+// an idle WebSocket (4 KiB per connection, measured).
+func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, t *Tunnel, name string, ins *inspect.Inspector, spawn func(func())) {
 	local := t.Local
 	d := net.Dialer{Timeout: cfg.LocalDialTimeout}
 	lc, err := d.DialContext(ctx, "tcp", local)
@@ -455,16 +463,21 @@ func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, t *Tunnel, 
 		st.Close()
 		lc.Close()
 	})
-	defer stop()
 	opts := tunnel.JoinOptions{WriteIdleTimeout: cfg.WriteIdleTimeout}
+	var obs *inspect.Conn
 	if ins != nil {
-		obs := ins.Observe(inspect.ConnInfo{Tunnel: name, Local: local, Remote: st.RemoteAddr().String()})
-		defer obs.Close() // after Join: reports what was left open
+		obs = ins.Observe(inspect.ConnInfo{Tunnel: name, Local: local, Remote: st.RemoteAddr().String()})
 		opts.Tap = func(d tunnel.Direction, p []byte) { obs.Tap(d == tunnel.AToB, p) }
 	}
-	if err := tunnel.JoinWith(st, lc, opts); err != nil {
-		cfg.Logger.Debug("stream ended with error", "local", local, "err", err)
-	}
+	spawn(func() {
+		defer stop()
+		if err := tunnel.JoinWith(st, lc, opts); err != nil {
+			cfg.Logger.Debug("stream ended with error", "local", local, "err", err)
+		}
+		if obs != nil {
+			obs.Close() // after Join: reports what was left open
+		}
+	})
 }
 
 // localHandshake runs the TLS handshake with an HTTPS local server within

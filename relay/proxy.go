@@ -9,7 +9,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"strings"
@@ -94,7 +93,7 @@ func (as *agentSession) setupProxy() {
 			}
 			return nil
 		},
-		Transport:    as.tr,
+		Transport:    proxyTransport{as.tr, upgradeTransport{as}},
 		BufferPool:   proxyBuffers{},
 		ErrorHandler: as.srv.proxyError,
 		ErrorLog:     log.New(errorLogWriter{as.log}, "", 0),
@@ -117,6 +116,22 @@ func poolKey(name, remote string) string {
 	return fmt.Sprintf("%s.%x-%x", name, ap.Addr().AsSlice(), ap.Port())
 }
 
+// proxyTransport sends WebSocket upgrades through upgradeTransport and
+// every other request through the keep-alive pool.
+type proxyTransport struct {
+	pool    *http.Transport
+	upgrade upgradeTransport
+}
+
+func (t proxyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	// forward removed every Upgrade but WebSocket, and ReverseProxy keeps
+	// the header only when Connection lists upgrade.
+	if req.Header.Get("Upgrade") != "" {
+		return t.upgrade.RoundTrip(req)
+	}
+	return t.pool.RoundTrip(req)
+}
+
 type proxyBuffers struct{}
 
 var proxyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
@@ -131,6 +146,12 @@ type visitReq struct {
 	in    countingReader
 	as    *agentSession // the session it was forwarded to; nil if refused
 	up    *upgrade      // nil unless it asked for an upgrade
+
+	// detached is set when the request became a WebSocket that runs on
+	// in a goroutine of its own, which accounts for it when it ends.
+	detached bool
+	finish   func()        // accounts for the request; proxy sets it
+	req      *http.Request // what finish logs
 }
 
 // proxy answers one visitor request to tunnel name, then accounts for it:
@@ -141,11 +162,22 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 		v.in.r = r.Body
 		r.Body = &v.in
 	}
+	v.req = r
+	v.finish = func() { s.account(v, v.req, name) }
 	s.forward(v, r, name)
+	if v.detached {
+		return
+	}
 	if v.rec.deadline && v.rec.hijacked == nil {
 		// The connection may carry the visitor's next request.
 		http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	}
+	v.finish()
+}
+
+// account records a finished request: metrics, the access log, the
+// tunnel's counters and the request event for the agent.
+func (s *Server) account(v *visitReq, r *http.Request, name string) {
 	d := time.Since(v.start)
 	status := v.rec.status
 	if status == 0 {
@@ -235,7 +267,11 @@ func (s *Server) forward(v *visitReq, r *http.Request, name string) {
 		refused(rejectDraining)
 		return
 	}
-	defer s.reqWG.Done()
+	defer func() {
+		if !v.detached { // else the WebSocket's goroutine is done last
+			s.reqWG.Done()
+		}
+	}()
 
 	stripForeignUpgrade(r.Header)
 	scheme := "http"
@@ -245,12 +281,9 @@ func (s *Server) forward(v *visitReq, r *http.Request, name string) {
 	remote, _ := netip.ParseAddrPort(r.RemoteAddr)
 	ctx := context.WithValue(r.Context(), visitorKey{}, visitorInfo{name: name, remote: remote, scheme: scheme})
 	if r.Header.Get("Upgrade") != "" {
-		up := &upgrade{rec: w}
+		up := &upgrade{rec: w, v: v}
 		v.up = up
 		ctx = context.WithValue(ctx, upgradeKey{}, up)
-		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-			GotConn: func(info httptrace.GotConnInfo) { up.backend = info.Conn },
-		})
 	}
 	v.as = as
 	as.proxy.ServeHTTP(w, r.WithContext(ctx))

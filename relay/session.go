@@ -669,3 +669,6 @@ func (c *slotConn) Close() error {
 func (c *slotConn) CloseWrite() error {
 	return c.Conn.(*tunnel.Stream).CloseWrite()
 }
+
+// Shrink lets Join release the stream's idle receive buffer.
+func (c *slotConn) Shrink() { c.Conn.(*tunnel.Stream).Shrink() }

@@ -2,12 +2,18 @@ package relay
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"net/url"
+	"os"
 	"strings"
+	"time"
 
 	"github.com/tunnel-dev/tunnel/tunnel"
 )
@@ -15,12 +21,12 @@ import (
 type upgradeKey struct{}
 
 // upgrade carries what switchProtocols needs from the handler to the
-// ReverseProxy's ModifyResponse hook: the visitor's response writer, and the
-// stream the transport used for the request (reported by httptrace).
+// ReverseProxy's ModifyResponse hook: the visitor's response writer, and
+// the byte counts of the WebSocket once it runs.
 type upgrade struct {
-	rec     *recorder
-	backend net.Conn
-	counts  tunnel.Counts
+	rec    *recorder
+	v      *visitReq
+	counts tunnel.Counts
 }
 
 // errUpgraded tells the error handler that the upgraded connection was
@@ -43,14 +49,11 @@ func (as *agentSession) switchProtocols(res *http.Response) error {
 		return fmt.Errorf("upgrade to %q is not supported; only websocket", reqType)
 	case !strings.EqualFold(resType, reqType):
 		return fmt.Errorf("the local server switched to %q when %q was requested", resType, reqType)
-	case up.backend == nil:
-		return errors.New("internal error: no stream recorded for the upgrade")
 	}
-	body, ok := res.Body.(io.ReadWriteCloser)
+	back, ok := res.Body.(*upgradedStream)
 	if !ok {
-		return errors.New("internal error: 101 response with a read-only body")
+		return errors.New("internal error: 101 response not read by upgradeTransport")
 	}
-	back := &upgradedBackend{Conn: up.backend, body: body}
 	conn, brw, err := up.rec.Hijack()
 	if err != nil {
 		back.Close()
@@ -58,23 +61,47 @@ func (as *agentSession) switchProtocols(res *http.Response) error {
 	}
 	// Counted before the visitor can see the 101.
 	as.srv.metrics.websockets.Inc()
-	defer as.srv.metrics.websockets.Dec()
 	fmt.Fprintf(brw, "HTTP/1.1 101 %s\r\n", http.StatusText(http.StatusSwitchingProtocols))
 	res.Header.Write(brw)
 	brw.WriteString("\r\n")
 	if err := brw.Flush(); err != nil {
+		as.srv.metrics.websockets.Dec()
 		conn.Close()
 		back.Close()
 		return errUpgraded
 	}
 	visitor := net.Conn(conn)
-	if brw.Reader.Buffered() > 0 {
-		visitor = &bufferedVisitor{Conn: conn, r: brw.Reader}
+	if n := brw.Reader.Buffered(); n > 0 {
+		// Bytes the visitor sent after its request: keep a copy, not the
+		// server's 4 KiB reader.
+		early, _ := brw.Reader.Peek(n)
+		visitor = &bufferedVisitor{Conn: conn, early: bytes.Clone(early)}
 	}
+	// The WebSocket runs in a goroutine of its own, and the handler
+	// returns: the HTTP server's connection state (its 4 KiB reader and
+	// writer, the request, the handler's deep stack) is then garbage,
+	// and an idle WebSocket holds two goroutines blocked in small reads
+	// and the two connections. The goroutine accounts for the request and
+	// releases its place in the shutdown's wait when the WebSocket ends.
+	up.v.detached = true
+	res.Body = http.NoBody // ReverseProxy closes it after this error
+	// The recorder outlives the handler (the goroutine reads its counts):
+	// drop its reference to the server's response, which would keep the
+	// whole connection state alive. Nothing writes to it after the 101.
+	up.rec.ResponseWriter = nil
+	// Likewise keep only what the access log and the event need of the
+	// request, not its headers.
+	r := up.v.req
+	up.v.req = &http.Request{Method: r.Method, URL: &url.URL{Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery}, Host: r.Host, RemoteAddr: r.RemoteAddr}
 	opts := tunnel.JoinOptions{Counts: &up.counts, WriteIdleTimeout: as.srv.cfg.Limits.WriteIdleTimeout}
-	if err := tunnel.JoinWith(visitor, back, opts); err != nil {
-		as.log.Debug("websocket ended with error", "err", err)
-	}
+	go func() {
+		defer as.srv.reqWG.Done()
+		if err := tunnel.JoinWith(visitor, back, opts); err != nil {
+			as.log.Debug("websocket ended with error", "err", err)
+		}
+		as.srv.metrics.websockets.Dec()
+		up.v.finish()
+	}()
 	return errUpgraded
 }
 
@@ -85,34 +112,141 @@ func upgradeType(h http.Header) string {
 	return h.Get("Upgrade")
 }
 
-// upgradedBackend is the stream to the agent after a 101: reads go through
-// the transport's response body (which may hold read-ahead bytes), and
-// CloseWrite reaches the stream itself so half-close crosses the tunnel.
-type upgradedBackend struct {
-	net.Conn // the stream, for CloseWrite, addresses and deadlines
-	body     io.ReadWriteCloser
+// upgradeTransport sends the requests that ask for a WebSocket upgrade,
+// each on a stream of its own, and reads the response itself. http.Transport
+// would do the same but then keep, for the life of the WebSocket, a 4 KiB
+// reader, a 4 KiB writer and a goroutine per connection; here the stream is
+// all that stays once the 101 is through, and the reader that parsed the
+// response is dropped as soon as its read-ahead is consumed.
+type upgradeTransport struct {
+	as *agentSession
 }
 
-func (b *upgradedBackend) Read(p []byte) (int, error)  { return b.body.Read(p) }
-func (b *upgradedBackend) Write(p []byte) (int, error) { return b.body.Write(p) }
-func (b *upgradedBackend) Close() error                { return b.body.Close() }
-func (b *upgradedBackend) CloseWrite() error {
-	if cw, ok := b.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
+// upgradeReadBuf is the read-ahead used for a response's header: header
+// lines longer than it are still read whole.
+const upgradeReadBuf = 1 << 10
+
+func (t upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	host, _, _ := strings.Cut(req.URL.Host, ":")
+	name, _, _ := strings.Cut(host, ".")
+	ctx := req.Context()
+	st, err := t.as.openStream(ctx, name)
+	if err != nil {
+		return nil, err
 	}
-	return b.Close()
+	// Until the response header is in, the request's context and the
+	// response header timeout bound every read and write on the stream.
+	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Unix(1, 0)) })
+	if d := t.as.srv.cfg.Limits.ResponseHeaderTimeout; d > 0 {
+		st.SetDeadline(time.Now().Add(d))
+	}
+	res, br, err := roundTripOn(st, req)
+	if !stop() || err != nil {
+		st.Close()
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, cerr
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, fmt.Errorf("timeout awaiting response headers: %w", err)
+		}
+		return nil, err
+	}
+	st.SetDeadline(time.Time{})
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		res.Body = &upgradedStream{Conn: st, br: br}
+	} else {
+		// Any other answer ends the stream with its body: it is not
+		// reused for another request.
+		res.Body = &closingBody{ReadCloser: res.Body, c: st}
+	}
+	return res, nil
+}
+
+// maxUpgradeResponseHeader bounds the response header of an upgrade, as
+// the keep-alive transport's MaxResponseHeaderBytes bounds the others.
+const maxUpgradeResponseHeader = 64 << 10
+
+// roundTripOn writes req on c and reads the response, skipping interim
+// (1xx) responses other than 101. The header, interim ones included, may
+// be at most maxUpgradeResponseHeader bytes.
+func roundTripOn(c net.Conn, req *http.Request) (*http.Response, *bufio.Reader, error) {
+	if err := req.Write(c); err != nil {
+		return nil, nil, err
+	}
+	lr := &io.LimitedReader{R: c, N: maxUpgradeResponseHeader}
+	br := bufio.NewReaderSize(lr, upgradeReadBuf)
+	for {
+		res, err := http.ReadResponse(br, req)
+		if err != nil {
+			if lr.N <= 0 {
+				err = fmt.Errorf("response header larger than %d bytes", maxUpgradeResponseHeader)
+			}
+			return nil, nil, err
+		}
+		if res.StatusCode < 200 && res.StatusCode != http.StatusSwitchingProtocols {
+			continue
+		}
+		lr.N = math.MaxInt64 // the body, or the upgraded bytes, are not bounded
+		return res, br, nil
+	}
+}
+
+// closingBody closes the stream with the response body.
+type closingBody struct {
+	io.ReadCloser
+	c net.Conn
+}
+
+func (b *closingBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.c.Close()
+	return err
+}
+
+// upgradedStream is the stream to the agent after a 101: reads first
+// return what the response parser read ahead, then go to the stream.
+// CloseWrite and Shrink reach the stream, so half-close crosses the tunnel
+// and Join can release the stream's idle buffer.
+type upgradedStream struct {
+	net.Conn               // the stream (a slotConn)
+	br       *bufio.Reader // read-ahead of the response; nil once drained
+}
+
+func (u *upgradedStream) Read(p []byte) (int, error) {
+	if u.br != nil {
+		if u.br.Buffered() > 0 {
+			return u.br.Read(p)
+		}
+		u.br = nil
+	}
+	return u.Conn.Read(p)
+}
+
+func (u *upgradedStream) CloseWrite() error {
+	return u.Conn.(interface{ CloseWrite() error }).CloseWrite()
+}
+
+func (u *upgradedStream) Shrink() {
+	if s, ok := u.Conn.(interface{ Shrink() }); ok {
+		s.Shrink()
+	}
 }
 
 // bufferedVisitor returns bytes the HTTP server read ahead before reading
 // the connection itself.
 type bufferedVisitor struct {
 	net.Conn
-	r *bufio.Reader
+	early []byte // what the visitor sent before the switch; nil once read
 }
 
 func (c *bufferedVisitor) Read(p []byte) (int, error) {
-	if c.r.Buffered() > 0 {
-		return c.r.Read(p)
+	if len(c.early) > 0 {
+		n := copy(p, c.early)
+		c.early = c.early[n:]
+		if len(c.early) == 0 {
+			c.early = nil
+		}
+		return n, nil
 	}
 	return c.Conn.Read(p)
 }
