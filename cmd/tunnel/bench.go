@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -40,10 +41,6 @@ type BenchOptions struct {
 
 // Limits of the bench's flags, each explained where it is checked.
 const (
-	// benchMaxStreams is how many WebSockets the bench puts through one
-	// agent: below the 200 streams the relay keeps open toward one agent
-	// (tunnel.MaxStreams), so that no open is refused with a 503.
-	benchMaxStreams = 190
 	// benchMaxIdle keeps the bench process and the relay, which each hold
 	// one socket per idle WebSocket, under the 20,000 open files a process
 	// may have here, with room for everything else.
@@ -90,9 +87,9 @@ Ratios within one run are what to compare: absolute figures depend on the
 machine and on what else runs on it. The default run takes under a minute on
 two cores; --quick takes a few seconds and proves nothing.
 
-The agent serves at most 190 WebSockets at once here (the relay keeps at
-most 200 streams open to one agent), so the idle test runs one agent per
-190 connections and sums their memory.`,
+The idle test puts every WebSocket through one tunnel of one agent, as a
+user's busy tunnel would be; the relay it starts for it allows that many
+streams per tunnel (limits.max_streams_per_tunnel in a --config file).`,
 		Example: `  tunnel bench
   tunnel bench --json > bench.json
   tunnel bench --idle 5000
@@ -255,12 +252,28 @@ func (b *bench) startFloor(ctx context.Context, label string) (addr string, hops
 
 // startRelay starts `tunnel relay` on a free loopback port and returns its
 // URL, or returns --relay's URL without starting anything.
-func (b *bench) startRelay(ctx context.Context, label string) (url string, relay procGroup, err error) {
+//
+// streams is the most connections one tunnel will carry at once; above the
+// relay's default (1000) the relay gets a config file that allows it.
+func (b *bench) startRelay(ctx context.Context, label string, streams int) (url string, relay procGroup, err error) {
 	if b.opts.Relay != "" {
 		return b.opts.Relay, nil, nil
 	}
-	c, line, err := b.start(ctx, label, false, prefixMatch("relay listening on "),
-		"relay", "--domain", "localhost", "--addr", "127.0.0.1:0", "--admin-addr=", "--grace", "0", "--drain-timeout", "1s")
+	args := []string{"relay", "--domain", "localhost", "--addr", "127.0.0.1:0", "--admin-addr=", "--grace", "0", "--drain-timeout", "1s"}
+	if streams > 1000 {
+		dir, err := os.MkdirTemp("", "tunnel-bench-")
+		if err != nil {
+			return "", nil, err
+		}
+		defer os.RemoveAll(dir) // the relay reads it at start
+		file := filepath.Join(dir, "relay.yaml")
+		conf := fmt.Sprintf("limits:\n  max_streams_per_tunnel: %d\n", streams)
+		if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
+			return "", nil, err
+		}
+		args = append(args, "--config", file)
+	}
+	c, line, err := b.start(ctx, label, false, prefixMatch("relay listening on "), args...)
 	if err != nil {
 		return "", nil, err
 	}
@@ -315,7 +328,7 @@ func (b *bench) startPaths(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	relayURL, relay, err := b.startRelay(ctx, "relay")
+	relayURL, relay, err := b.startRelay(ctx, "relay", 0)
 	if err != nil {
 		return err
 	}

@@ -125,8 +125,8 @@ func (b *bench) runAll(ctx context.Context, res *benchResult) error {
 	if err != nil {
 		return fmt.Errorf("idle WebSockets, floor: %w", err)
 	}
-	agents := (o.Idle + benchMaxStreams - 1) / benchMaxStreams
-	b.progress("idle: tunnel, %d WebSockets through a fresh relay and %d fresh agents", o.Idle, agents)
+	agents := 1
+	b.progress("idle: tunnel, %d WebSockets through a fresh relay and a fresh agent", o.Idle)
 	tMem, tCPU, err := b.idleTunnel(ctx, o.Idle, agents)
 	if err != nil {
 		return fmt.Errorf("idle WebSockets, tunnel: %w", err)
@@ -561,7 +561,7 @@ func (b *bench) idleFloor(ctx context.Context, n int) (mem, cpu hopFigures, err 
 func (b *bench) idleTunnel(ctx context.Context, n, agents int) (mem, cpu hopFigures, err error) {
 	var started []*benchChild
 	defer func() { b.children.stop(started) }()
-	relayURL, relay, err := b.startRelay(ctx, "idle relay")
+	relayURL, relay, err := b.startRelay(ctx, "idle relay", n+100)
 	if err != nil {
 		return mem, cpu, err
 	}

@@ -219,9 +219,9 @@ func (r *benchResult) writeTable(w io.Writer) error {
 Ratios are the row's path over the other; for "lower" figures (latency,
 connections, memory, CPU) a ratio above 1 is worse, for MB/s, req/s and msgs/s
 below 1 is. In relay and agent rows the floor column is the first and the
-second forwarder. MB = 10^6 bytes. Idle: %d agent processes, at most %d
-WebSockets each.
-`, r.Params.IdleAgents, benchMaxStreams)
+second forwarder. MB = 10^6 bytes. Idle: all WebSockets through one tunnel
+of one agent (%d agent process).
+`, r.Params.IdleAgents)
 	return err
 }
 
