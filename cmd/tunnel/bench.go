@@ -79,7 +79,9 @@ and prints each figure with its ratio to direct and to the floor:
   4. --ws-conns WebSockets echoing --ws-messages messages each: msgs/s
   5. a new WebSocket and one echo, p50/p99
   6. idle WebSockets, each having echoed one 32 KiB message: memory (RSS)
-     per connection of the relay and the agent, in fresh processes
+     per connection of the relay and the agent, in fresh processes, and
+     the slope over the second half (what one more connection costs, and
+     projected to a million); then every one of them must echo again
   7. CPU time of the relay and the agent per GB, per 1,000 requests and
      per idle connection
 

@@ -121,18 +121,22 @@ func (b *bench) runAll(ctx context.Context, res *benchResult) error {
 	// 6. Idle WebSockets, in fresh processes.
 	floorIdle := min(o.Idle, benchMaxIdleFloor)
 	b.progress("idle: floor, %d WebSockets through two fresh forwarders", floorIdle)
-	fMem, fCPU, err := b.idleFloor(ctx, floorIdle)
+	fMem, fSlope, fCPU, err := b.idleFloor(ctx, floorIdle)
 	if err != nil {
 		return fmt.Errorf("idle WebSockets, floor: %w", err)
 	}
 	agents := 1
 	b.progress("idle: tunnel, %d WebSockets through a fresh relay and a fresh agent", o.Idle)
-	tMem, tCPU, err := b.idleTunnel(ctx, o.Idle, agents)
+	tMem, tSlope, tCPU, err := b.idleTunnel(ctx, o.Idle, agents)
 	if err != nil {
 		return fmt.Errorf("idle WebSockets, tunnel: %w", err)
 	}
 	res.Params.IdleFloor, res.Params.IdleAgents = floorIdle, agents
 	res.addHops("idle", "KiB/conn", fMem, tMem)
+	res.addHops("idle", "slope KiB/conn", fSlope, tSlope)
+	// The slope projected to a million connections, in GiB.
+	perMillion := float64(1<<20) / 1e6
+	res.addHops("idle", "GiB/1M conns", fSlope.per(perMillion), tSlope.per(perMillion))
 
 	// 7. CPU.
 	res.addHops("bulk", "CPU s/GB", bulkCPU[1], bulkCPU[2])
@@ -545,10 +549,10 @@ func benchWSNew(ctx context.Context, p *benchPath, n int) (p50, p99 time.Duratio
 // idleFloor opens n idle WebSockets through two fresh forwarders and
 // returns each forwarder's memory per connection (KiB) and the CPU seconds
 // they used to set the connections up.
-func (b *bench) idleFloor(ctx context.Context, n int) (mem, cpu hopFigures, err error) {
+func (b *bench) idleFloor(ctx context.Context, n int) (mem, slope, cpu hopFigures, err error) {
 	addr, hops, err := b.startFloor(ctx, "idle floor")
 	if err != nil {
-		return mem, cpu, err
+		return mem, slope, cpu, err
 	}
 	defer b.children.stop(slices.Concat(hops[0], hops[1]))
 	p := &benchPath{name: "floor", bases: []string{"http://" + addr}, hops: hops}
@@ -558,12 +562,12 @@ func (b *bench) idleFloor(ctx context.Context, n int) (mem, cpu hopFigures, err 
 // idleTunnel opens n idle WebSockets through a fresh relay (unless --relay)
 // and the agents it takes, and returns the relay's and the agents' memory
 // per connection (KiB) and the CPU seconds they used to set them up.
-func (b *bench) idleTunnel(ctx context.Context, n, agents int) (mem, cpu hopFigures, err error) {
+func (b *bench) idleTunnel(ctx context.Context, n, agents int) (mem, slope, cpu hopFigures, err error) {
 	var started []*benchChild
 	defer func() { b.children.stop(started) }()
 	relayURL, relay, err := b.startRelay(ctx, "idle relay", n+100)
 	if err != nil {
-		return mem, cpu, err
+		return mem, slope, cpu, err
 	}
 	started = append(started, relay...)
 	p := &benchPath{name: "tunnel", hops: [2]procGroup{relay, nil}}
@@ -572,7 +576,7 @@ func (b *bench) idleTunnel(ctx context.Context, n, agents int) (mem, cpu hopFigu
 	for i := range agents {
 		c, url, err := b.startAgent(ctx, fmt.Sprintf("idle agent %d", i+1), relayURL, b.tunnelName(fmt.Sprintf("idle%d", i+1)))
 		if err != nil {
-			return mem, cpu, err
+			return mem, slope, cpu, err
 		}
 		started = append(started, c)
 		p.hops[1] = append(p.hops[1], c)
@@ -583,17 +587,28 @@ func (b *bench) idleTunnel(ctx context.Context, n, agents int) (mem, cpu hopFigu
 
 // idle opens n WebSockets on p, spread over its bases, each echoing one
 // 32 KiB message, and then holds them all open while it reads the hops'
-// memory. It returns the memory growth per connection in KiB and the CPU
-// seconds spent from the first open to the last echo.
-func (b *bench) idle(ctx context.Context, p *benchPath, n int) (mem, cpu hopFigures, err error) {
-	var before hopFigures
-	for i, g := range p.hops {
-		if len(g) == 0 {
-			continue
+// memory: after the first half and after all of them. It returns the
+// memory growth per connection in KiB over all n, the slope over the
+// second half (the cost of one more connection, without what the first
+// ones set up once), and the CPU seconds spent from the first open to the
+// last echo. Then every WebSocket echoes once more: one that died while
+// held fails the run.
+func (b *bench) idle(ctx context.Context, p *benchPath, n int) (mem, slope, cpu hopFigures, err error) {
+	rss := func() (h hopFigures, err error) {
+		for i, g := range p.hops {
+			if len(g) == 0 {
+				continue
+			}
+			if h.hops[i], err = g.rssKiB(); err != nil {
+				return h, err
+			}
+			h.ok[i] = true
 		}
-		if before.hops[i], err = g.rssKiB(); err != nil {
-			return mem, cpu, err
-		}
+		return h, nil
+	}
+	before, err := rss()
+	if err != nil {
+		return mem, slope, cpu, err
 	}
 	spread := &sourceSpread{}
 	client := benchClient(spread, n)
@@ -607,8 +622,9 @@ func (b *bench) idle(ctx context.Context, p *benchPath, n int) (mem, cpu hopFigu
 	}()
 	octx, cancel := context.WithTimeout(ctx, benchIdleTimeout)
 	defer cancel()
-	cpu, err = b.measure(p, func() error {
-		return parallel(n, 32, func(i int) error {
+	open := func(from, to int) error {
+		return parallel(to-from, 32, func(j int) error {
+			i := from + j
 			c, err := benchWSDial(octx, client, p.bases[i%len(p.bases)])
 			if err != nil {
 				return fmt.Errorf("WebSocket %d: %w", i+1, err)
@@ -619,22 +635,43 @@ func (b *bench) idle(ctx context.Context, p *benchPath, n int) (mem, cpu hopFigu
 			}
 			return nil
 		})
+	}
+	half := n / 2
+	var mid hopFigures
+	cpu, err = b.measure(p, func() error {
+		if err := open(0, half); err != nil {
+			return err
+		}
+		if mid, err = rss(); err != nil {
+			return err
+		}
+		return open(half, n)
 	})
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			err = fmt.Errorf("not all %d WebSockets open after %v: %w", n, benchIdleTimeout, err)
 		}
-		return mem, cpu, err
+		return mem, slope, cpu, err
 	}
-	for i, g := range p.hops {
-		if len(g) == 0 {
+	after, err := rss()
+	if err != nil {
+		return mem, slope, cpu, err
+	}
+	for i := range p.hops {
+		if !after.ok[i] {
 			continue
 		}
-		after, err := g.rssKiB()
-		if err != nil {
-			return mem, cpu, err
+		mem.hops[i], mem.ok[i] = (after.hops[i]-before.hops[i])/float64(n), true
+		if n-half > 0 {
+			slope.hops[i], slope.ok[i] = (after.hops[i]-mid.hops[i])/float64(n-half), true
 		}
-		mem.hops[i], mem.ok[i] = (after-before.hops[i])/float64(n), true
 	}
-	return mem, cpu, nil
+	// Every connection held is still alive and echoes.
+	err = parallel(n, 32, func(i int) error {
+		if err := benchEcho(octx, cs[i], make([]byte, 32)); err != nil {
+			return fmt.Errorf("WebSocket %d no longer echoes after the hold: %w", i+1, err)
+		}
+		return nil
+	})
+	return mem, slope, cpu, err
 }
