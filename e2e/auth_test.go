@@ -154,18 +154,46 @@ func TestNameAuthorisation(t *testing.T) {
 }
 
 // The same token asking for a name its own stale session holds takes it
-// over at once (a laptop that woke up before the relay noticed it left).
+// over at once (a laptop that woke up before the relay noticed it left):
+// the old session, frozen behind a stalled path, does not answer the
+// relay's ping within 2 s.
 func TestSameTokenReplacesStaleSession(t *testing.T) {
 	rl := startRelay(t, "", withTokens(relay.Token{Name: "alice", Secret: "alice-secret-1"}))
 	local := startLocal(t)
 	tun := []agent.Tunnel{{Name: "demo", Local: local.addr}}
-	first, _ := startAgent(t, rl.url(), tun, withToken("alice-secret-1"),
+	path := startCutProxy(t, rl.addr)
+	startAgent(t, rl.url(), tun, withToken("alice-secret-1"), dialVia(path),
 		func(c *agent.Config) { c.MinBackoff, c.MaxBackoff = time.Hour, time.Hour })
+	stalled := make(chan struct{})
+	go func() { defer close(stalled); path.stall(6 * time.Second) }()
+	defer func() { <-stalled }()
+	time.Sleep(50 * time.Millisecond) // the stall has begun
+	start := time.Now()
 	startAgent(t, rl.url(), tun, withToken("alice-secret-1"))
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the new session waited %v for the name", d)
+	}
+	if status, body := get(t, visitorClient(rl.addr), "http://demo.localhost/x"); status != 200 || body != "GET /x" {
+		t.Fatalf("demo after the takeover: %d %q", status, body)
+	}
+}
+
+// Two live agents with the same token asking for the same name: the
+// second is refused with a clear error instead of the two taking the name
+// from each other for ever.
+func TestSameTokenLiveAgentKeepsName(t *testing.T) {
+	rl := startRelay(t, "", withTokens(relay.Token{Name: "alice", Secret: "alice-secret-1"}))
+	local := startLocal(t)
+	tun := []agent.Tunnel{{Name: "demo", Local: local.addr}}
+	first, _ := startAgent(t, rl.url(), tun, withToken("alice-secret-1"))
+	err := agentErr(t, rl.url(), tun, withToken("alice-secret-1"))
+	if !errors.Is(err, proto.ErrNameTaken) || !strings.Contains(err.Error(), "still answers") {
+		t.Fatalf("second agent with the same token: %v", err)
+	}
 	select {
-	case <-first.offline:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the stale session was not replaced")
+	case err := <-first.offline:
+		t.Fatalf("the first agent lost its session: %v", err)
+	default:
 	}
 }
 

@@ -54,6 +54,10 @@ type claimant struct {
 	tokens     *tokenSet
 	tok        *token // nil without auth
 	maxTunnels int    // per token; 0 means no limit
+	// answering lists the sessions of rivals that answered a ping just
+	// before the claim: another agent with the same token that is alive
+	// keeps its names.
+	answering map[*agentSession]bool
 }
 
 func (c *claimant) owner() string {
@@ -64,10 +68,35 @@ func (c *claimant) owner() string {
 }
 
 // mine reports whether e belongs to the claimant: the same reconnect
-// secret, or, with auth, the same token. Either way the claimant replaces
+// secret, or, with auth, the same token unless another agent with that
+// token holds it live and still answers. Either way the claimant replaces
 // its own stale session at once.
 func (c *claimant) mine(e *entry) bool {
-	return e.secret == c.secret || (c.tok != nil && e.owner == c.tok.Name)
+	if e.secret == c.secret {
+		return true
+	}
+	return c.tok != nil && e.owner == c.tok.Name && (e.sess == nil || !c.answering[e.sess])
+}
+
+// rivals returns the live sessions that hold one of names under the same
+// token as the claimant but another reconnect secret: the claimant's own
+// stale session, or another agent running with the same token. The caller
+// pings them to tell which.
+func (r *registry) rivals(secret string, tok *token, reqs []proto.TunnelRequest) []*agentSession {
+	if tok == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*agentSession
+	for _, req := range reqs {
+		e := r.names[req.Name]
+		if req.Name == "" || e == nil || e.sess == nil || e.secret == secret || e.owner != tok.Name || slices.Contains(out, e.sess) {
+			continue
+		}
+		out = append(out, e.sess)
+	}
+	return out
 }
 
 // claim grants all requested names to c, or none. An empty name gets a
@@ -97,6 +126,8 @@ func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access
 		switch {
 		case e == nil || c.mine(e):
 			// Free, or ours: live on a stale session or held for us.
+		case e.sess != nil && c.tok != nil && e.owner == c.tok.Name:
+			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "name %q is in use by another agent with this token, connected from %s, which still answers; stop it first, or choose another name with -s", name, e.sess.remote)
 		case e.sess != nil:
 			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "name %q is in use by another agent; choose another with -s", name)
 		default:

@@ -233,6 +233,12 @@ func (as *agentSession) handshake() error {
 	if as.tok != nil && as.tok.MaxTunnels > 0 {
 		maxTunnels = as.tok.MaxTunnels
 	}
+	// A name held live under the same token but another secret is this
+	// agent's own session that has not noticed it is gone yet (a laptop
+	// that slept, a restarted agent: replaced at once), or a second agent
+	// running with the same token: that one answers a ping and keeps its
+	// name, or the two would take it from each other for ever.
+	answering := answeringSessions(as.srv.reg.rivals(secret, as.tok, hello.Tunnels), takeoverPing)
 	as.since = time.Now()
 	names, replaced, reconnect, err := as.srv.reg.claim(claimant{
 		sess:       as,
@@ -240,6 +246,7 @@ func (as *agentSession) handshake() error {
 		tokens:     as.srv.tokens.Load(),
 		tok:        as.tok,
 		maxTunnels: maxTunnels,
+		answering:  answering,
 	}, hello.Tunnels, rules)
 	if err != nil {
 		return err
@@ -672,3 +679,43 @@ func (c *slotConn) CloseWrite() error {
 
 // Shrink lets Join release the stream's idle receive buffer.
 func (c *slotConn) Shrink() { c.Conn.(*tunnel.Stream).Shrink() }
+
+// takeoverPing is how long a session holding a name under the same token
+// has to answer before a new session takes the name over. A live agent on
+// loopback or across the world answers within it; one on a dead network
+// path does not.
+const takeoverPing = 2 * time.Second
+
+// answeringSessions pings sessions at once and returns those that answered
+// within timeout.
+func answeringSessions(sessions []*agentSession, timeout time.Duration) map[*agentSession]bool {
+	if len(sessions) == 0 {
+		return nil
+	}
+	type result struct {
+		as *agentSession
+		ok bool
+	}
+	// Buffered: a ping that outlives the timeout finishes into it (yamux
+	// gives up after its write timeout, or when the session closes).
+	results := make(chan result, len(sessions))
+	for _, as := range sessions {
+		go func() {
+			_, err := as.sess.Ping()
+			results <- result{as, err == nil}
+		}()
+	}
+	answering := make(map[*agentSession]bool)
+	deadline := time.After(timeout)
+	for range sessions {
+		select {
+		case r := <-results:
+			if r.ok {
+				answering[r.as] = true
+			}
+		case <-deadline:
+			return answering
+		}
+	}
+	return answering
+}
