@@ -52,6 +52,30 @@ func BenchmarkProxyRequest(b *testing.B) {
 	}
 }
 
+// BenchmarkProxyRequestParallel is BenchmarkProxyRequest from 32 visitors
+// at once, each on its own keep-alive connection, as `tunnel bench` runs
+// its small-request test; the inspector is off.
+func BenchmarkProxyRequestParallel(b *testing.B) {
+	ls := startLocal(b)
+	tr := startRelay(b, "")
+	startAgent(b, tr.url(), []agent.Tunnel{{Name: "bench", Local: ls.addr}})
+	b.SetParallelism(16) // 32 visitors with GOMAXPROCS=2
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		client := visitorClient(tr.addr)
+		defer client.CloseIdleConnections()
+		for pb.Next() {
+			res, err := client.Get("http://bench.localhost/bytes?n=1024")
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
+	})
+}
+
 // BenchmarkProxyWebSocketEcho is one 32-byte WebSocket message to the local
 // server and back through the tunnel.
 func BenchmarkProxyWebSocketEcho(b *testing.B) {
