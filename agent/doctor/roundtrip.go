@@ -14,7 +14,6 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -399,7 +398,7 @@ func (d *doctor) unreachable(err error) (detail, fix string) {
 	switch {
 	case errors.As(err, &dnsErr):
 		return fmt.Sprintf("%s does not resolve: %s", dnsErr.Name, describeDNSError(dnsErr)), "see DNS relay: the relay's host name must resolve"
-	case errors.Is(err, syscall.ECONNREFUSED):
+	case tunnel.IsConnRefused(err):
 		return fmt.Sprintf("nothing answers at %s (connection refused)", d.hostPort()),
 			fmt.Sprintf("start the relay (tunnel relay), check the host and port in --relay, and open port %s in the relay's firewall", d.port)
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout():
