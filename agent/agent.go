@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -102,6 +103,10 @@ type Tunnel struct {
 	// writes it; Run and Listen fail with a PermanentError if the relay is
 	// too old to.
 	HostHeader string
+
+	// tlsConfig is localTLSConfig made once by Run, for every handshake
+	// with the local server and the inspector's replays to it.
+	tlsConfig *tls.Config
 }
 
 // HostRewrite as Tunnel.HostHeader sends Local (e.g. "localhost:8080") as
@@ -275,6 +280,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if len(cfg.Tunnels) == 0 {
 		return errors.New("no tunnels to serve: give at least one local port")
 	}
+	// A copy, so that the caller's slice is not written.
+	cfg.Tunnels = slices.Clone(cfg.Tunnels)
+	for i := range cfg.Tunnels {
+		if t := &cfg.Tunnels[i]; t.LocalHTTPS {
+			t.tlsConfig = t.localTLSConfig()
+		}
+	}
 	var c *client
 	var ins *inspect.Inspector
 	if cfg.OnEvent != nil || cfg.InspectAddr != "" {
@@ -371,6 +383,9 @@ func (t *Tunnel) checkLocalTLS() error {
 
 // localTLSConfig is the TLS client configuration for t's local server.
 func (t *Tunnel) localTLSConfig() *tls.Config {
+	if t.tlsConfig != nil {
+		return t.tlsConfig
+	}
 	name := t.LocalServerName
 	if name == "" {
 		name, _, _ = net.SplitHostPort(t.Local)

@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -433,7 +432,7 @@ func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, t *Tunnel, 
 		for u := errors.Unwrap(reason); u != nil; u = errors.Unwrap(reason) {
 			reason = u
 		}
-		if errors.Is(err, syscall.ECONNREFUSED) {
+		if tunnel.IsConnRefused(err) {
 			reason = errors.New("connection refused")
 		}
 		cfg.Logger.Warn("local target does not answer", "local", local, "err", err)
@@ -466,7 +465,7 @@ func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, t *Tunnel, 
 	opts := tunnel.JoinOptions{WriteIdleTimeout: cfg.WriteIdleTimeout}
 	var obs *inspect.Conn
 	if ins != nil {
-		obs = ins.Observe(inspect.ConnInfo{Tunnel: name, Local: local, Remote: st.RemoteAddr().String()})
+		obs = ins.Observe(inspect.ConnInfo{Tunnel: name, Local: local, Remote: st.RemoteAddr().String(), TLS: t.tlsConfig})
 		opts.Tap = func(d tunnel.Direction, p []byte) { obs.Tap(d == tunnel.AToB, p) }
 	}
 	spawn(func() {

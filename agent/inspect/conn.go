@@ -2,6 +2,7 @@ package inspect
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -27,11 +28,18 @@ const (
 
 var dirNames = [2]string{"in", "out"}
 
-// ConnInfo says whose connection a Conn observes.
+// ConnInfo says whose connection a Conn observes, and how to reach its
+// local server again for a replay.
 type ConnInfo struct {
 	Tunnel string // the public name
 	Local  string // the local target it was dialled at
 	Remote string // the visitor's address
+	// TLS is the client configuration the connection to Local was made
+	// with when the local server speaks HTTPS; nil means plain HTTP.
+	// Replays of the connection's requests use it too, so they reach the
+	// server by the same name, verified the same way. It is shared, not
+	// copied: do not modify it afterwards.
+	TLS *tls.Config
 }
 
 // Conn observes one connection between the relay and the local server: it
@@ -194,7 +202,7 @@ func (c *Conn) parseRequests(f *feed, reqs chan<- *pending, respDone <-chan stru
 		ex := &Exchange{
 			Tunnel: c.info.Tunnel, Local: c.info.Local, Remote: c.info.Remote, Time: start,
 			Method: req.Method, Path: req.RequestURI, Proto: req.Proto, Host: req.Host,
-			RequestHeader: req.Header,
+			RequestHeader: req.Header, localTLS: c.info.TLS,
 		}
 		if len(req.TransferEncoding) > 0 {
 			ex.RequestHeader.Set("Transfer-Encoding", strings.Join(req.TransferEncoding, ", "))

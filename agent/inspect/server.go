@@ -3,6 +3,7 @@ package inspect
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -252,7 +253,8 @@ func (in *Inspector) serveReplay(w http.ResponseWriter, r *http.Request) {
 }
 
 // Replay sends orig again, with edit's changes, straight to the local server
-// it went to, and records the result as a new exchange marked as a replay.
+// it went to, over TLS if its connection was (ConnInfo.TLS), and records
+// the result as a new exchange marked as a replay.
 // The status is what the API answers: 201 with the new exchange, even if
 // the local server did not answer (the exchange's Error says so), or 4xx
 // when orig cannot be replayed.
@@ -288,7 +290,13 @@ func (in *Inspector) Replay(ctx context.Context, orig *Exchange, edit ReplayRequ
 	for _, k := range hopHeaders {
 		hdr.Del(k)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+orig.Local+path, bytes.NewReader(body))
+	// The local server is reached as the agent reached it: over TLS, with
+	// the same server name and roots, when it speaks HTTPS.
+	scheme, client := "http", in.client
+	if orig.localTLS != nil {
+		scheme, client = "https", in.tlsClient(orig.localTLS)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, scheme+"://"+orig.Local+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, http.StatusBadRequest, fmt.Errorf("replay: %v", err)
 	}
@@ -301,12 +309,12 @@ func (in *Inspector) Replay(ctx context.Context, orig *Exchange, edit ReplayRequ
 		Tunnel: orig.Tunnel, Local: orig.Local, Remote: "replay", Time: time.Now(),
 		Method: method, Path: path, Proto: "HTTP/1.1", Host: host,
 		RequestHeader: hdr.Clone(), RequestBody: Body{Size: int64(len(body)), Data: body[:min(len(body), in.opts.BodyCap)]},
-		Replay: true, ReplayOf: orig.ID,
+		Replay: true, ReplayOf: orig.ID, localTLS: orig.localTLS,
 	}
 	ex.RequestBody.Truncated = len(ex.RequestBody.Data) < len(body)
-	resp, err := in.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
-		ex.Error = "replay to " + orig.Local + " failed: " + unwrapAll(err).Error()
+		ex.Error = "replay to " + scheme + "://" + orig.Local + " failed: " + unwrapAll(err).Error()
 	} else {
 		ex.Status = resp.StatusCode
 		ex.StatusText = strings.TrimSpace(strings.TrimPrefix(resp.Status, strconv.Itoa(resp.StatusCode)))
@@ -320,6 +328,17 @@ func (in *Inspector) Replay(ctx context.Context, orig *Exchange, edit ReplayRequ
 	ex.Duration = Duration(time.Since(ex.Time))
 	in.addExchange(ex)
 	return ex, http.StatusCreated, nil
+}
+
+// tlsClient returns the replay client for a local server that speaks
+// HTTPS, with cfg, the agent's own TLS configuration for it. Replays are
+// rare and keep no connection alive, so each gets a transport of its own.
+func (in *Inspector) tlsClient(cfg *tls.Config) *http.Client {
+	t := in.client.Transport.(*http.Transport).Clone()
+	t.TLSClientConfig = cfg
+	c := *in.client
+	c.Transport = t
+	return &c
 }
 
 func unwrapAll(err error) error {

@@ -1,6 +1,7 @@
 package inspect
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"net/http"
 	"time"
@@ -36,6 +37,10 @@ type Exchange struct {
 	Replay   bool  `json:"replay,omitempty"`
 	// Error says what went wrong: no response, capture stopped.
 	Error string `json:"error,omitempty"`
+
+	// localTLS is ConnInfo.TLS of the connection: how a replay reaches
+	// Local.
+	localTLS *tls.Config
 }
 
 // Body is a captured message body: its full size, and its first bytes up to
