@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the release archives of tunnel: one per OS and architecture, each
-# with the binary, README.md, SECURITY.md and docs/deploy.md (and, on Linux,
-# the systemd units and the example relay config), plus SHA256SUMS.
+# with the binary, README.md, SECURITY.md, docs/deploy.md and the example
+# configuration of `tunnel start` (tunnels.example.yaml), and on Linux also
+# the systemd units and the example relay config; plus SHA256SUMS.
 #
 #   deploy/release.sh [VERSION [OUTDIR]]
 #
@@ -80,7 +81,9 @@ for target in $targets; do
 	goos=${target%/*} goarch=${target#*/}
 	name=tunnel_${version}_${goos}_${goarch}
 	dir=$work/$name
-	cp "$root/README.md" "$root/SECURITY.md" "$root/docs/deploy.md" "$dir/"
+	# A laptop on any OS runs the agent; only Linux runs the relay as a
+	# systemd service.
+	cp "$root/README.md" "$root/SECURITY.md" "$root/docs/deploy.md" "$root/deploy/tunnels.example.yaml" "$dir/"
 	if [[ $goos == linux ]]; then
 		mkdir -p "$dir/systemd"
 		cp "$root"/deploy/systemd/*.service "$dir/systemd/"

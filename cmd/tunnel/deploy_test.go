@@ -1102,6 +1102,7 @@ func TestDeployDocs(t *testing.T) {
 	}
 
 	root := NewCmdRoot(IOStreams{Out: io.Discard, ErrOut: io.Discard})
+	re := deployInvocation(root)
 	sources := map[string]string{"docs/deploy.md": doc}
 	for _, f := range []string{"deploy/Dockerfile", "deploy/compose.yaml", "deploy/systemd/tunnel-relay.service", "deploy/systemd/tunnel-agent@.service"} {
 		sources[f] = deployRead(t, f)
@@ -1109,26 +1110,77 @@ func TestDeployDocs(t *testing.T) {
 	for file, text := range sources {
 		text = strings.ReplaceAll(text, "\\\n", " ")
 		for n, line := range strings.Split(text, "\n") {
-			deployCheckFlags(t, root, fmt.Sprintf("%s:%d", file, n+1), line)
+			for _, p := range deployFlagProblems(root, re, fmt.Sprintf("%s:%d", file, n+1), line) {
+				t.Error(p)
+			}
 		}
 	}
 }
 
 var (
-	deployInvocation = regexp.MustCompile(`\btunnel((?: (?:relay|expose|admin|demo|version|ls|kick|revoke))+)\b`)
-	deployArgsVar    = regexp.MustCompile(`TUNNEL_ARGS=["']?([^"'\n]*)`)
-	deployCmdEnd     = regexp.MustCompile("[`|;#)]|&&| \\[")
+	deployArgsVar = regexp.MustCompile(`TUNNEL_ARGS=["']?([^"'\n]*)`)
+	deployCmdEnd  = regexp.MustCompile("[`|;#)]|&&| \\[")
 )
 
-// deployCheckFlags looks up every flag of each tunnel command line in line,
-// and of a TUNNEL_ARGS value (relay or expose flags).
-func deployCheckFlags(t *testing.T, root *cobra.Command, where, line string) {
-	t.Helper()
-	for _, m := range deployInvocation.FindAllStringSubmatchIndex(line, -1) {
+// deployInvocation returns the pattern of a tunnel command line: "tunnel"
+// and the names of one or more commands of root's tree, all of them, so
+// that a new command's lines are checked without a change here.
+func deployInvocation(root *cobra.Command) *regexp.Regexp {
+	names := map[string]bool{}
+	var walk func(*cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			names[regexp.QuoteMeta(sub.Name())] = true
+			for _, a := range sub.Aliases {
+				names[regexp.QuoteMeta(a)] = true
+			}
+			walk(sub)
+		}
+	}
+	walk(root)
+	return regexp.MustCompile(`\btunnel((?: (?:` + strings.Join(slices.Sorted(maps.Keys(names)), "|") + `))+)\b`)
+}
+
+// TestDeployInvocation: the command-line pattern knows every command the
+// docs run, and finds the flags after each.
+func TestDeployInvocation(t *testing.T) {
+	root := NewCmdRoot(IOStreams{Out: io.Discard, ErrOut: io.Discard})
+	re := deployInvocation(root)
+	for line, want := range map[string]string{
+		"tunnel start --config /etc/tunnel/agent-demo.yaml":    " start",
+		"tunnel doctor --relay https://example.com -s demo":    " doctor",
+		"tunnel completion bash > ~/.bash_completion.d/tunnel": " completion",
+		"tunnel admin kick alice --admin-token T":              " admin kick",
+		"tunnel relay --domain example.com":                    " relay",
+		"tunnel version --json":                                " version",
+		"the tunnel is online":                                 "",
+	} {
+		got := ""
+		if m := re.FindStringSubmatch(line); m != nil {
+			got = m[1]
+		}
+		if got != want {
+			t.Errorf("%q: commands %q, want %q", line, got, want)
+		}
+	}
+	// A wrong flag on any of them is found.
+	for _, line := range []string{"tunnel start --no-such-flag", "tunnel doctor --no-such-flag", "tunnel completion bash --no-such-flag"} {
+		if p := deployFlagProblems(root, re, "test", line); len(p) != 1 || !strings.Contains(p[0], "has no flag --no-such-flag") {
+			t.Errorf("%q: problems %q, want the unknown flag", line, p)
+		}
+	}
+}
+
+// deployFlagProblems looks up every flag of each tunnel command line in
+// line (found with deployInvocation's pattern, re), and of a TUNNEL_ARGS
+// value (relay or expose flags), and says what it did not find.
+func deployFlagProblems(root *cobra.Command, re *regexp.Regexp, where, line string) []string {
+	var problems []string
+	for _, m := range re.FindAllStringSubmatchIndex(line, -1) {
 		path := strings.Fields(line[m[2]:m[3]])
 		cmd, _, err := root.Find(path)
 		if err != nil || cmd == root {
-			t.Errorf("%s: tunnel %s: no such command", where, strings.Join(path, " "))
+			problems = append(problems, fmt.Sprintf("%s: tunnel %s: no such command", where, strings.Join(path, " ")))
 			continue
 		}
 		rest := line[m[1]:]
@@ -1137,7 +1189,7 @@ func deployCheckFlags(t *testing.T, root *cobra.Command, where, line string) {
 		}
 		for _, w := range strings.Fields(rest) {
 			if !deployFlagExists(cmd, w) {
-				t.Errorf("%s: tunnel %s has no flag %s", where, strings.Join(path, " "), w)
+				problems = append(problems, fmt.Sprintf("%s: tunnel %s has no flag %s", where, strings.Join(path, " "), w))
 			}
 		}
 	}
@@ -1146,10 +1198,11 @@ func deployCheckFlags(t *testing.T, root *cobra.Command, where, line string) {
 		exposeCmd, _, _ := root.Find([]string{"expose"})
 		for _, w := range strings.Fields(m[1]) {
 			if !deployFlagExists(relayCmd, w) && !deployFlagExists(exposeCmd, w) {
-				t.Errorf("%s: TUNNEL_ARGS: neither tunnel relay nor tunnel expose has flag %s", where, w)
+				problems = append(problems, fmt.Sprintf("%s: TUNNEL_ARGS: neither tunnel relay nor tunnel expose has flag %s", where, w))
 			}
 		}
 	}
+	return problems
 }
 
 // deployFlagExists reports whether word, if it is a flag, is one of cmd's.
@@ -1174,10 +1227,13 @@ func deployFlagExists(cmd *cobra.Command, word string) bool {
 var deployTargets = []string{"linux/amd64", "linux/arm64", "darwin/amd64", "darwin/arm64", "windows/amd64", "windows/arm64"}
 
 // TestDeployRelease runs deploy/release.sh into a temporary directory: for
-// all six targets under CI (a few minutes with a cold build cache), for
-// this machine's platform alone elsewhere. It checks the archives' names,
-// SHA256SUMS, and in each archive a binary for its platform, static on
-// Linux, that prints the version it was given.
+// all six targets under CI (a few minutes with a cold build cache),
+// elsewhere for this machine's platform and one of the other archive
+// format (Windows' zip, or Linux's tar.gz on Windows). It checks the
+// archives' names, SHA256SUMS, the files in each archive (the example
+// `tunnel start` configuration in every one, the systemd units and the
+// example relay configuration in the Linux ones), and a binary for its
+// platform, static on Linux, that prints the version it was given.
 func TestDeployRelease(t *testing.T) {
 	for _, tool := range []string{"bash", "tar", "gzip", "zip", "sha256sum"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -1200,8 +1256,12 @@ func TestDeployRelease(t *testing.T) {
 	}
 	targets := deployTargets
 	if os.Getenv("CI") == "" {
-		targets = []string{runtime.GOOS + "/" + runtime.GOARCH}
-		t.Logf("cross-building only %s; under CI (CI=1) all of %v", targets[0], deployTargets)
+		other := "windows/amd64"
+		if runtime.GOOS == "windows" {
+			other = "linux/amd64"
+		}
+		targets = []string{runtime.GOOS + "/" + runtime.GOARCH, other}
+		t.Logf("building only %v; under CI (CI=1) all of %v", targets, deployTargets)
 	}
 	const version = "v0.0.0-deploytest"
 	out := t.TempDir()
@@ -1247,9 +1307,29 @@ func TestDeployRelease(t *testing.T) {
 			t.Errorf("%s: SHA256SUMS says %q, the file's is %s", archive, sums[archive], got)
 		}
 		files := deployUnpack(t, archive, data)
-		for _, f := range []string{exe, "README.md", "deploy.md"} {
-			if _, ok := files[name+"/"+f]; !ok {
-				t.Errorf("%s has no %s/%s; it has %v", archive, name, f, slices.Sorted(maps.Keys(files)))
+		// A laptop on any OS runs `tunnel start`; only Linux runs the
+		// relay and the agent as systemd services.
+		copies := map[string]string{
+			"README.md":            "README.md",
+			"SECURITY.md":          "SECURITY.md",
+			"deploy.md":            "docs/deploy.md",
+			"tunnels.example.yaml": "deploy/tunnels.example.yaml",
+		}
+		if goos == "linux" {
+			copies["relay.example.yaml"] = "deploy/relay.example.yaml"
+			copies["systemd/tunnel-relay.service"] = "deploy/systemd/tunnel-relay.service"
+			copies["systemd/tunnel-agent@.service"] = "deploy/systemd/tunnel-agent@.service"
+		}
+		if _, ok := files[name+"/"+exe]; !ok {
+			t.Errorf("%s has no %s/%s; it has %v", archive, name, exe, slices.Sorted(maps.Keys(files)))
+		}
+		for f, src := range copies {
+			got, ok := files[name+"/"+f]
+			switch {
+			case !ok:
+				t.Errorf("%s has no %s/%s (%s); it has %v", archive, name, f, src, slices.Sorted(maps.Keys(files)))
+			case string(got) != deployRead(t, src):
+				t.Errorf("%s: %s/%s is not a copy of %s", archive, name, f, src)
 			}
 		}
 		bin := files[name+"/"+exe]
