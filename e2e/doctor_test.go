@@ -28,12 +28,8 @@ func doctorDNS(domain string, wildcard bool) func(context.Context, string) ([]st
 }
 
 // runDoctor runs the checks with cfg against the loopback DNS of doctorDNS
-// (unless cfg has its own) and returns the report. With rl, it also returns
-// the TLS checks that must warn, not pass: Pebble picks a random profile per
-// order, of 90 days or 6, and a certificate with less than 14 days left gets
-// a warning. It learns which by a handshake of its own while the check's
-// name is still held.
-func runDoctor(t *testing.T, cfg doctor.Config, rl *acmeRelay) (*doctor.Report, map[string]bool) {
+// (unless cfg has its own) and returns the report.
+func runDoctor(t *testing.T, cfg doctor.Config) *doctor.Report {
 	t.Helper()
 	if cfg.LookupHost == nil {
 		cfg.LookupHost = doctorDNS(acmeDomain, true)
@@ -42,22 +38,6 @@ func runDoctor(t *testing.T, cfg doctor.Config, rl *acmeRelay) (*doctor.Report, 
 		cfg.Timeout = 30 * time.Second // a -race build on a busy machine, and ACME orders
 	}
 	cfg.Logger = testLogger(t)
-	shortLived := map[string]bool{}
-	cfg.OnCheck = func(c doctor.Check) {
-		if rl == nil || c.Status != doctor.Pass && c.Status != doctor.Warn ||
-			c.ID != doctor.CheckTLSRelay && c.ID != doctor.CheckTLSTunnel {
-			return
-		}
-		host, _, _ := strings.Cut(c.Detail, ":") // the detail starts with the name
-		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", rl.addr, &tls.Config{ServerName: host, RootCAs: rl.ca.Roots})
-		if err != nil {
-			t.Errorf("%s: handshake for %q: %v", c.ID, host, err)
-			return
-		}
-		left := time.Until(conn.ConnectionState().PeerCertificates[0].NotAfter)
-		conn.Close()
-		shortLived[c.ID] = left < 14*24*time.Hour
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	rep, err := doctor.Run(ctx, cfg)
@@ -67,12 +47,13 @@ func runDoctor(t *testing.T, cfg doctor.Config, rl *acmeRelay) (*doctor.Report, 
 	var text strings.Builder
 	rep.WriteText(&text)
 	t.Logf("report:\n%s", text.String())
-	return rep, shortLived
+	return rep
 }
 
 // expectChecks checks the status of every check in the report, in order:
-// as in want, else Pass, or Warn for a short-lived certificate.
-func expectChecks(t *testing.T, rep *doctor.Report, shortLived map[string]bool, want map[string]doctor.Status) {
+// as in want, else Pass (the harness's Pebble issues 90-day certificates,
+// so no TLS check warns of an expiry).
+func expectChecks(t *testing.T, rep *doctor.Report, want map[string]doctor.Status) {
 	t.Helper()
 	order := []string{doctor.CheckDNSRelay, doctor.CheckTLSRelay, doctor.CheckAgent, doctor.CheckDNSTunnel,
 		doctor.CheckTLSTunnel, doctor.CheckHTTP, doctor.CheckWebSocket}
@@ -87,8 +68,6 @@ func expectChecks(t *testing.T, rep *doctor.Report, shortLived map[string]bool, 
 		w, ok := want[c.ID]
 		switch {
 		case ok:
-		case shortLived[c.ID]:
-			w = doctor.Warn
 		default:
 			w = doctor.Pass
 		}
@@ -126,8 +105,8 @@ func TestDoctor(t *testing.T) {
 	p := port(rl.addr)
 
 	t.Run("passing", func(t *testing.T) {
-		rep, short := runDoctor(t, base, rl) // a random name
-		expectChecks(t, rep, short, nil)
+		rep := runDoctor(t, base) // a random name
+		expectChecks(t, rep, nil)
 		if len(rep.Failed()) != 0 || !strings.HasPrefix(rep.Tunnel, "https://") || !strings.HasSuffix(rep.Tunnel, "."+acmeDomain+":"+p) {
 			t.Errorf("tunnel %q, failed %v", rep.Tunnel, rep.Failed())
 		}
@@ -146,8 +125,8 @@ func TestDoctor(t *testing.T) {
 	t.Run("named tunnel", func(t *testing.T) {
 		cfg := base
 		cfg.Name = "doctor-named"
-		rep, short := runDoctor(t, cfg, rl)
-		expectChecks(t, rep, short, nil)
+		rep := runDoctor(t, cfg)
+		expectChecks(t, rep, nil)
 		if want := "https://doctor-named." + acmeDomain + ":" + p; rep.Tunnel != want {
 			t.Errorf("tunnel %q, want %q", rep.Tunnel, want)
 		}
@@ -157,9 +136,9 @@ func TestDoctor(t *testing.T) {
 	t.Run("wildcard DNS record missing", func(t *testing.T) {
 		cfg := base
 		cfg.LookupHost = doctorDNS(acmeDomain, false)
-		rep, short := runDoctor(t, cfg, rl)
+		rep := runDoctor(t, cfg)
 		// The round trip goes to the relay's address and still works.
-		expectChecks(t, rep, short, map[string]doctor.Status{doctor.CheckDNSTunnel: doctor.Fail})
+		expectChecks(t, rep, map[string]doctor.Status{doctor.CheckDNSTunnel: doctor.Fail})
 		expectText(t, rep, doctor.CheckDNSTunnel, "does not resolve: no such host",
 			"the wildcard DNS record is missing: add *."+acmeDomain+" A 127.0.0.1")
 	})
@@ -167,8 +146,8 @@ func TestDoctor(t *testing.T) {
 	t.Run("certificate from an untrusted CA", func(t *testing.T) {
 		cfg := base
 		cfg.RootCAs = nil // the system's roots, which do not include Pebble's
-		rep, short := runDoctor(t, cfg, rl)
-		expectChecks(t, rep, short, map[string]doctor.Status{
+		rep := runDoctor(t, cfg)
+		expectChecks(t, rep, map[string]doctor.Status{
 			doctor.CheckTLSRelay: doctor.Fail, doctor.CheckAgent: doctor.Fail, doctor.CheckDNSTunnel: doctor.Pass,
 			doctor.CheckTLSTunnel: doctor.Skip, doctor.CheckHTTP: doctor.Skip, doctor.CheckWebSocket: doctor.Skip,
 		})
@@ -181,8 +160,8 @@ func TestDoctor(t *testing.T) {
 		// By IP address: the relay serves its apex certificate, which does
 		// not cover the address.
 		cfg.Relay = "https://127.0.0.1:" + p
-		rep, short := runDoctor(t, cfg, rl)
-		expectChecks(t, rep, short, map[string]doctor.Status{
+		rep := runDoctor(t, cfg)
+		expectChecks(t, rep, map[string]doctor.Status{
 			doctor.CheckDNSRelay: doctor.Skip, doctor.CheckTLSRelay: doctor.Fail, doctor.CheckAgent: doctor.Fail,
 			doctor.CheckDNSTunnel: doctor.Skip, doctor.CheckTLSTunnel: doctor.Skip, doctor.CheckHTTP: doctor.Skip, doctor.CheckWebSocket: doctor.Skip,
 		})
@@ -193,8 +172,8 @@ func TestDoctor(t *testing.T) {
 	t.Run("wrong token", func(t *testing.T) {
 		cfg := base
 		cfg.Token = "not-the-token"
-		rep, short := runDoctor(t, cfg, rl)
-		expectChecks(t, rep, short, map[string]doctor.Status{
+		rep := runDoctor(t, cfg)
+		expectChecks(t, rep, map[string]doctor.Status{
 			doctor.CheckAgent: doctor.Fail, doctor.CheckTLSTunnel: doctor.Skip, doctor.CheckHTTP: doctor.Skip, doctor.CheckWebSocket: doctor.Skip,
 		})
 		expectText(t, rep, doctor.CheckAgent, "token not accepted by this relay", "pass one of its agent tokens with --token or TUNNEL_TOKEN")
@@ -203,8 +182,8 @@ func TestDoctor(t *testing.T) {
 	t.Run("no token", func(t *testing.T) {
 		cfg := base
 		cfg.Token = ""
-		rep, short := runDoctor(t, cfg, rl)
-		expectChecks(t, rep, short, map[string]doctor.Status{
+		rep := runDoctor(t, cfg)
+		expectChecks(t, rep, map[string]doctor.Status{
 			doctor.CheckAgent: doctor.Fail, doctor.CheckTLSTunnel: doctor.Skip, doctor.CheckHTTP: doctor.Skip, doctor.CheckWebSocket: doctor.Skip,
 		})
 		expectText(t, rep, doctor.CheckAgent, "401 Unauthorized", "this relay needs an agent token: pass --token or set TUNNEL_TOKEN")
@@ -218,8 +197,8 @@ func TestDoctor(t *testing.T) {
 			agentTrusting(&tls.Config{RootCAs: rl.ca.Roots}, rl.addr), withToken(otherToken))
 		cfg := base
 		cfg.Name = "doctor-taken"
-		rep, short := runDoctor(t, cfg, rl)
-		expectChecks(t, rep, short, map[string]doctor.Status{
+		rep := runDoctor(t, cfg)
+		expectChecks(t, rep, map[string]doctor.Status{
 			doctor.CheckAgent: doctor.Fail, doctor.CheckTLSTunnel: doctor.Skip, doctor.CheckHTTP: doctor.Skip, doctor.CheckWebSocket: doctor.Skip,
 		})
 		expectText(t, rep, doctor.CheckAgent, "doctor-taken", "leave -s out for a random name")
@@ -237,8 +216,8 @@ func TestDoctorUnreachable(t *testing.T) {
 	ln.Close()
 
 	t.Run("nothing listens", func(t *testing.T) {
-		rep, short := runDoctor(t, doctor.Config{Relay: "https://" + acmeDomain + ":" + closed, Timeout: 5 * time.Second}, nil)
-		expectChecks(t, rep, short, map[string]doctor.Status{
+		rep := runDoctor(t, doctor.Config{Relay: "https://" + acmeDomain + ":" + closed, Timeout: 5 * time.Second})
+		expectChecks(t, rep, map[string]doctor.Status{
 			doctor.CheckTLSRelay: doctor.Fail, doctor.CheckAgent: doctor.Fail,
 			doctor.CheckTLSTunnel: doctor.Skip, doctor.CheckHTTP: doctor.Skip, doctor.CheckWebSocket: doctor.Skip,
 		})
@@ -251,12 +230,12 @@ func TestDoctorUnreachable(t *testing.T) {
 	})
 
 	t.Run("host does not resolve", func(t *testing.T) {
-		rep, short := runDoctor(t, doctor.Config{
+		rep := runDoctor(t, doctor.Config{
 			Relay:      "https://" + acmeDomain + ":" + closed,
 			LookupHost: doctorDNS("elsewhere.test", true),
 			Timeout:    5 * time.Second,
-		}, nil)
-		expectChecks(t, rep, short, map[string]doctor.Status{
+		})
+		expectChecks(t, rep, map[string]doctor.Status{
 			doctor.CheckDNSRelay: doctor.Fail, doctor.CheckTLSRelay: doctor.Fail, doctor.CheckAgent: doctor.Fail,
 			doctor.CheckDNSTunnel: doctor.Fail, doctor.CheckTLSTunnel: doctor.Skip, doctor.CheckHTTP: doctor.Skip, doctor.CheckWebSocket: doctor.Skip,
 		})
@@ -280,8 +259,8 @@ func TestDoctorACMEFails(t *testing.T) {
 	roots.AppendCertsFromPEM(ca.PEM)
 	// The relay's certificate is the test CA's, which runDoctor does not
 	// know, and lasts a day: a warning.
-	rep, short := runDoctor(t, doctor.Config{Relay: rl.relayURL(), RootCAs: roots}, nil)
-	expectChecks(t, rep, short, map[string]doctor.Status{
+	rep := runDoctor(t, doctor.Config{Relay: rl.relayURL(), RootCAs: roots})
+	expectChecks(t, rep, map[string]doctor.Status{
 		doctor.CheckTLSRelay:  doctor.Warn,
 		doctor.CheckTLSTunnel: doctor.Fail, doctor.CheckHTTP: doctor.Fail, doctor.CheckWebSocket: doctor.Fail,
 	})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"io"
 	"log"
@@ -18,6 +19,22 @@ import (
 	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
 )
+
+// pebbleValidity is the lifetime of every certificate the tests' Pebble
+// issues: one profile only (writePebbleConfig), so that it is the same for
+// every order.
+const pebbleValidity = 90 * 24 * time.Hour
+
+// checkPebbleValidity checks that a certificate from the tests' Pebble has
+// the one lifetime it issues (Pebble's NotAfter is the last second of
+// validity, one second short of the period).
+func checkPebbleValidity(t *testing.T, leaf *x509.Certificate) {
+	t.Helper()
+	if got := leaf.NotAfter.Sub(leaf.NotBefore); got < pebbleValidity-time.Minute || got > pebbleValidity {
+		t.Errorf("certificate for %q valid for %v (%s to %s), want %v: Pebble's profile is not deterministic",
+			leaf.DNSNames, got, leaf.NotBefore, leaf.NotAfter, pebbleValidity)
+	}
+}
 
 // TestPebbleHarness gets a certificate from Pebble with autocert, with real
 // validation, once through each challenge type.
@@ -61,11 +78,12 @@ func TestPebbleAlwaysValid(t *testing.T) {
 	if err != nil {
 		t.Fatalf("TLS handshake for %s: %v", host, err)
 	}
-	names := conn.(*tls.Conn).ConnectionState().PeerCertificates[0].DNSNames
+	leaf := conn.(*tls.Conn).ConnectionState().PeerCertificates[0]
 	conn.Close()
-	if !slices.Equal(names, []string{host}) {
-		t.Errorf("certificate names = %q", names)
+	if !slices.Equal(leaf.DNSNames, []string{host}) {
+		t.Errorf("certificate names = %q", leaf.DNSNames)
 	}
+	checkPebbleValidity(t, leaf)
 	if n := ca.NewOrders(); n != 1 {
 		t.Errorf("newOrders = %d, want 1", n)
 	}
@@ -160,6 +178,7 @@ func testAutocertWithPebble(t *testing.T, http01 bool) {
 	if !strings.Contains(leaf.Issuer.CommonName, "Pebble") {
 		t.Errorf("issuer = %q, want Pebble's", leaf.Issuer)
 	}
+	checkPebbleValidity(t, leaf)
 	if n := ca.NewOrders(); n != 1 {
 		t.Errorf("newOrders = %d after first handshake, want 1", n)
 	}

@@ -314,6 +314,14 @@ func writePebbleConfig(t testing.TB, files pebbleFiles, to, apiAddr, mgmtAddr st
 	p["tlsPort"] = tlsPort
 	p["ocspResponderURL"] = ""
 	p["retryAfter"] = map[string]int{"authz": 0, "order": 0}
+	// One profile, Pebble's default of 90 days (pebbleValidity). The shipped
+	// config also has "shortlived" (6 days), and Pebble picks one of them
+	// at random for every order that names none, as autocert's do: checks
+	// of a certificate's lifetime, like the doctor's warning under 14 days
+	// left, would pass or fail by chance.
+	p["profiles"] = map[string]any{
+		"default": map[string]any{"description": "90 days", "validityPeriod": int64(pebbleValidity / time.Second)},
+	}
 	out, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		t.Fatal(err)
