@@ -109,7 +109,9 @@ A local server that answers only to its own name: --host-header NAME sends
 Host: NAME instead of the public host name, which it then finds in
 X-Forwarded-Host; --host-header rewrite sends its address (localhost:PORT).
 The relay does the rewrite; expose stops with an error if the relay is too
-old to.
+old to. Browsers still send Origin with the public host: a WebSocket server
+that compares Origin with Host refuses the upgrade unless it allows that
+origin.
 
 Several tunnels, or settings in a file: see tunnel start --help.
 
