@@ -135,13 +135,15 @@ func (t upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	// Until the response header is in, the request's context and the
-	// response header timeout bound every read and write on the stream.
-	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Unix(1, 0)) })
+	// response header timeout bound every read and write on the stream;
+	// the timeout first, so that a cancellation cannot be overwritten.
 	if d := t.as.srv.cfg.Limits.ResponseHeaderTimeout; d > 0 {
 		st.SetDeadline(time.Now().Add(d))
 	}
+	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Unix(1, 0)) })
 	res, br, err := roundTripOn(st, req)
-	if !stop() || err != nil {
+	if err != nil || ctx.Err() != nil {
+		stop()
 		st.Close()
 		if cerr := ctx.Err(); cerr != nil {
 			return nil, cerr
@@ -151,13 +153,21 @@ func (t upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	st.SetDeadline(time.Time{})
 	if res.StatusCode == http.StatusSwitchingProtocols {
+		// The WebSocket outlives the request: it is no longer bound by
+		// the request's context.
+		if !stop() {
+			st.Close()
+			return nil, ctx.Err()
+		}
+		st.SetDeadline(time.Time{})
 		res.Body = &upgradedStream{Conn: st, br: br}
 	} else {
-		// Any other answer ends the stream with its body: it is not
-		// reused for another request.
-		res.Body = &closingBody{ReadCloser: res.Body, c: st}
+		// Any other answer ends the stream with its body, which stays
+		// bound by the request's context: a visitor that leaves frees
+		// the stream at once. It is not reused for another request.
+		st.SetDeadline(time.Time{})
+		res.Body = &closingBody{ReadCloser: res.Body, c: st, stop: stop}
 	}
 	return res, nil
 }
@@ -194,13 +204,16 @@ func roundTripOn(c net.Conn, req *http.Request) (*http.Response, *bufio.Reader, 
 // closingBody closes the stream with the response body.
 type closingBody struct {
 	io.ReadCloser
-	c net.Conn
+	c    net.Conn
+	stop func() bool // ends the request context's hold on c
 }
 
+// Close closes the stream first, so that the body's own Close, which reads
+// to the end, fails at once instead of pulling the rest through.
 func (b *closingBody) Close() error {
-	err := b.ReadCloser.Close()
+	b.stop()
 	b.c.Close()
-	return err
+	return b.ReadCloser.Close()
 }
 
 // upgradedStream is the stream to the agent after a 101: reads first
