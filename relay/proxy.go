@@ -34,31 +34,7 @@ type visitorInfo struct {
 // session. Each tunnel name is its own host in the transport's pool, so
 // keep-alive streams are reused per name, end to end.
 func (as *agentSession) setupProxy() {
-	as.tr = &http.Transport{
-		Proxy: nil, // never an outbound proxy: every dial is a stream to the agent
-		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			host, _, err := net.SplitHostPort(addr)
-			if err != nil {
-				return nil, err
-			}
-			name, _, _ := strings.Cut(host, ".")
-			return as.openStream(ctx, name)
-		},
-		// Idle streams hold stream slots: keep them well below MaxStreams
-		// in total, whatever the number of names and visitors.
-		MaxIdleConns:        32,
-		MaxIdleConnsPerHost: 8,
-		IdleConnTimeout:     60 * time.Second,
-		// A local server that never answers gets the visitor a 504.
-		ResponseHeaderTimeout: as.srv.cfg.Limits.ResponseHeaderTimeout,
-		// The same bound as for visitors' request headers; Go's default of
-		// 10 MiB per stream would let an agent make the relay hold GiBs.
-		MaxResponseHeaderBytes: 64 << 10,
-		// The visitor's Accept-Encoding goes through untouched and the
-		// response comes back as the local server sent it.
-		DisableCompression: true,
-		ForceAttemptHTTP2:  false,
-	}
+	as.ka = &keepAliveTransport{as: as}
 	as.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			v, _ := pr.In.Context().Value(visitorKey{}).(visitorInfo)
@@ -93,7 +69,7 @@ func (as *agentSession) setupProxy() {
 			}
 			return nil
 		},
-		Transport:    proxyTransport{as.tr, upgradeTransport{as}},
+		Transport:    proxyTransport{as.ka, upgradeTransport{as}},
 		BufferPool:   proxyBuffers{},
 		ErrorHandler: as.srv.proxyError,
 		ErrorLog:     log.New(errorLogWriter{as.log}, "", 0),
@@ -119,7 +95,7 @@ func poolKey(name, remote string) string {
 // proxyTransport sends WebSocket upgrades through upgradeTransport and
 // every other request through the keep-alive pool.
 type proxyTransport struct {
-	pool    *http.Transport
+	pool    *keepAliveTransport
 	upgrade upgradeTransport
 }
 

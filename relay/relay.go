@@ -230,6 +230,9 @@ type Server struct {
 	sessWG sync.WaitGroup // one per agent session
 	bgWG   sync.WaitGroup // certificate fetches
 	reqWG  sync.WaitGroup // one per proxied request, including upgraded ones
+	// visitorConns maps each visitor connection to what is kept for it
+	// (see keepAliveTransport), until it closes.
+	visitorConns sync.Map
 }
 
 // New returns a relay for cfg.
@@ -451,6 +454,11 @@ func (s *Server) serve(ln net.Listener, h http.Handler, useTLS bool) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          log.New(errorLogWriter{s.log}, "", 0),
 		ConnState:         s.connState,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			vc := &visitorConn{}
+			s.visitorConns.Store(c, vc)
+			return context.WithValue(ctx, visitorConnKey{}, vc)
+		},
 	}
 	s.mu.Lock()
 	if s.closed {
@@ -479,6 +487,12 @@ func (s *Server) serve(ln net.Listener, h http.Handler, useTLS bool) error {
 }
 
 func (s *Server) connState(c net.Conn, state http.ConnState) {
+	if state == http.StateClosed || state == http.StateHijacked {
+		// No more requests on it: streams kept for it go.
+		if vc, ok := s.visitorConns.LoadAndDelete(c); ok {
+			vc.(*visitorConn).close()
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if state == http.StateNew {

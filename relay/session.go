@@ -49,7 +49,7 @@ type agentSession struct {
 	out     chan proto.Message // to the control stream; dropped when full
 	streams chan struct{}      // a slot per stream being opened, at most tunnel.MaxStreams
 	proxy   *httputil.ReverseProxy
-	tr      *http.Transport
+	ka      *keepAliveTransport
 
 	// hostHeaders maps each tunnel name whose agent asked for it to the
 	// Host header its requests carry; claimed is closed once it is
@@ -448,7 +448,7 @@ func (as *agentSession) serve() {
 	<-as.sess.CloseChan()
 	as.close()
 	wg.Wait()
-	as.tr.CloseIdleConnections()
+	as.ka.closeIdle()
 	hold := !as.goodbye.Load() && !as.revoked.Load()
 	// After a Goodbye, readControl has released the names already.
 	released := as.srv.reg.release(as, as.names, hold)
