@@ -18,7 +18,6 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -400,75 +399,8 @@ func (t *Tunnel) localTLSConfig() *tls.Config {
 }
 
 // ValidateHostHeader checks a value for Tunnel.HostHeader (other than
-// HostRewrite): a host or host:port, where the host is a DNS name, an IPv4
-// address or a bracketed IPv6 address, and the port is from 1 to 65535.
-// Nothing that could end the header line, or make the value a URL, gets
-// through. The relay checks the same rules again (proto/SPEC.md, hello).
-func ValidateHostHeader(v string) error {
-	bad := func(why string) error {
-		return fmt.Errorf("host header %q is not a host or host:port like localhost:8080: %s", v, why)
-	}
-	if v == "" || len(v) > 259 {
-		return bad("it must be 1 to 259 characters")
-	}
-	for i := 0; i < len(v); i++ {
-		if c := v[i]; c <= ' ' || c >= 0x7f || strings.IndexByte(`/?#@\`, c) >= 0 {
-			return bad(fmt.Sprintf("character %q is not allowed", c))
-		}
-	}
-	host, port, hasPort := v, "", false
-	if strings.HasPrefix(v, "[") {
-		end := strings.IndexByte(v, ']')
-		if end < 0 {
-			return bad("no ] after the IPv6 address")
-		}
-		host = v[1:end]
-		if rest := v[end+1:]; rest != "" {
-			var ok bool
-			if port, ok = strings.CutPrefix(rest, ":"); !ok {
-				return bad("only :port may follow ]")
-			}
-			hasPort = true
-		}
-		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() || a.Zone() != "" {
-			return bad("not an IPv6 address in brackets")
-		}
-	} else {
-		host, port, hasPort = strings.Cut(v, ":")
-		if strings.Contains(port, ":") {
-			return bad("an IPv6 address goes in brackets, like [::1]:8080")
-		}
-		if _, err := netip.ParseAddr(host); err != nil {
-			if err := checkDNSName(host); err != nil {
-				return bad(err.Error())
-			}
-		}
-	}
-	if hasPort {
-		n, err := strconv.Atoi(port)
-		if err != nil || n < 1 || n > 65535 || port[0] < '0' || port[0] > '9' {
-			return bad("the port must be a number from 1 to 65535")
-		}
-	}
-	return nil
-}
+// HostRewrite); the rules are the protocol's, proto.ValidateHostHeader,
+// which the relay checks again.
+func ValidateHostHeader(v string) error { return proto.ValidateHostHeader(v) }
 
 // checkDNSName accepts labels of letters, digits, '-' and '_', 1 to 63
-// characters each, separated by dots.
-func checkDNSName(h string) error {
-	if h == "" || len(h) > 253 {
-		return errors.New("the host name must be 1 to 253 characters")
-	}
-	for label := range strings.SplitSeq(h, ".") {
-		if label == "" || len(label) > 63 {
-			return errors.New("each part of the host name between dots must be 1 to 63 characters")
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
-				return fmt.Errorf("character %q is not allowed in a host name", c)
-			}
-		}
-	}
-	return nil
-}

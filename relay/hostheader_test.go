@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"github.com/tunnel-dev/tunnel/proto"
+
 	"strings"
 	"testing"
 )
@@ -12,16 +14,16 @@ func TestCheckHostHeader(t *testing.T) {
 	good := []string{"localhost", "localhost:8080", "myapp.test", "my_app.internal:443", "127.0.0.1", "127.0.0.1:8443", "[::1]", "[::1]:8443", "A.Example.COM"}
 	bad := []string{"", " ", "a b", "a\r\nX: y", "a\n", "a\x00", "a\x7f", "a/b", "http://a", "a?b", "a#b", "user@a", `a\b`, "a:", "a:0", "a:65536", "a:+80", "a:b", "::1", "[::1", "[::1]x", "[127.0.0.1]", "[fe80::1%eth0]", "a..b", ".a", "ä.test", strings.Repeat("a", 64), strings.Repeat("a.", 130) + "a"}
 	for _, v := range good {
-		if err := checkHostHeader(v); err != nil {
-			t.Errorf("checkHostHeader(%q) = %v, want nil", v, err)
+		if err := proto.ValidateHostHeader(v); err != nil {
+			t.Errorf("proto.ValidateHostHeader(%q) = %v, want nil", v, err)
 		}
 	}
 	for _, v := range bad {
-		err := checkHostHeader(v)
+		err := proto.ValidateHostHeader(v)
 		if err == nil {
-			t.Errorf("checkHostHeader(%q) = nil, want an error", v)
+			t.Errorf("proto.ValidateHostHeader(%q) = nil, want an error", v)
 		} else if strings.ContainsAny(err.Error(), "\r\n") {
-			t.Errorf("checkHostHeader(%q) = %q: not one line", v, err)
+			t.Errorf("proto.ValidateHostHeader(%q) = %q: not one line", v, err)
 		}
 	}
 }
