@@ -4,18 +4,22 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // Buffer sizes of Join. An idle direction blocks in a read of smallBuf bytes;
-// a pooled bigBuf is taken only while data keeps arriving in full reads and
-// is given back after any read that drained the source. An idle WebSocket therefore
-// pins 2×smallBuf instead of the 2×32 KiB of io.Copy.
+// a pooled bigBuf is taken once a read fills the small one, and given back
+// once the source has had nothing to read for bigLinger. An idle WebSocket
+// therefore pins 2×smallBuf instead of the 2×32 KiB of io.Copy, while a
+// busy source that returns short reads (TLS gives at most a 16 KiB record
+// per read) keeps its big buffer between them.
 const (
-	smallBuf = 512
-	bigBuf   = 32 << 10
+	smallBuf  = 512
+	bigBuf    = 32 << 10
+	bigLinger = 100 * time.Millisecond
 )
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
@@ -37,6 +41,9 @@ type Counts struct {
 // A write that makes no progress for DefaultWriteIdleTimeout (a peer that
 // stopped reading) aborts the join with os.ErrDeadlineExceeded; JoinWith
 // sets another bound.
+//
+// Join owns the read deadlines of a and b while it runs: it uses them to
+// notice that a source has gone quiet and give back its big buffer.
 func Join(a, b net.Conn, counts *Counts) error {
 	return JoinWith(a, b, JoinOptions{Counts: counts})
 }
@@ -129,6 +136,20 @@ var errAborted = errors.New("tunnel: join aborted")
 func pipe(dst, src net.Conn, n *atomic.Int64, idle time.Duration, dir Direction, tap func(Direction, []byte)) error {
 	var small [smallBuf]byte
 	var big *[]byte
+	// While big is held, src has a read deadline (lingerAt, refreshed as
+	// data keeps coming) whose expiry means "idle: give big back".
+	var lingerAt time.Time
+	release := func() {
+		if big != nil {
+			bufPool.Put(big)
+			big = nil
+		}
+		// Let the source drop its own receive buffer too (a yamux
+		// stream keeps one the size of the largest frame it held).
+		if s, ok := src.(shrinker); ok {
+			s.Shrink()
+		}
+	}
 	defer func() {
 		if big != nil {
 			bufPool.Put(big)
@@ -156,22 +177,33 @@ func pipe(dst, src net.Conn, n *atomic.Int64, idle time.Duration, dir Direction,
 				return werr
 			}
 		}
+		if big != nil && rerr != nil && errors.Is(rerr, os.ErrDeadlineExceeded) {
+			// Our linger ran out: the source is idle. (Join owns the
+			// read deadlines of its connections while it runs.)
+			src.SetReadDeadline(time.Time{})
+			release()
+			continue
+		}
 		switch {
 		case big == nil && nr == len(buf):
-			// Data is flowing faster than one small read: switch to a big buffer.
-			big = bufPool.Get().(*[]byte)
-		case nr < len(buf):
-			// The read took all there was: the next one may block for
-			// as long as the connection stays idle. Give the big buffer
-			// back first, and let the source drop its own receive
-			// buffer (a yamux stream keeps one the size of the largest
-			// frame it held).
-			if big != nil {
-				bufPool.Put(big)
-				big = nil
+			// Data is flowing faster than one small read: switch to a
+			// big buffer until the source goes quiet.
+			now := time.Now()
+			if src.SetReadDeadline(now.Add(bigLinger)) == nil {
+				big = bufPool.Get().(*[]byte)
+				lingerAt = now
 			}
-			if s, ok := src.(shrinker); ok {
-				s.Shrink()
+		case big == nil && nr < len(buf):
+			// The read took all there was: the next one may block for
+			// as long as the connection stays idle.
+			release()
+		case big != nil:
+			if now := time.Now(); now.Sub(lingerAt) > bigLinger/2 {
+				if src.SetReadDeadline(now.Add(bigLinger)) != nil {
+					release()
+				} else {
+					lingerAt = now
+				}
 			}
 		}
 		if rerr != nil {

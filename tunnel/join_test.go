@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -323,6 +324,53 @@ func TestJoinShrinksIdleSource(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("Join never asked the drained source to shrink")
 		}
+	}
+	client.Close()
+	server.Close()
+	f.wait(t)
+}
+
+// shortReader returns at most max bytes per Read, as a TLS connection does
+// (one record of at most 16 KiB), and counts the reads Join made with its
+// small buffer.
+type shortReader struct {
+	net.Conn
+	max        int
+	smallReads atomic.Int64
+}
+
+func (c *shortReader) Read(p []byte) (int, error) {
+	if len(p) < 4<<10 { // Join's small buffer is 512 bytes, its big one 32 KiB
+		c.smallReads.Add(1)
+	}
+	if len(p) > c.max {
+		p = p[:c.max]
+	}
+	return c.Conn.Read(p)
+}
+
+// TestJoinKeepsBigBufferAcrossShortReads: a busy source that returns short
+// reads keeps Join's big buffer between them. Giving it back after each one
+// would follow every 16 KiB read with a 512-byte one, doubling the reads
+// and the frames they turn into.
+func TestJoinKeepsBigBufferAcrossShortReads(t *testing.T) {
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	src := &shortReader{Conn: a, max: 16 << 10}
+	f := startJoin(t, client, src, b, server)
+	msg := randomBytes(t, 8<<20)
+	go client.Write(msg)
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(server, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatal("bytes changed on the way")
+	}
+	// One small read found the burst; a pause in it of more than
+	// bigLinger (a loaded machine) may add a few. Not one per 16 KiB.
+	if n := src.smallReads.Load(); n > 16 {
+		t.Errorf("%d reads with the small buffer while 8 MiB flowed in 16 KiB reads; want the big buffer kept", n)
 	}
 	client.Close()
 	server.Close()
