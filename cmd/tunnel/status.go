@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -28,6 +29,8 @@ type statusPrinter struct {
 	opts      printerOptions
 	events    chan agent.Event
 	wg        sync.WaitGroup
+	// out and errOut are io's streams, batched (see batched).
+	out, errOut *batched
 
 	// Owned by the printing goroutine.
 	urls       []string // the URLs printed last
@@ -93,10 +96,37 @@ func newStatusPrinter(ios IOStreams, printURLs func(w io.Writer, urls []string))
 
 // newPrinter is newStatusPrinter with options.
 func newPrinter(ios IOStreams, printURLs func(w io.Writer, urls []string), opts printerOptions) *statusPrinter {
-	p := &statusPrinter{io: ios, printURLs: printURLs, opts: opts, events: make(chan agent.Event, 1024)}
+	p := &statusPrinter{printURLs: printURLs, opts: opts, events: make(chan agent.Event, 1024)}
+	p.out, p.errOut = newBatchedPair(ios.Out, ios.ErrOut)
+	p.io = IOStreams{Out: p.out, ErrOut: p.errOut}
 	p.wg.Go(p.loop)
 	return p
 }
+
+// batched buffers what the printer writes to one stream while more events
+// are queued, so that a busy tunnel costs one write per batch of request
+// lines instead of one per request. Writing to one stream flushes the
+// other first, so lines keep their order across Out and ErrOut.
+type batched struct {
+	w     *bufio.Writer
+	other *batched
+}
+
+func newBatchedPair(out, errOut io.Writer) (*batched, *batched) {
+	o := &batched{w: bufio.NewWriterSize(out, 16<<10)}
+	e := &batched{w: bufio.NewWriterSize(errOut, 4<<10), other: o}
+	o.other = e
+	return o, e
+}
+
+func (b *batched) Write(p []byte) (int, error) {
+	if b.other.w.Buffered() > 0 {
+		b.other.w.Flush()
+	}
+	return b.w.Write(p)
+}
+
+func (b *batched) flush() { b.w.Flush() }
 
 // onEvent is the agent's OnEvent: it never blocks.
 func (p *statusPrinter) onEvent(ev agent.Event) {
@@ -124,9 +154,16 @@ func (p *statusPrinter) close() {
 }
 
 func (p *statusPrinter) loop() {
+	defer p.errOut.flush()
+	defer p.out.flush()
 	for ev := range p.events {
 		p.count(ev)
 		p.print(ev)
+		if len(p.events) == 0 {
+			// Nothing more queued: show what we have now.
+			p.out.flush()
+			p.errOut.flush()
+		}
 	}
 	if p.opts.Block && !p.opts.Quiet && !p.opts.JSON && p.counts != (counts{}) {
 		fmt.Fprintf(p.io.ErrOut, "summary     %v\n", p.counts)
