@@ -19,7 +19,7 @@ import (
 const (
 	smallBuf  = 512
 	bigBuf    = 32 << 10
-	bigLinger = 100 * time.Millisecond
+	bigLinger = 10 * time.Millisecond
 )
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
