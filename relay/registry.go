@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -54,11 +55,18 @@ type claimant struct {
 	tokens     *tokenSet
 	tok        *token // nil without auth
 	maxTunnels int    // per token; 0 means no limit
-	// answering lists the sessions of rivals that answered a ping just
-	// before the claim: another agent with the same token that is alive
-	// keeps its names.
-	answering map[*agentSession]bool
+	// pinged lists the sessions of rivals the relay pinged just before
+	// the claim, and answering those that answered: another agent with
+	// the same token that is alive keeps its names. A rival that claimed
+	// a name after the pings went out was not pinged: claim then returns
+	// errUnpinged and the caller pings again.
+	pinged, answering map[*agentSession]bool
 }
+
+// errUnpinged is claim's answer when a name is held live under the
+// claimant's token by a session that was not pinged: it claimed the name
+// while the pings were under way. Ping the rivals again and retry.
+var errUnpinged = errors.New("relay: a rival session was not pinged")
 
 func (c *claimant) owner() string {
 	if c.tok == nil {
@@ -72,10 +80,18 @@ func (c *claimant) owner() string {
 // token holds it live and still answers. Either way the claimant replaces
 // its own stale session at once.
 func (c *claimant) mine(e *entry) bool {
+	// Only called once unpinged(e) is false.
 	if e.secret == c.secret {
 		return true
 	}
 	return c.tok != nil && e.owner == c.tok.Name && (e.sess == nil || !c.answering[e.sess])
+}
+
+// unpinged reports whether e is held live under the claimant's token, by
+// another secret, by a session the caller did not ping: whether it is alive
+// is unknown, so it can be neither replaced nor refused yet.
+func (c *claimant) unpinged(e *entry) bool {
+	return c.tok != nil && e.sess != nil && e.secret != c.secret && e.owner == c.tok.Name && !c.pinged[e.sess]
 }
 
 // rivals returns the live sessions that hold one of names under the same
@@ -124,6 +140,8 @@ func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access
 		}
 		e := r.names[name]
 		switch {
+		case e != nil && c.unpinged(e):
+			return nil, nil, false, errUnpinged
 		case e == nil || c.mine(e):
 			// Free, or ours: live on a stale session or held for us.
 		case e.sess != nil && c.tok != nil && e.owner == c.tok.Name:

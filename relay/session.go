@@ -236,16 +236,7 @@ func (as *agentSession) handshake() error {
 	// that slept, a restarted agent: replaced at once), or a second agent
 	// running with the same token: that one answers a ping and keeps its
 	// name, or the two would take it from each other for ever.
-	answering := answeringSessions(as.srv.reg.rivals(secret, as.tok, hello.Tunnels), takeoverPing)
-	as.since = time.Now()
-	names, replaced, reconnect, err := as.srv.reg.claim(claimant{
-		sess:       as,
-		secret:     secret,
-		tokens:     as.srv.tokens.Load(),
-		tok:        as.tok,
-		maxTunnels: maxTunnels,
-		answering:  answering,
-	}, hello.Tunnels, rules)
+	names, replaced, reconnect, err := as.claim(secret, maxTunnels, hello.Tunnels, rules)
 	if err != nil {
 		return err
 	}
@@ -611,6 +602,47 @@ func (c *slotConn) Shrink() { c.Conn.(*tunnel.Stream).Shrink() }
 // loopback or across the world answers within it; one on a dead network
 // path does not.
 const takeoverPing = 2 * time.Second
+
+// claimRetries bounds claim's rounds of pings: each round pings the rivals
+// that claimed a name while the previous round was under way.
+const claimRetries = 3
+
+// claim takes the names asked for, after pinging the live sessions that
+// hold them under the same token (see registry.claim).
+func (as *agentSession) claim(secret string, maxTunnels int, reqs []proto.TunnelRequest, rules []*access) (names []string, replaced []*agentSession, reconnect bool, err error) {
+	pinged := make(map[*agentSession]bool)
+	answering := make(map[*agentSession]bool)
+	for round := 1; ; round++ {
+		var fresh []*agentSession
+		for _, s := range as.srv.reg.rivals(secret, as.tok, reqs) {
+			if !pinged[s] {
+				fresh = append(fresh, s)
+			}
+		}
+		for s := range answeringSessions(fresh, takeoverPing) {
+			answering[s] = true
+		}
+		for _, s := range fresh {
+			pinged[s] = true
+		}
+		as.since = time.Now()
+		names, replaced, reconnect, err = as.srv.reg.claim(claimant{
+			sess:       as,
+			secret:     secret,
+			tokens:     as.srv.tokens.Load(),
+			tok:        as.tok,
+			maxTunnels: maxTunnels,
+			pinged:     pinged,
+			answering:  answering,
+		}, reqs, rules)
+		if !errors.Is(err, errUnpinged) {
+			return names, replaced, reconnect, err
+		}
+		if round == claimRetries {
+			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "another agent with this token keeps claiming the same name at the same moment; stop it, or choose another name with -s")
+		}
+	}
+}
 
 // answeringSessions pings sessions at once and returns those that answered
 // within timeout.
