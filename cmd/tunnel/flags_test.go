@@ -131,6 +131,11 @@ func TestRelayFlags(t *testing.T) {
 			wantErr: "--interstitial-days must be 1 to 400",
 		},
 		{
+			name:    "interstitial days without the interstitial",
+			args:    []string{"--domain", "localhost", "--interstitial-days", "30"},
+			wantErr: "--interstitial-days has no effect without --interstitial",
+		},
+		{
 			name: "all plain flags",
 			args: []string{"--domain", "example.com", "--plain", "--addr", ":8080", "--grace", "5s", "--drain-timeout", "1m"},
 			want: RelayOptions{Domain: "example.com", Plain: true, Addr: ":8080", Grace: 5 * time.Second, DrainTimeout: time.Minute, HTTPAddr: ":80"},

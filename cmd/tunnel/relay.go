@@ -146,6 +146,9 @@ at once.`,
 			if opts.DrainTimeout <= 0 {
 				return usageErrorf(cmd, "--drain-timeout must be positive, got %v", opts.DrainTimeout)
 			}
+			if !opts.Interstitial && cmd.Flags().Changed("interstitial-days") {
+				return usageErrorf(cmd, "--interstitial-days has no effect without --interstitial; add --interstitial to show the warning page")
+			}
 			if opts.Interstitial && (opts.InterstitialDays < 1 || opts.InterstitialDays > 400) {
 				return usageErrorf(cmd, "--interstitial-days must be 1 to 400 (browsers keep cookies at most 400 days), got %d", opts.InterstitialDays)
 			}
