@@ -81,7 +81,7 @@ func (t *keepAliveTransport) RoundTrip(req *http.Request) (*http.Response, error
 				return nil, err
 			}
 		}
-		res, err := t.roundTrip(c, req, key)
+		res, err := t.roundTrip(c, req, key, reused)
 		if errors.Is(err, errStale) && reused && replayable(req) {
 			continue // a fresh stream next time: get returns each kept one once
 		}
@@ -107,7 +107,7 @@ func replayable(req *http.Request) bool {
 
 // roundTrip sends req on c and reads the response header. c is closed
 // unless the response's body, once read to its end, gives it back.
-func (t *keepAliveTransport) roundTrip(c net.Conn, req *http.Request, key string) (*http.Response, error) {
+func (t *keepAliveTransport) roundTrip(c net.Conn, req *http.Request, key string, reused bool) (*http.Response, error) {
 	ctx := req.Context()
 	// The request's context bounds the whole exchange, body included.
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
@@ -139,6 +139,9 @@ func (t *keepAliveTransport) roundTrip(c net.Conn, req *http.Request, key string
 	var written chan error // nil: written before the response was read
 	if req.Body == nil || req.Body == http.NoBody {
 		if err := writeRequest(c, req); err != nil {
+			if !reused {
+				return fail(err) // a new stream: the agent's refusal, say
+			}
 			return fail(errStale)
 		}
 		await()

@@ -345,7 +345,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		writePage(w, r, http.StatusServiceUnavailable, "Agent busy",
 			fmt.Sprintf("%d connections to the agent for %s are waiting for it to answer; try again shortly.", tunnel.MaxStreams, host))
 		s.rejectRequest(r, rejectTooManyStreams, http.StatusServiceUnavailable)
-	case errors.Is(err, errAgentTimeout):
+	case errors.Is(err, errAgentTimeout), errors.Is(err, tunnel.ErrNoReply):
 		writePage(w, r, http.StatusGatewayTimeout, "Agent did not answer",
 			fmt.Sprintf("The agent for %s did not answer in time.", host))
 		s.rejectRequest(r, rejectAgentTimeout, http.StatusGatewayTimeout)

@@ -532,8 +532,15 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 		hdr.Remote, hdr.Scheme = v.remote, v.scheme
 	}
 	// The agent's slot stays taken while a yamux open is still pending,
-	// so abandoned opens cannot pile up beyond MaxStreams.
-	st, err := tunnel.OpenStream(ctx, as.sess, hdr, func() { <-as.streams })
+	// and until the agent's reply has been read, so abandoned opens cannot
+	// pile up beyond MaxStreams. The stream is early: the request goes
+	// with the header, and the reply is read with the response.
+	replyBy, _ := ctx.Deadline()
+	var once sync.Once
+	release := func() { once.Do(func() { <-as.streams }) }
+	st, err := tunnel.OpenStreamWith(ctx, as.sess, hdr, tunnel.OpenOptions{
+		Failed: release, Early: true, ReplyBy: replyBy, Answered: release,
+	})
 	if err != nil {
 		<-tunnelSlots
 		if as.sess.IsClosed() {
@@ -544,7 +551,6 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 		}
 		return nil, err
 	}
-	<-as.streams // established: the agent answered, yamux has its ACK
 	as.resets.Track(st)
 	ts.streams.Add(1)
 	as.srv.metrics.streams.Inc()

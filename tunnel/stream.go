@@ -36,6 +36,98 @@ type Stream struct {
 
 	sawEOF  atomic.Bool // the peer finished writing
 	onClose func(c *Stream, peerDone bool)
+
+	// reply is the agent's answer still to be read, for a stream opened
+	// with OpenOptions.Early; nil otherwise. Set before the stream is
+	// handed out.
+	reply *pendingReply
+}
+
+// pendingReply is the stream-reply of an early stream: the first Read
+// reads it, and a refusal becomes the error of that Read and every later
+// one.
+type pendingReply struct {
+	ok       atomic.Bool // read, and the stream is served
+	mu       sync.Mutex  // held while reading it
+	done     bool
+	err      error
+	by       time.Time // the wait for it ends then (zero: no bound)
+	answered sync.Once
+	onAnswer func() // called once: reply read, or stream closed first
+}
+
+func (r *pendingReply) answer() {
+	r.answered.Do(func() {
+		if r.onAnswer != nil {
+			r.onAnswer()
+		}
+	})
+}
+
+// ErrNoReply is the error of an early stream whose agent did not answer
+// by OpenOptions.ReplyBy.
+var ErrNoReply = errors.New("tunnel: the agent did not answer the stream in time")
+
+// awaitReply reads an early stream's reply if it has not been read yet,
+// and returns the refusal or failure it ended with, every time.
+func (c *Stream) awaitReply() error {
+	r := c.reply
+	if r == nil || r.ok.Load() {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done {
+		return r.err
+	}
+	// Within ReplyBy and the caller's read deadline, whichever is first.
+	// Read from yamux itself: after a Close (a peer's stream-reset that
+	// followed its refusal, say), the reply it buffered is still read.
+	by := r.by
+	if d := c.readDeadline.Load(); d != nil && !d.IsZero() && (by.IsZero() || d.Before(by)) {
+		by = *d
+	}
+	c.setYamuxReadDeadline(by)
+	pc := codecs.Get().(*proto.StreamCodec)
+	var rep proto.StreamReply
+	err := pc.ReadStreamReply(c.s, &rep)
+	codecs.Put(pc)
+	var own time.Time
+	if d := c.readDeadline.Load(); d != nil {
+		own = *d
+	}
+	c.setYamuxReadDeadline(own)
+
+	var perr *proto.Error
+	switch {
+	case err == nil && rep.Error != nil:
+		err = rep.Error
+	case err == nil, errors.As(err, &perr):
+	case c.isClosed():
+		err = c.mapErr("read", net.ErrClosed)
+	case errors.Is(err, yamux.ErrTimeout) && !r.by.IsZero() && !time.Now().Before(r.by):
+		err = ErrNoReply
+	case err == io.EOF:
+		err = c.mapErr("read", fmt.Errorf("stream ended before the agent's reply: %w", io.ErrUnexpectedEOF))
+	default:
+		err = c.mapErr("read", err)
+	}
+	r.done, r.err = true, err
+	if err == nil {
+		r.ok.Store(true)
+	}
+	r.answer()
+	return err
+}
+
+// setYamuxReadDeadline sets the yamux stream's read deadline unless the
+// stream is closed, whose past deadline wakes every blocked call.
+func (c *Stream) setYamuxReadDeadline(t time.Time) {
+	c.mu.Lock()
+	if !c.closed {
+		c.s.SetReadDeadline(t)
+	}
+	c.mu.Unlock()
 }
 
 // expired reports whether the deadline in d has passed.
@@ -77,6 +169,9 @@ func (c *Stream) mapErr(op string, err error) error {
 
 // Read implements net.Conn.
 func (c *Stream) Read(b []byte) (int, error) {
+	if err := c.awaitReply(); err != nil {
+		return 0, err
+	}
 	if c.isClosed() {
 		return 0, c.mapErr("read", net.ErrClosed)
 	}
@@ -111,6 +206,12 @@ func (c *Stream) Write(b []byte) (int, error) {
 	if errors.Is(err, yamux.ErrConnectionWriteTimeout) {
 		c.Close()
 	}
+	if err != nil && c.reply != nil {
+		// An early stream the agent refused: its reply says why.
+		if rerr := c.awaitReply(); rerr != nil {
+			return n, rerr
+		}
+	}
 	return n, c.mapErr("write", err)
 }
 
@@ -129,6 +230,9 @@ func (c *Stream) Close() error {
 		past := time.Unix(1, 0)
 		c.s.SetDeadline(past)
 		c.s.Close()
+		if c.reply != nil {
+			c.reply.answer()
+		}
 		if c.onClose != nil {
 			c.onClose(c, c.sawEOF.Load())
 		}
@@ -190,6 +294,34 @@ func (c *Stream) SetWriteDeadline(t time.Time) error {
 // their concurrency slot there, so abandoned opens count against it until
 // they are really gone.
 func OpenStream(ctx context.Context, sess *yamux.Session, hdr *proto.StreamHeader, failed func()) (*Stream, error) {
+	return OpenStreamWith(ctx, sess, hdr, OpenOptions{Failed: failed})
+}
+
+// OpenOptions tune OpenStreamWith. The zero value is OpenStream.
+type OpenOptions struct {
+	// Failed is OpenStream's failed.
+	Failed func()
+	// Early returns the stream as soon as the header is written, without
+	// waiting for the agent's reply, so that the caller's first bytes
+	// (the visitor's request) travel with the header instead of a round
+	// trip later. The first Read reads the reply: a refusal is that
+	// Read's error, and every later Read's; a Write that fails before the
+	// reply was read returns the refusal too. The agent leaves those
+	// bytes unread until it has answered, and drops them when it refuses.
+	Early bool
+	// ReplyBy bounds the wait for an early stream's reply: a Read still
+	// waiting then fails with ErrNoReply. Zero: only the caller's read
+	// deadline bounds it.
+	ReplyBy time.Time
+	// Answered, if not nil, is called once for an early stream when its
+	// reply has been read, whatever it said, or the stream was closed
+	// first. Callers free the slot that bounds opens in flight there.
+	Answered func()
+}
+
+// OpenStreamWith is OpenStream with options.
+func OpenStreamWith(ctx context.Context, sess *yamux.Session, hdr *proto.StreamHeader, opts OpenOptions) (*Stream, error) {
+	failed := opts.Failed
 	if failed == nil {
 		failed = func() {}
 	}
@@ -201,7 +333,7 @@ func OpenStream(ctx context.Context, sess *yamux.Session, hdr *proto.StreamHeade
 	clear := deadline(ctx, st)
 	c := codecs.Get().(*proto.StreamCodec)
 	err = c.WriteStreamHeader(st, hdr)
-	if err == nil {
+	if err == nil && !opts.Early {
 		var reply proto.StreamReply
 		err = c.ReadStreamReply(st, &reply)
 		if err == nil && reply.Error != nil {
@@ -218,6 +350,9 @@ func OpenStream(ctx context.Context, sess *yamux.Session, hdr *proto.StreamHeade
 			return nil, perr
 		}
 		return nil, fmt.Errorf("open stream: %w", ctxErr(ctx, err))
+	}
+	if opts.Early {
+		st.reply = &pendingReply{by: opts.ReplyBy, onAnswer: opts.Answered}
 	}
 	return st, nil
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -275,5 +276,130 @@ func TestStreamCloseUnblocks(t *testing.T) {
 	}
 	if err := st.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// An early stream carries the relay's first bytes with its header: the
+// agent finds them after the header, once it has answered, and the
+// relay's first Read reads the reply before the answer's bytes.
+func TestOpenStreamEarly(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	var answered atomic.Int32
+	st, err := tunnel.OpenStreamWith(ctx, relay, &proto.StreamHeader{Name: "demo"}, tunnel.OpenOptions{
+		Early: true, ReplyBy: time.Now().Add(10 * time.Second), Answered: func() { answered.Add(1) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	// Returned before any agent took the stream: the request goes now.
+	if _, err := st.Write([]byte("GET / HTTP/1.1\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	ys, err := agent.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ast, hdr, err := tunnel.AcceptStream(ctx, ys)
+	if err != nil || hdr.Name != "demo" {
+		t.Fatalf("AcceptStream: %v, %+v", err, hdr)
+	}
+	defer ast.Close()
+	if answered.Load() != 0 {
+		t.Fatal("Answered called before the reply was read")
+	}
+	if err := ast.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	req := make([]byte, len("GET / HTTP/1.1\r\n\r\n"))
+	if _, err := io.ReadFull(ast, req); err != nil || string(req) != "GET / HTTP/1.1\r\n\r\n" {
+		t.Fatalf("agent read %q, %v", req, err)
+	}
+	if _, err := ast.Write([]byte("HTTP/1.1 200 OK\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len("HTTP/1.1 200 OK\r\n"))
+	if _, err := io.ReadFull(st, got); err != nil || string(got) != "HTTP/1.1 200 OK\r\n" {
+		t.Fatalf("relay read %q, %v; want the answer without the reply frame", got, err)
+	}
+	st.Close()
+	if n := answered.Load(); n != 1 {
+		t.Fatalf("Answered called %d times, want once", n)
+	}
+}
+
+// An early stream the agent refuses: the relay already wrote its request,
+// and its Read (and every later one) returns the refusal as a
+// *proto.Error.
+func TestOpenStreamEarlyRefused(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	var answered atomic.Int32
+	st, err := tunnel.OpenStreamWith(ctx, relay, &proto.StreamHeader{Name: "demo"}, tunnel.OpenOptions{
+		Early: true, Answered: func() { answered.Add(1) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Write([]byte("GET / HTTP/1.1\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	ys, err := agent.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ast, _, err := tunnel.AcceptStream(ctx, ys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ast.Refuse(proto.Errorf(proto.CodeLocalDial, "nothing answers on 127.0.0.1:8080")); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		_, err := st.Read(make([]byte, 10))
+		var perr *proto.Error
+		if !errors.As(err, &perr) || !errors.Is(err, proto.ErrLocalDial) {
+			t.Fatalf("Read after the refusal: %v (%T), want the local-dial *proto.Error", err, err)
+		}
+	}
+	if n := answered.Load(); n != 1 {
+		t.Fatalf("Answered called %d times, want once", n)
+	}
+}
+
+// An early stream whose agent never answers: the Read waiting for the
+// reply gives up at ReplyBy with ErrNoReply.
+func TestOpenStreamEarlyNoReply(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	st, err := tunnel.OpenStreamWith(ctx, relay, &proto.StreamHeader{Name: "demo"}, tunnel.OpenOptions{
+		Early: true, ReplyBy: time.Now().Add(200 * time.Millisecond),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ys, err := agent.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ys.Close()
+	start := time.Now()
+	if _, err := st.Read(make([]byte, 10)); !errors.Is(err, tunnel.ErrNoReply) {
+		t.Fatalf("Read = %v, want ErrNoReply", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Read gave up after %v, long past ReplyBy", d)
 	}
 }
