@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"go.uber.org/goleak"
 
@@ -312,29 +311,72 @@ func TestNoResponse(t *testing.T) {
 	}
 }
 
-// A parser that falls a whole feed behind stops capturing; the exchange
-// says so, and the tap never blocked.
-func TestOverrun(t *testing.T) {
+// A body far bigger than the preview, in taps as big as Join's, is
+// counted whole as it passes, its preview capped: the parser never falls
+// behind, it parses in the tap. Bytes after it that are not a request stop
+// the reading of requests, not that of the response.
+func TestBigBody(t *testing.T) {
 	r := newRecorder(Options{})
 	c := r.in.Observe(ConnInfo{Tunnel: "demo"})
 	c.Tap(true, []byte("POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n"))
-	// Once the head is parsed, the parser waits for the body…
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		c.mu.Lock()
-		n := len(c.open)
-		c.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("request head not parsed")
-		}
-	}
-	c.Tap(true, make([]byte, 2<<20)) // …which comes faster than a feed holds
-	c.Tap(true, make([]byte, 1<<20))
+	c.Tap(true, make([]byte, 2<<20))
+	c.Tap(true, make([]byte, 1<<20)) // 145,728 NULs too many
+	c.Tap(false, []byte("HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n"))
 	c.Close()
-	if len(r.ex) != 1 || !strings.Contains(r.ex[0].Error, "capture stopped") {
+	if len(r.ex) != 1 {
 		t.Fatalf("exchanges %+v", r.ex)
+	}
+	e := r.ex[0]
+	if b := e.RequestBody; b.Size != 3000000 || len(b.Data) != 64<<10 || !b.Truncated || e.Status != 413 || e.Error != "" {
+		t.Errorf("exchange: status %d error %q, request body %d bytes, %d kept, truncated %v", e.Status, e.Error, b.Size, len(b.Data), b.Truncated)
+	}
+}
+
+// What the inspector would have to hold beyond its bounds stops the
+// capture, and the exchange it stopped at says so: a response head over
+// headMax, responses further than holdMax ahead of their request. A first
+// request head over headMax is not taken for HTTP. The taps never wait.
+func TestBounds(t *testing.T) {
+	big := func(n int) []byte {
+		return []byte(strings.Repeat("X-Big: "+strings.Repeat("a", 1000)+"\r\n", n))
+	}
+	get := []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	ok := []byte("HTTP/1.1 204 No Content\r\n\r\n")
+
+	r := newRecorder(Options{})
+	c := r.in.Observe(ConnInfo{Tunnel: "demo"})
+	c.Tap(true, get)
+	c.Tap(false, []byte("HTTP/1.1 200 OK\r\n"))
+	for range 70 {
+		c.Tap(false, big(1))
+	}
+	c.Tap(false, []byte("\r\n"))
+	c.Tap(true, get)
+	c.Tap(false, ok)
+	c.Close()
+	if len(r.ex) != 1 || r.ex[0].Status != 0 || r.ex[0].Error != "capture stopped: the response head is longer than 64 KiB" {
+		t.Errorf("response head over the bound: exchanges %+v", r.ex)
+	}
+
+	r = newRecorder(Options{})
+	c = r.in.Observe(ConnInfo{Tunnel: "demo"})
+	c.Tap(true, append(append([]byte("GET / HTTP/1.1\r\n"), big(70)...), "\r\n"...))
+	c.Tap(false, ok)
+	c.Close()
+	if len(r.ex) != 0 {
+		t.Errorf("request head over the bound: exchanges %+v", r.ex)
+	}
+
+	r = newRecorder(Options{})
+	c = r.in.Observe(ConnInfo{Tunnel: "demo"})
+	c.Tap(true, get[:10])
+	for range holdMax/len(ok) + 1 {
+		c.Tap(false, ok)
+	}
+	c.Tap(true, get[10:])
+	c.Close()
+	if len(r.ex) != 1 || r.ex[0].Status != 0 || r.ex[0].Error != msgFellBehind {
+		t.Errorf("responses ahead beyond the bound: exchanges %+v", r.ex)
 	}
 }
 

@@ -1,10 +1,11 @@
 // Package inspect shows what goes through a tunnel without touching it. A
 // Conn is fed the bytes of one connection by a passive tap on the agent's
-// byte pipe (tunnel.JoinOptions.Tap). It parses HTTP/1.1 requests and
-// responses on its own goroutines; after a WebSocket upgrade those end,
-// and the tap parses the frames both ways itself, so that an idle
-// WebSocket costs a few hundred bytes. If a parser falls behind, or the
-// bytes are not HTTP, it stops capturing; the traffic never waits for it.
+// byte pipe (tunnel.JoinOptions.Tap), and parses them in the tap as they
+// pass: HTTP/1.1 requests and responses, then after a WebSocket upgrade
+// the frames both ways. It starts no goroutine and copies only what it
+// keeps, so that an idle connection costs a few hundred bytes. If the
+// bytes are not HTTP, or would make it hold more than its bounds, it
+// stops capturing; the traffic never waits for it.
 //
 // An Inspector keeps the last requests and WebSocket sessions (bounded),
 // reports each to a callback, and serves them on a local web page with a
@@ -170,8 +171,13 @@ func (in *Inspector) addExchange(ex *Exchange) {
 		clear(in.exchanges[:n])
 		in.exchanges = append(in.exchanges[:0], in.exchanges[n:]...)
 	}
+	// Without a live stream to send it to, the summary is not made: this
+	// runs for every request, on the byte pipe.
+	live := len(in.subs) > 0
 	in.mu.Unlock()
-	in.publish("request", ex.Summary())
+	if live {
+		in.publish("request", ex.Summary())
+	}
 	if in.opts.OnExchange != nil {
 		in.opts.OnExchange(ex)
 	}

@@ -347,3 +347,24 @@ func unwrapAll(err error) error {
 	}
 	return err
 }
+
+// capture reads a body to its end, keeping the first BodyCap bytes.
+func (in *Inspector) capture(r io.Reader) (Body, error) {
+	var b Body
+	if r == nil || r == http.NoBody {
+		return b, nil
+	}
+	buf := make([]byte, 4096)
+	for {
+		n, err := r.Read(buf)
+		in.keep(&b, buf[:n])
+		if err == io.EOF {
+			b.Truncated = int64(len(b.Data)) < b.Size
+			return b, nil
+		}
+		if err != nil {
+			b.Truncated = true
+			return b, err
+		}
+	}
+}

@@ -1,7 +1,6 @@
 package inspect
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -12,59 +11,27 @@ import (
 // previewLen is how much of a frame's payload a Frame shows.
 const previewLen = 100
 
-// startFrames hands direction d over from its HTTP parser, which has just
-// read the end of the upgrade, to a frame parser that Tap drives. br may
-// have read ahead of the upgrade and f may hold bytes br has not read yet:
-// they go to the frame parser first, in order, each with the time and
-// order of the chunk it came in. Taps of d wait on the direction's lock
-// meanwhile, and go to the frame parser once it is in place.
-func (c *Conn) startFrames(d int, f *feed, br *bufio.Reader, ws *wsState) {
+// startFrames turns direction d over to a frame parser, once the upgrade
+// has been read both ways. The bytes d held meanwhile go to it first, in
+// order, each with the time and order of the chunk it came in; then the
+// direction's taps do.
+func (c *Conn) startFrames(d int, ws *wsState) {
+	hp := &c.http[d]
+	c.wsBase[d] = hp.off
+	fp := newFrameParser(d, ws)
 	h := &c.dirs[d]
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	ahead, _ := br.Peek(br.Buffered())
-	rest, restOff, marks, overrun := f.handOver()
-	base := restOff - int64(len(ahead))
-	c.mu.Lock()
-	c.wsBase[d] = base
-	c.mu.Unlock()
-
-	fp := newFrameParser(d, ws)
-	// push hands over the backlog's bytes between offsets from and to,
-	// which may straddle ahead and rest.
-	push := func(from, to int64, t time.Time, seq int64) {
-		if n := int64(len(ahead)); from-base < n {
-			fp.push(c.in, ahead[from-base:min(to-base, n)], t, seq)
-		}
-		if from < restOff && to > restOff {
-			from = restOff
-		}
-		if from >= restOff && to > from {
-			fp.push(c.in, rest[from-restOff:to-restOff], t, seq)
-		}
+	start := 0
+	for _, m := range hp.marks {
+		fp.push(c.in, hp.held[start:m.end], m.t, m.seq)
+		start = m.end
 	}
-	// The chunks' marks, as feed.markAt reads them, in one pass.
-	for off, end, i := base, restOff+int64(len(rest)), 0; off < end; {
-		for i < len(marks)-1 && marks[i].end <= off {
-			i++
-		}
-		var m mark
-		if i < len(marks) {
-			m = marks[i]
-		} else {
-			m = mark{t: time.Now(), seq: 1<<63 - 1}
-		}
-		to := end
-		if m.end > off {
-			to = min(m.end, end)
-		}
-		push(off, to, m.t, m.seq)
-		off = to
+	if hp.overrun {
+		fp.fail(c.in, msgFellBehind)
 	}
-	if overrun {
-		fp.fail(c.in, "capture stopped: the inspector fell behind the traffic")
-	}
-	h.feed, h.frames = nil, fp
+	h.frames = fp
+	h.mu.Unlock()
+	*hp = httpParser{step: hFrames, off: hp.off}
 }
 
 // frameParser reads one direction's RFC 6455 frames from chunks of any

@@ -24,7 +24,7 @@ import (
 // the offsets in p of the frames recorded.
 func refFrames(p []byte, dir int) (frames []Frame, starts []int, errMsg string) {
 	src := &countingReader{r: bytes.NewReader(p)}
-	br := bufio.NewReaderSize(src, parseBuf)
+	br := bufio.NewReaderSize(src, 4<<10) // the read-ahead of the time
 	var msgOp int
 	var hdr [8]byte
 	for {
@@ -458,7 +458,7 @@ func waitSwitched(t *testing.T, c *Conn) {
 		for d := range c.dirs {
 			h := &c.dirs[d]
 			h.mu.Lock()
-			if h.frames != nil && h.feed == nil {
+			if h.frames != nil {
 				n++
 			}
 			h.mu.Unlock()
@@ -473,9 +473,9 @@ func waitSwitched(t *testing.T, c *Conn) {
 }
 
 // A WebSocket conversation is recorded the same however the taps cut it:
-// in one chunk per direction (the 101 and the first frames together, more
-// than the HTTP parser reads ahead, so the switch hands bytes over from its
-// reader and its feed), one direction cut at every offset, every chunk one
+// in one chunk per direction (the upgrade and all the frames together, so
+// that the switch hands over every frame the visitor's direction held
+// until the 101), one direction cut at every offset, every chunk one
 // byte, and, once both directions parse frames in the tap, the frames cut
 // at every offset and byte by byte.
 func TestWebSocketEverySplit(t *testing.T) {
@@ -653,14 +653,13 @@ func TestForgottenWebSocket(t *testing.T) {
 	}
 }
 
-// Frames that pile up beyond what a feed holds before the switch stop the
-// capture of that direction, as an HTTP parser that falls behind does; the
-// other direction goes on.
+// Frames that pile up beyond what a direction holds while it waits for the
+// switch stop the capture of that direction; the other direction goes on.
 func TestWebSocketOverrun(t *testing.T) {
 	r := newRecorder(Options{})
 	c := r.in.Observe(ConnInfo{Tunnel: "demo"})
 	c.Tap(true, []byte(upgradeIn))
-	// Once the request is parsed, its parser waits for the response…
+	// Once the request is parsed, its direction waits for the response…
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
 		c.mu.Lock()
 		n := len(c.open)
@@ -672,8 +671,8 @@ func TestWebSocketOverrun(t *testing.T) {
 			t.Fatal("request head not parsed")
 		}
 	}
-	// …while the visitor sends more than its feed holds.
-	tapLikeJoin(c, true, frame(true, 2, true, make([]byte, 2*feedMax)))
+	// …while the visitor sends more than it holds meanwhile.
+	tapLikeJoin(c, true, frame(true, 2, true, make([]byte, 2*holdMax)))
 	c.Tap(false, []byte(upgradeOut))
 	waitSwitched(t, c)
 	c.Tap(true, frame(true, 1, true, []byte("lost")))
@@ -683,7 +682,7 @@ func TestWebSocketOverrun(t *testing.T) {
 	if ws.Error != "frames in: capture stopped: the inspector fell behind the traffic" || len(ws.Frames) != 1 || ws.Frames[0].Preview != "seen" || ws.MessagesIn != 0 {
 		t.Errorf("WebSocket %+v", ws)
 	}
-	if want := int64(len(frame(true, 2, true, make([]byte, 2*feedMax))) + len(frame(true, 1, true, []byte("lost")))); ws.BytesIn != want {
+	if want := int64(len(frame(true, 2, true, make([]byte, 2*holdMax))) + len(frame(true, 1, true, []byte("lost")))); ws.BytesIn != want {
 		t.Errorf("%d bytes in, want %d", ws.BytesIn, want)
 	}
 }
