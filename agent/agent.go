@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/agent/inspect"
@@ -300,8 +301,8 @@ func Run(ctx context.Context, cfg Config) error {
 			OnWebSocket: func(ws WebSocket) { c.emit(webSocketEvent(ws)) },
 		})
 	}
-	c = newClient(cfg, u, func(ctx context.Context, st *tunnel.Stream, name string, index int, spawn func(func())) {
-		serveLocal(ctx, &cfg, st, &cfg.Tunnels[index], name, ins, spawn)
+	c = newClient(cfg, u, func(ctx context.Context, st *tunnel.Stream, name string, index int, wg *sync.WaitGroup) {
+		serveLocal(ctx, &cfg, st, &cfg.Tunnels[index], name, ins, wg)
 	})
 	c.ins = ins
 	if ins != nil {

@@ -35,10 +35,10 @@ type client struct {
 	cfg Config
 	u   *url.URL
 	log *slog.Logger
-	// handle serves a stream of the tunnel at index. It may hand the rest
-	// of the work to spawn, which runs it in a goroutine the session waits
-	// for, and return.
-	handle func(ctx context.Context, st *tunnel.Stream, name string, index int, spawn func(func()))
+	// handle serves a stream of the tunnel at index. Work it leaves
+	// running when it returns is counted in wg, which the session waits
+	// for.
+	handle func(ctx context.Context, st *tunnel.Stream, name string, index int, wg *sync.WaitGroup)
 
 	// ins, if not nil, observes the traffic and shows the agent's state;
 	// inspectURL is where it serves, if it does.
@@ -60,7 +60,7 @@ type client struct {
 	refused   *proto.Error // the relay ended the session with this error
 }
 
-func newClient(cfg Config, u *url.URL, handle func(context.Context, *tunnel.Stream, string, int, func(func()))) *client {
+func newClient(cfg Config, u *url.URL, handle func(context.Context, *tunnel.Stream, string, int, *sync.WaitGroup)) *client {
 	names := make([]string, len(cfg.Tunnels))
 	for i, t := range cfg.Tunnels {
 		names[i] = t.Name
@@ -315,7 +315,7 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 			if err != nil {
 				return
 			}
-			wg.Go(func() { c.serveStream(sctx, ys, resets, wg.Go) })
+			wg.Go(func() { c.serveStream(sctx, ys, resets, &wg) })
 		}
 	})
 
@@ -397,7 +397,7 @@ func (c *client) readControl(ctrl net.Conn, resets *tunnel.Resets) {
 // serveStream reads a stream's header and hands it to the tunnel it names.
 // The agent serves only the names it was granted: a stream for any other
 // name is refused.
-func (c *client) serveStream(ctx context.Context, ys *yamux.Stream, resets *tunnel.Resets, spawn func(func())) {
+func (c *client) serveStream(ctx context.Context, ys *yamux.Stream, resets *tunnel.Resets, wg *sync.WaitGroup) {
 	hctx, cancel := context.WithTimeout(ctx, streamHeaderTimeout)
 	st, hdr, err := tunnel.AcceptStream(hctx, ys)
 	cancel()
@@ -408,7 +408,7 @@ func (c *client) serveStream(ctx context.Context, ys *yamux.Stream, resets *tunn
 	resets.Track(st)
 	for i, n := range c.names {
 		if n == hdr.Name {
-			c.handle(ctx, st, n, i, spawn)
+			c.handle(ctx, st, n, i, wg)
 			return
 		}
 	}
@@ -419,11 +419,12 @@ func (c *client) serveStream(ctx context.Context, ys *yamux.Stream, resets *tunn
 // if not nil, observes the bytes through a tap: it never alters nor delays
 // them.
 //
-// The connection is served by a goroutine of its own, started with spawn:
-// this one has grown its stack through the stream's handshake, the dial and
-// TLS, and would otherwise keep it for the life of the connection, often
-// an idle WebSocket (4 KiB per connection, measured).
-func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, t *Tunnel, name string, ins *inspect.Inspector, spawn func(func())) {
+// The connection is then served by the join's own goroutines
+// (tunnel.JoinAsync), counted in wg, the session's: this one has grown its
+// stack through the stream's handshake, the dial and TLS, and would
+// otherwise keep it for the life of the connection, often an idle
+// WebSocket.
+func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, t *Tunnel, name string, ins *inspect.Inspector, wg *sync.WaitGroup) {
 	local := t.Local
 	d := net.Dialer{Timeout: cfg.LocalDialTimeout}
 	lc, err := d.DialContext(ctx, "tcp", local)
@@ -468,9 +469,11 @@ func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, t *Tunnel, 
 		obs = ins.Observe(inspect.ConnInfo{Tunnel: name, Local: local, Remote: st.RemoteAddr().String(), TLS: t.tlsConfig})
 		opts.Tap = func(d tunnel.Direction, p []byte) { obs.Tap(d == tunnel.AToB, p) }
 	}
-	spawn(func() {
-		defer stop()
-		if err := tunnel.JoinWith(st, lc, opts); err != nil {
+	wg.Add(1)
+	tunnel.JoinAsync(st, lc, opts, func(err error) {
+		defer wg.Done()
+		stop()
+		if err != nil {
 			cfg.Logger.Debug("stream ended with error", "local", local, "err", err)
 		}
 		if obs != nil {

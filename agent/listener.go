@@ -40,7 +40,7 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	l := &Listener{conns: make(chan net.Conn), cancel: cancel, done: make(chan struct{})}
-	c := newClient(cfg, u, func(ctx context.Context, st *tunnel.Stream, _ string, _ int, _ func(func())) {
+	c := newClient(cfg, u, func(ctx context.Context, st *tunnel.Stream, _ string, _ int, _ *sync.WaitGroup) {
 		if err := st.Accept(); err != nil {
 			st.Close()
 			return

@@ -431,6 +431,9 @@ func (c *trackedConn) Close() error {
 	return c.Conn.Close()
 }
 
+// WaitRead lets Join wait for the visitor without a buffer.
+func (c *trackedConn) WaitRead() { tunnel.WaitRead(c.Conn) }
+
 // CloseWrite keeps half-close working through the wrapper.
 func (c *trackedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {

@@ -603,6 +603,9 @@ func (c *slotConn) CloseWrite() error {
 // Shrink lets Join release the stream's idle receive buffer.
 func (c *slotConn) Shrink() { c.Conn.(*tunnel.Stream).Shrink() }
 
+// WaitRead lets Join wait for the stream without a buffer.
+func (c *slotConn) WaitRead() { tunnel.WaitRead(c.Conn) }
+
 // takeoverPing is how long a session holding a name under the same token
 // has to answer before a new session takes the name over. A live agent on
 // loopback or across the world answers within it; one on a dead network

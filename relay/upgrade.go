@@ -77,12 +77,13 @@ func (as *agentSession) switchProtocols(res *http.Response) error {
 		early, _ := brw.Reader.Peek(n)
 		visitor = &bufferedVisitor{Conn: conn, early: bytes.Clone(early)}
 	}
-	// The WebSocket runs in a goroutine of its own, and the handler
+	// The WebSocket runs on the join's own goroutines, and the handler
 	// returns: the HTTP server's connection state (its 4 KiB reader and
 	// writer, the request, the handler's deep stack) is then garbage,
-	// and an idle WebSocket holds two goroutines blocked in small reads
-	// and the two connections. The goroutine accounts for the request and
-	// releases its place in the shutdown's wait when the WebSocket ends.
+	// and an idle WebSocket holds two goroutines on small stacks, parked
+	// until there is something to read, and the two connections. When the
+	// WebSocket ends, the join accounts for the request and releases its
+	// place in the shutdown's wait.
 	up.v.detached = true
 	res.Body = http.NoBody // ReverseProxy closes it after this error
 	// The recorder outlives the handler (the goroutine reads its counts):
@@ -94,14 +95,14 @@ func (as *agentSession) switchProtocols(res *http.Response) error {
 	r := up.v.req
 	up.v.req = &http.Request{Method: r.Method, URL: &url.URL{Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery}, Host: r.Host, RemoteAddr: r.RemoteAddr}
 	opts := tunnel.JoinOptions{Counts: &up.counts, WriteIdleTimeout: as.srv.cfg.Limits.WriteIdleTimeout}
-	go func() {
+	tunnel.JoinAsync(visitor, back, opts, func(err error) {
 		defer as.srv.reqWG.Done()
-		if err := tunnel.JoinWith(visitor, back, opts); err != nil {
+		if err != nil {
 			as.log.Debug("websocket ended with error", "err", err)
 		}
 		as.srv.metrics.websockets.Dec()
 		up.v.finish()
-	}()
+	})
 	return errUpgraded
 }
 
@@ -239,6 +240,14 @@ func (u *upgradedStream) CloseWrite() error {
 	return u.Conn.(interface{ CloseWrite() error }).CloseWrite()
 }
 
+// WaitRead lets Join wait for the stream without a buffer.
+func (u *upgradedStream) WaitRead() {
+	if u.br != nil && u.br.Buffered() > 0 {
+		return
+	}
+	tunnel.WaitRead(u.Conn)
+}
+
 func (u *upgradedStream) Shrink() {
 	if s, ok := u.Conn.(interface{ Shrink() }); ok {
 		s.Shrink()
@@ -262,6 +271,14 @@ func (c *bufferedVisitor) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	return c.Conn.Read(p)
+}
+
+// WaitRead lets Join wait for the visitor without a buffer.
+func (c *bufferedVisitor) WaitRead() {
+	if len(c.early) > 0 {
+		return
+	}
+	tunnel.WaitRead(c.Conn)
 }
 
 func (c *bufferedVisitor) CloseWrite() error {

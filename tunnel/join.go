@@ -22,7 +22,10 @@ const (
 	bigLinger = 10 * time.Millisecond
 )
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
+var (
+	bufPool   = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
+	smallPool = sync.Pool{New: func() any { return new([smallBuf]byte) }}
+)
 
 // Counts are the bytes Join moved, readable while it runs.
 type Counts struct {
@@ -88,57 +91,116 @@ func (d Direction) String() string {
 
 // JoinWith is Join with options.
 func JoinWith(a, b net.Conn, opts JoinOptions) error {
-	counts := opts.Counts
-	if counts == nil {
-		counts = new(Counts)
-	}
-	idle := opts.WriteIdleTimeout
-	if idle == 0 {
-		idle = DefaultWriteIdleTimeout
-	}
-	// abort unblocks the other direction, whichever direction failed.
-	abort := func() {
-		a.Close()
-		b.Close()
-	}
 	errc := make(chan error, 1)
-	go func() {
-		err := pipe(b, a, &counts.AToB, idle, AToB, opts.Tap)
-		if err != nil {
-			abort()
-		}
-		errc <- err
-	}()
-	err1 := pipe(a, b, &counts.BToA, idle, BToA, opts.Tap)
-	if err1 != nil {
-		abort()
+	JoinAsync(a, b, opts, func(err error) { errc <- err })
+	return <-errc
+}
+
+// JoinAsync is JoinWith without the wait: it returns at once, and done is
+// called with JoinWith's result, on one of the join's goroutines, once both
+// directions have ended and both connections are closed. Nothing else
+// waits meanwhile, so an idle WebSocket joined this way costs two parked
+// goroutines, one per direction, each on a small stack (see joiner.run).
+func JoinAsync(a, b net.Conn, opts JoinOptions, done func(error)) {
+	j := &joiner{a: a, b: b, counts: opts.Counts, idle: opts.WriteIdleTimeout, tap: opts.Tap, done: done}
+	if j.counts == nil {
+		j.counts = new(Counts)
 	}
-	err2 := <-errc
-	a.Close()
-	b.Close()
+	if j.idle == 0 {
+		j.idle = DefaultWriteIdleTimeout
+	}
+	j.left.Store(2)
+	go j.run(AToB)
+	go j.run(BToA)
+}
+
+// joiner is one join: its two directions and how it ends.
+type joiner struct {
+	a, b   net.Conn
+	counts *Counts
+	idle   time.Duration // bound on each write; negative: none
+	tap    func(Direction, []byte)
+	done   func(error)
+	left   atomic.Int32 // directions still copying
+	errs   [2]error     // each direction's result, set before left drops
+}
+
+// errIdle is pipe's result when its source has had nothing to read for
+// bigLinger: the direction goes on in a fresh goroutine.
+var errIdle = errors.New("tunnel: join direction idle")
+
+// run copies direction dir on the calling goroutine until it ends, or
+// until its source goes quiet: then it starts a fresh goroutine to wait
+// for more and returns. A goroutine's stack grows while data moves (the
+// write path through yamux or TLS is deep) and the runtime shrinks it only
+// when a quarter of it is in use, so a goroutine that has copied anything
+// would keep 4-8 KiB through an idle WebSocket's whole life; a fresh one
+// parks in its read on the smallest stack.
+func (j *joiner) run(dir Direction) {
+	err := j.pipe(dir)
+	if err == errIdle {
+		go j.resume(dir)
+		return
+	}
+	if err != nil {
+		// Abort: unblock the other direction, whichever failed.
+		j.a.Close()
+		j.b.Close()
+	}
+	j.errs[dir] = err
+	if j.left.Add(-1) != 0 {
+		return
+	}
+	j.a.Close()
+	j.b.Close()
 	// The direction that failed first has the real error; the other one
-	// saw its connection closed by abort.
-	for _, err := range []error{err1, err2} {
+	// saw its connection closed by the abort.
+	for _, err := range j.errs {
 		if err != nil && err != errAborted {
-			return err
+			j.done(err)
+			return
 		}
 	}
-	return nil
+	j.done(nil)
+}
+
+// resume waits for an idle direction's source to have something to read,
+// then copies on. The wait is a shallow call chain, small enough for the
+// smallest goroutine stack.
+func (j *joiner) resume(dir Direction) {
+	src := j.a
+	if dir == BToA {
+		src = j.b
+	}
+	WaitRead(src)
+	j.run(dir)
 }
 
 // errAborted is pipe's result when a connection was closed under it, by the
 // other direction's abort or by Join's owner.
 var errAborted = errors.New("tunnel: join aborted")
 
-// pipe copies src to dst until EOF or an error, then half-closes dst. Each
-// write must finish within idle (unless idle is negative). tap, if not nil,
-// sees what was written.
-func pipe(dst, src net.Conn, n *atomic.Int64, idle time.Duration, dir Direction, tap func(Direction, []byte)) error {
-	var small [smallBuf]byte
+// pipe copies direction dir until EOF or an error, then half-closes its
+// destination, or until the source goes idle (errIdle). Each write must
+// finish within j.idle (unless it is negative); j.tap, if not nil, sees
+// what is written.
+//
+// While data comes, the source has a read deadline bigLinger ahead,
+// refreshed as it keeps coming; its expiry with nothing read means idle.
+// A source without deadlines is never declared idle: it gives its big
+// buffer back after every read that drained it instead.
+func (j *joiner) pipe(dir Direction) error {
+	src, dst, n := j.a, j.b, &j.counts.AToB
+	if dir == BToA {
+		src, dst, n = j.b, j.a, &j.counts.BToA
+	}
+	// Both buffers are pooled: a direction that has gone idle waits in
+	// WaitRead without either.
+	sb := smallPool.Get().(*[smallBuf]byte)
+	small := sb[:]
 	var big *[]byte
-	// While big is held, src has a read deadline (lingerAt, refreshed as
-	// data keeps coming) whose expiry means "idle: give big back".
-	var lingerAt time.Time
+	var lingerAt time.Time // when src's deadline was last set; zero: none is
+	deadlines := true      // src takes read deadlines
 	release := func() {
 		if big != nil {
 			bufPool.Put(big)
@@ -151,22 +213,23 @@ func pipe(dst, src net.Conn, n *atomic.Int64, idle time.Duration, dir Direction,
 		}
 	}
 	defer func() {
+		smallPool.Put(sb)
 		if big != nil {
 			bufPool.Put(big)
 		}
 	}()
 	for {
-		buf := small[:]
+		buf := small
 		if big != nil {
 			buf = *big
 		}
 		nr, rerr := src.Read(buf)
 		if nr > 0 {
-			if idle > 0 {
-				dst.SetWriteDeadline(time.Now().Add(idle))
+			if j.idle > 0 {
+				dst.SetWriteDeadline(time.Now().Add(j.idle))
 			}
-			if tap != nil {
-				tap(dir, buf[:nr])
+			if j.tap != nil {
+				j.tap(dir, buf[:nr])
 			}
 			nw, werr := dst.Write(buf[:nr])
 			n.Add(int64(nw))
@@ -177,33 +240,28 @@ func pipe(dst, src net.Conn, n *atomic.Int64, idle time.Duration, dir Direction,
 				return werr
 			}
 		}
-		if big != nil && rerr != nil && errors.Is(rerr, os.ErrDeadlineExceeded) {
-			// Our linger ran out: the source is idle. (Join owns the
-			// read deadlines of its connections while it runs.)
+		if rerr != nil && !lingerAt.IsZero() && errors.Is(rerr, os.ErrDeadlineExceeded) {
+			// Our deadline: nothing came for bigLinger. (Join owns
+			// the read deadlines of its connections while it runs.)
 			src.SetReadDeadline(time.Time{})
 			release()
-			continue
+			return errIdle
 		}
-		switch {
-		case big == nil && nr == len(buf):
-			// Data is flowing faster than one small read: switch to a
-			// big buffer until the source goes quiet.
-			now := time.Now()
-			if src.SetReadDeadline(now.Add(bigLinger)) == nil {
+		if nr > 0 {
+			if big == nil && nr == len(buf) {
+				// Data is flowing faster than one small read: a big
+				// buffer until the source goes quiet.
 				big = bufPool.Get().(*[]byte)
-				lingerAt = now
 			}
-		case big == nil && nr < len(buf):
-			// The read took all there was: the next one may block for
-			// as long as the connection stays idle.
-			release()
-		case big != nil:
-			if now := time.Now(); now.Sub(lingerAt) > bigLinger/2 {
-				if src.SetReadDeadline(now.Add(bigLinger)) != nil {
-					release()
-				} else {
+			if now := time.Now(); deadlines && now.Sub(lingerAt) > bigLinger/2 {
+				if src.SetReadDeadline(now.Add(bigLinger)) == nil {
 					lingerAt = now
+				} else {
+					deadlines = false
 				}
+			}
+			if !deadlines && nr < len(buf) {
+				release()
 			}
 		}
 		if rerr != nil {
@@ -232,4 +290,23 @@ func closeWrite(c net.Conn) error {
 	}
 	// No half-close: ending the whole connection is the only way to signal EOF.
 	return c.Close()
+}
+
+// readWaiter is a connection that can wait until a Read would not block
+// (data, end of stream or an error) without taking any of it. Wrappers of
+// connections implement it by calling WaitRead on what they wrap.
+type readWaiter interface{ WaitRead() }
+
+// WaitRead waits until c has something to read, where c can tell without a
+// buffer (a Stream, a TCP connection, or a wrapper of one that implements
+// WaitRead() by calling this); otherwise it returns at once. It reads
+// nothing. Join waits this way while a direction is idle, so that the
+// wait holds no buffer and fits the smallest goroutine stack.
+func WaitRead(c net.Conn) {
+	switch c := c.(type) {
+	case readWaiter:
+		c.WaitRead()
+	case *net.TCPConn:
+		waitTCP(c)
+	}
 }

@@ -185,6 +185,15 @@ func (c *Stream) Read(b []byte) (int, error) {
 	return n, c.mapErr("read", err)
 }
 
+// WaitRead waits until a Read would not block: data has arrived, the peer
+// finished, or the stream failed. It reads nothing.
+func (c *Stream) WaitRead() {
+	if c.isClosed() {
+		return
+	}
+	c.s.Read(nil) // yamux waits for data or the end, then returns 0
+}
+
 // Shrink drops the stream's receive buffer if it is empty. yamux keeps it
 // after every read, sized to the largest frame it held; a stream that goes
 // idle after a burst would pin that much memory until it closes. Join calls

@@ -1,0 +1,70 @@
+package tunnel_test
+
+import (
+	"io"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/tunnel"
+)
+
+// BenchmarkJoinIdle measures what an idle joined connection costs: 500
+// joins of a TCP connection with a yamux stream, as at the relay (visitor
+// and agent) and the agent (stream and local server), each having carried
+// one 32 KiB message both ways, then left idle. After two collections it
+// reports the goroutine stack and live heap per join, the figures behind
+// tunnel bench's idle rows.
+func BenchmarkJoinIdle(b *testing.B) {
+	const joins = 500
+	agent, relay, stop := sessionPair(b)
+	defer stop()
+	msg := make([]byte, 32<<10)
+	for range b.N {
+		var before runtime.MemStats
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		type pair struct{ client, server net.Conn }
+		pairs := make([]pair, 0, joins)
+		done := make(chan error, joins)
+		for range joins {
+			client, a := tcpPair(b)
+			opened, accepted := rawStreamPair(b, relay, agent)
+			st, server := tunnel.NewStream(opened, nil), tunnel.NewStream(accepted, nil)
+			tunnel.JoinAsync(a, st, tunnel.JoinOptions{}, func(err error) { done <- err })
+			pairs = append(pairs, pair{client, server})
+		}
+		buf := make([]byte, len(msg))
+		for _, p := range pairs {
+			if _, err := p.client.Write(msg); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(p.server, buf); err != nil {
+				b.Fatal(err)
+			}
+			p.server.(*tunnel.Stream).Shrink() // the far end is not measured
+			if _, err := p.server.Write(msg); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(p.client, buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+		time.Sleep(50 * time.Millisecond) // past Join's linger: the big buffers are back
+		var after runtime.MemStats
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.StackInuse-before.StackInuse)/joins, "stack-B/join")
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/joins, "heap-B/join")
+		for _, p := range pairs {
+			p.client.Close()
+			p.server.Close()
+		}
+		for range joins {
+			<-done
+		}
+	}
+}
