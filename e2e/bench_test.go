@@ -100,6 +100,31 @@ func BenchmarkProxyWebSocketEcho(b *testing.B) {
 	}
 }
 
+// BenchmarkProxyNewWebSocket is a new WebSocket through the tunnel: the
+// visitor's dial and upgrade, the relay's stream to the agent, the agent's
+// dial of the local server, one 32-byte echo, and the close.
+func BenchmarkProxyNewWebSocket(b *testing.B) {
+	ls := startLocal(b)
+	tr := startRelay(b, "")
+	startAgent(b, tr.url(), []agent.Tunnel{{Name: "bench", Local: ls.addr}})
+	ctx := context.Background()
+	msg := make([]byte, 32)
+	b.ReportAllocs()
+	for b.Loop() {
+		c, err := dialWS(ctx, tr.addr, "ws://bench.localhost/ws")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := c.Read(ctx); err != nil {
+			b.Fatal(err)
+		}
+		c.CloseNow()
+	}
+}
+
 // TestBenchmarksBriefly runs every benchmark of the module once when CI is
 // set, so that they keep compiling and running; it measures nothing.
 func TestBenchmarksBriefly(t *testing.T) {
