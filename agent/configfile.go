@@ -223,7 +223,7 @@ func (p *configParser) parseRoot(n *yaml.Node, cfg *Config) error {
 			if err != nil {
 				pool = x509.NewCertPool()
 			}
-			if err := addPEMFile(pool, path); err != nil {
+			if err := AddCertsFromPEMFile(pool, path); err != nil {
 				return p.errorf(v, "ca_file: %v", err)
 			}
 			cfg.TLSConfig = &tls.Config{RootCAs: pool}
@@ -324,7 +324,7 @@ func (p *configParser) parseTunnel(n *yaml.Node, index int) (Tunnel, error) {
 			// Only this CA: a local server's certificate comes from a
 			// development CA, never from a public one.
 			pool := x509.NewCertPool()
-			if err := addPEMFile(pool, path); err != nil {
+			if err := AddCertsFromPEMFile(pool, path); err != nil {
 				return p.errorf(v, "%s: %v", at, err)
 			}
 			t.LocalCA = pool
@@ -468,8 +468,10 @@ func (p *configParser) boolValue(n *yaml.Node, what string) (bool, error) {
 	return false, p.errorf(n, "%s: want true or false, got %q", what, s)
 }
 
-// addPEMFile adds the certificates of the PEM file at path to pool.
-func addPEMFile(pool *x509.CertPool, path string) error {
+// AddCertsFromPEMFile adds the certificates of the PEM file at path to
+// pool (other PEM blocks are skipped), or says which one is broken, or
+// that there is none.
+func AddCertsFromPEMFile(pool *x509.CertPool, path string) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return err

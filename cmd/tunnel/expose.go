@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -212,7 +211,7 @@ func localOptions(cmd *cobra.Command, opts *ExposeOptions) error {
 	}
 	if opts.LocalCAFile != "" {
 		pool := x509.NewCertPool()
-		if err := addCertsFromFile(pool, opts.LocalCAFile); err != nil {
+		if err := agent.AddCertsFromPEMFile(pool, opts.LocalCAFile); err != nil {
 			return usageErrorf(cmd, "--local-ca: %v", err)
 		}
 		opts.LocalCA = pool
@@ -333,39 +332,10 @@ func tlsConfigTrusting(caFile string) (*tls.Config, error) {
 	if err != nil {
 		pool = x509.NewCertPool()
 	}
-	if err := addCertsFromFile(pool, caFile); err != nil {
+	if err := agent.AddCertsFromPEMFile(pool, caFile); err != nil {
 		return nil, err
 	}
 	return &tls.Config{RootCAs: pool}, nil
-}
-
-// addCertsFromFile adds the certificates in the PEM file caFile to pool.
-func addCertsFromFile(pool *x509.CertPool, caFile string) error {
-	data, err := os.ReadFile(caFile)
-	if err != nil {
-		return err
-	}
-	n := 0
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return fmt.Errorf("%s: certificate %d: %v", caFile, n+1, err)
-		}
-		pool.AddCert(cert)
-		n++
-	}
-	if n == 0 {
-		return fmt.Errorf("%s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", caFile)
-	}
-	return nil
 }
 
 // portFlag is an int flag that accepts only TCP port numbers.
