@@ -18,6 +18,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tunnel-dev/tunnel/internal/yamlconf"
 	"github.com/tunnel-dev/tunnel/proto"
 )
 
@@ -73,21 +74,21 @@ func parseConfig(name, dir string, data []byte) (*Config, error) {
 	if len(data) > maxConfigSize {
 		return nil, fmt.Errorf("%s: larger than %d bytes; is it the right file?", name, maxConfigSize)
 	}
-	p := &configParser{name: name, dir: dir}
+	p := &configParser{Parser: yamlconf.Parser{Name: name}, dir: dir}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%s: the file is empty; list the tunnels under tunnels:", name)
 		}
-		return nil, p.yamlError(err)
+		return nil, p.SyntaxError(err)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		if err != nil {
-			return nil, p.yamlError(err)
+			return nil, p.SyntaxError(err)
 		}
-		return nil, p.errorf(&extra, "a second YAML document (after ---); keep the configuration in one")
+		return nil, p.Errorf(&extra, "a second YAML document (after ---); keep the configuration in one")
 	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode && len(root.Content) > 0 {
@@ -104,82 +105,14 @@ func parseConfig(name, dir string, data []byte) (*Config, error) {
 // tagged structs, so that every error can say where in the file it is and
 // none can echo a secret.
 type configParser struct {
-	name string
-	dir  string // relative paths in the file are relative to this
-}
-
-func (p *configParser) errorf(n *yaml.Node, format string, args ...any) error {
-	return fmt.Errorf("%s:%d: %s", p.name, n.Line, fmt.Sprintf(format, args...))
-}
-
-// yamlError rephrases the YAML library's syntax errors, "yaml: line 4: …",
-// as "tunnels.yaml:4: …".
-func (p *configParser) yamlError(err error) error {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	if rest, ok := strings.CutPrefix(msg, "line "); ok {
-		if num, text, ok := strings.Cut(rest, ": "); ok {
-			if _, err := strconv.Atoi(num); err == nil {
-				return fmt.Errorf("%s:%s: %s", p.name, num, oneLine(text))
-			}
-		}
-	}
-	return fmt.Errorf("%s: %s", p.name, oneLine(msg))
-}
-
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
-
-// deref follows aliases (*anchor) to the node they stand for.
-func deref(n *yaml.Node) *yaml.Node {
-	for i := 0; n != nil && n.Kind == yaml.AliasNode && i < 100; i++ {
-		n = n.Alias
-	}
-	return n
-}
-
-// nodeOr returns n, or a node at line 0 when there is none, for errorf.
-func nodeOr(n *yaml.Node) *yaml.Node {
-	if n == nil {
-		return &yaml.Node{}
-	}
-	return n
-}
-
-// mapping calls field for each key of the mapping n, refusing keys not in
-// known and keys given twice. what names the mapping in errors.
-func (p *configParser) mapping(n *yaml.Node, what string, known []string, field func(key string, k, v *yaml.Node) error) error {
-	n = deref(n)
-	if n == nil || n.Kind != yaml.MappingNode {
-		return p.errorf(nodeOr(n), "%s must be a mapping of keys (%s)", what, strings.Join(known, ", "))
-	}
-	seen := make(map[string]int)
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if k.Kind != yaml.ScalarNode {
-			return p.errorf(k, "%s: keys must be plain words like %s", what, known[0])
-		}
-		key := k.Value
-		if line, ok := seen[key]; ok {
-			return p.errorf(k, "%s: key %q is given twice (first at line %d)", what, key, line)
-		}
-		seen[key] = k.Line
-		isKnown := false
-		for _, kk := range known {
-			isKnown = isKnown || kk == key
-		}
-		if !isKnown {
-			return p.errorf(k, "%s: unknown key %q; known keys are %s", what, key, strings.Join(known, ", "))
-		}
-		if err := field(key, k, deref(v)); err != nil {
-			return err
-		}
-	}
-	return nil
+	yamlconf.Parser
+	dir string // relative paths in the file are relative to this
 }
 
 func (p *configParser) parseRoot(n *yaml.Node, cfg *Config) error {
 	known := []string{"relay", "token", "token_file", "ca_file", "inspect_addr", "tunnels"}
 	var tokenKey, tunnelsKey *yaml.Node
-	err := p.mapping(n, "the configuration", known, func(key string, k, v *yaml.Node) error {
+	err := p.Mapping(n, "the configuration", known, func(key string, k, v *yaml.Node) error {
 		var err error
 		switch key {
 		case "relay":
@@ -188,17 +121,17 @@ func (p *configParser) parseRoot(n *yaml.Node, cfg *Config) error {
 			}
 			u, err := url.Parse(cfg.Relay)
 			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return p.errorf(v, "relay %q is not a URL like https://example.com or http://localhost:8000", cfg.Relay)
+				return p.Errorf(v, "relay %q is not a URL like https://example.com or http://localhost:8000", cfg.Relay)
 			}
 		case "token", "token_file":
 			if tokenKey != nil {
-				return p.errorf(k, "token and token_file do not go together (the other is at line %d); keep one", tokenKey.Line)
+				return p.Errorf(k, "token and token_file do not go together (the other is at line %d); keep one", tokenKey.Line)
 			}
 			tokenKey = k
 			if key == "token" {
 				// Never echo the value: it is a secret.
 				if v.Kind != yaml.ScalarNode || v.Tag == "!!null" || strings.TrimSpace(v.Value) == "" {
-					return p.errorf(v, "token is empty or not a string; give the relay's token, or leave the key out for a relay without tokens")
+					return p.Errorf(v, "token is empty or not a string; give the relay's token, or leave the key out for a relay without tokens")
 				}
 				cfg.Token = strings.TrimSpace(v.Value)
 				return nil
@@ -209,10 +142,10 @@ func (p *configParser) parseRoot(n *yaml.Node, cfg *Config) error {
 			}
 			b, err := os.ReadFile(path)
 			if err != nil {
-				return p.errorf(v, "token_file: %v", err)
+				return p.Errorf(v, "token_file: %v", err)
 			}
 			if cfg.Token = strings.TrimSpace(string(b)); cfg.Token == "" {
-				return p.errorf(v, "token_file %s is empty; write the relay's token in it", path)
+				return p.Errorf(v, "token_file %s is empty; write the relay's token in it", path)
 			}
 		case "ca_file":
 			path, err := p.path(v, key)
@@ -224,7 +157,7 @@ func (p *configParser) parseRoot(n *yaml.Node, cfg *Config) error {
 				pool = x509.NewCertPool()
 			}
 			if err := AddCertsFromPEMFile(pool, path); err != nil {
-				return p.errorf(v, "ca_file: %v", err)
+				return p.Errorf(v, "ca_file: %v", err)
 			}
 			cfg.TLSConfig = &tls.Config{RootCAs: pool}
 		case "inspect_addr":
@@ -232,7 +165,7 @@ func (p *configParser) parseRoot(n *yaml.Node, cfg *Config) error {
 				return err
 			}
 			if _, _, err := net.SplitHostPort(cfg.InspectAddr); err != nil {
-				return p.errorf(v, "inspect_addr %q is not host:port, e.g. 127.0.0.1:4040", cfg.InspectAddr)
+				return p.Errorf(v, "inspect_addr %q is not host:port, e.g. 127.0.0.1:4040", cfg.InspectAddr)
 			}
 		case "tunnels":
 			tunnelsKey = k
@@ -244,26 +177,26 @@ func (p *configParser) parseRoot(n *yaml.Node, cfg *Config) error {
 		return err
 	}
 	if tunnelsKey == nil {
-		return p.errorf(nodeOr(n), "no tunnels: list them under tunnels:, each with a port (or local: host:port)")
+		return p.Errorf(yamlconf.NodeOr(n), "no tunnels: list them under tunnels:, each with a port (or local: host:port)")
 	}
 	return nil
 }
 
 func (p *configParser) parseTunnels(k, v *yaml.Node) ([]Tunnel, error) {
 	if v == nil || v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
-		return nil, p.errorf(k, "tunnels must be a list with at least one tunnel (- name: demo, port: 8080)")
+		return nil, p.Errorf(k, "tunnels must be a list with at least one tunnel (- name: demo, port: 8080)")
 	}
 	var out []Tunnel
 	names := make(map[string]int)
 	for i, item := range v.Content {
-		item = deref(item)
+		item = yamlconf.Deref(item)
 		t, err := p.parseTunnel(item, i+1)
 		if err != nil {
 			return nil, err
 		}
 		if t.Name != "" {
 			if line, ok := names[t.Name]; ok {
-				return nil, p.errorf(item, "tunnel %q is listed twice (first at line %d); give each its own name", t.Name, line)
+				return nil, p.Errorf(item, "tunnel %q is listed twice (first at line %d); give each its own name", t.Name, line)
 			}
 			names[t.Name] = item.Line
 		}
@@ -279,7 +212,7 @@ func (p *configParser) parseTunnel(n *yaml.Node, index int) (Tunnel, error) {
 	if n != nil && n.Kind == yaml.MappingNode {
 		for j := 0; j+1 < len(n.Content); j += 2 {
 			if n.Content[j].Value == "name" {
-				if nv := deref(n.Content[j+1]); nv != nil && nv.Kind == yaml.ScalarNode && nv.Value != "" {
+				if nv := yamlconf.Deref(n.Content[j+1]); nv != nil && nv.Kind == yaml.ScalarNode && nv.Value != "" {
 					what = fmt.Sprintf("tunnel %q", nv.Value)
 				}
 			}
@@ -288,7 +221,7 @@ func (p *configParser) parseTunnel(n *yaml.Node, index int) (Tunnel, error) {
 	known := []string{"name", "port", "local", "local_https", "local_ca", "local_insecure", "host_header", "basic_auth", "allow_ip", "deny_ip"}
 	keys := make(map[string]*yaml.Node)
 	var access Access
-	err := p.mapping(n, what, known, func(key string, k, v *yaml.Node) error {
+	err := p.Mapping(n, what, known, func(key string, k, v *yaml.Node) error {
 		keys[key] = k
 		var err error
 		at := what + ": " + key
@@ -298,7 +231,7 @@ func (p *configParser) parseTunnel(n *yaml.Node, index int) (Tunnel, error) {
 				return err
 			}
 			if err := proto.ValidateName(t.Name); err != nil {
-				return p.errorf(v, "%v", err)
+				return p.Errorf(v, "%v", err)
 			}
 		case "port":
 			port, err := p.port(v, at)
@@ -312,10 +245,10 @@ func (p *configParser) parseTunnel(n *yaml.Node, index int) (Tunnel, error) {
 			}
 			host, port, err := net.SplitHostPort(t.Local)
 			if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
-				return p.errorf(v, "%s %q is not host:port like 127.0.0.1:8080", at, t.Local)
+				return p.Errorf(v, "%s %q is not host:port like 127.0.0.1:8080", at, t.Local)
 			}
 		case "local_https":
-			t.LocalHTTPS, err = p.boolValue(v, at)
+			t.LocalHTTPS, err = p.Bool(v, at)
 		case "local_ca":
 			path, err := p.path(v, at)
 			if err != nil {
@@ -325,35 +258,35 @@ func (p *configParser) parseTunnel(n *yaml.Node, index int) (Tunnel, error) {
 			// development CA, never from a public one.
 			pool := x509.NewCertPool()
 			if err := AddCertsFromPEMFile(pool, path); err != nil {
-				return p.errorf(v, "%s: %v", at, err)
+				return p.Errorf(v, "%s: %v", at, err)
 			}
 			t.LocalCA = pool
 		case "local_insecure":
-			t.LocalInsecure, err = p.boolValue(v, at)
+			t.LocalInsecure, err = p.Bool(v, at)
 		case "host_header":
 			if t.HostHeader, err = p.str(v, at); err != nil {
 				return err
 			}
 			if t.HostHeader != HostRewrite {
 				if err := ValidateHostHeader(t.HostHeader); err != nil {
-					return p.errorf(v, "%s: %v (or rewrite, for the local address)", what, err)
+					return p.Errorf(v, "%s: %v (or rewrite, for the local address)", what, err)
 				}
 			}
 		case "basic_auth":
 			// The values hold passwords: errors describe them, never echo them.
-			list, err := p.strList(v, at, `["user:password"]`)
+			list, err := p.StrList(v, at, `["user:password"]`)
 			if err != nil {
 				return err
 			}
 			for _, s := range list {
 				user, pass, ok := strings.Cut(s, ":")
 				if !ok || user == "" {
-					return p.errorf(v, "%s: each entry is user:password, and one has no user before a ':'", at)
+					return p.Errorf(v, "%s: each entry is user:password, and one has no user before a ':'", at)
 				}
 				access.BasicAuth = append(access.BasicAuth, BasicUser(user, pass))
 			}
 		case "allow_ip", "deny_ip":
-			list, err := p.strList(v, at, "[203.0.113.0/24]")
+			list, err := p.StrList(v, at, "[203.0.113.0/24]")
 			if err != nil {
 				return err
 			}
@@ -361,7 +294,7 @@ func (p *configParser) parseTunnel(n *yaml.Node, index int) (Tunnel, error) {
 				s = strings.TrimSpace(s)
 				if _, err := netip.ParsePrefix(s); err != nil {
 					if _, err := netip.ParseAddr(s); err != nil {
-						return p.errorf(v, "%s: %q is not an IP address or a CIDR prefix like 203.0.113.0/24", at, s)
+						return p.Errorf(v, "%s: %q is not an IP address or a CIDR prefix like 203.0.113.0/24", at, s)
 					}
 				}
 				if key == "allow_ip" {
@@ -378,15 +311,15 @@ func (p *configParser) parseTunnel(n *yaml.Node, index int) (Tunnel, error) {
 	}
 	switch {
 	case keys["port"] != nil && keys["local"] != nil:
-		return t, p.errorf(keys["local"], "%s: port and local do not go together (port is at line %d); keep one", what, keys["port"].Line)
+		return t, p.Errorf(keys["local"], "%s: port and local do not go together (port is at line %d); keep one", what, keys["port"].Line)
 	case t.Local == "":
-		return t, p.errorf(n, "%s: no local server: give its port (port: 8080) or address (local: 127.0.0.1:8080)", what)
+		return t, p.Errorf(n, "%s: no local server: give its port (port: 8080) or address (local: 127.0.0.1:8080)", what)
 	case keys["local_ca"] != nil && keys["local_insecure"] != nil && t.LocalInsecure:
-		return t, p.errorf(keys["local_insecure"], "%s: local_ca and local_insecure do not go together (local_ca is at line %d); keep one", what, keys["local_ca"].Line)
+		return t, p.Errorf(keys["local_insecure"], "%s: local_ca and local_insecure do not go together (local_ca is at line %d); keep one", what, keys["local_ca"].Line)
 	case !t.LocalHTTPS && keys["local_ca"] != nil:
-		return t, p.errorf(keys["local_ca"], "%s: local_ca applies only to an HTTPS local server; add local_https: true", what)
+		return t, p.Errorf(keys["local_ca"], "%s: local_ca applies only to an HTTPS local server; add local_https: true", what)
 	case !t.LocalHTTPS && t.LocalInsecure:
-		return t, p.errorf(keys["local_insecure"], "%s: local_insecure applies only to an HTTPS local server; add local_https: true", what)
+		return t, p.Errorf(keys["local_insecure"], "%s: local_insecure applies only to an HTTPS local server; add local_https: true", what)
 	}
 	if len(access.BasicAuth)+len(access.AllowIPs)+len(access.DenyIPs) > 0 {
 		t.Access = &access
@@ -394,29 +327,22 @@ func (p *configParser) parseTunnel(n *yaml.Node, index int) (Tunnel, error) {
 	return t, nil
 }
 
-func (p *configParser) scalar(n *yaml.Node, what, want string) (string, error) {
-	if n == nil || n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
-		return "", p.errorf(nodeOr(n), "%s: want %s", what, want)
-	}
-	return n.Value, nil
-}
-
 func (p *configParser) str(n *yaml.Node, what string) (string, error) {
-	s, err := p.scalar(n, what, "a string")
+	s, err := p.Scalar(n, what, "a string")
 	if err == nil && s == "" {
-		err = p.errorf(n, "%s is empty", what)
+		err = p.Errorf(n, "%s is empty", what)
 	}
 	return s, err
 }
 
 // path reads a file name, relative to the configuration file's directory.
 func (p *configParser) path(n *yaml.Node, what string) (string, error) {
-	s, err := p.scalar(n, what, "a file name")
+	s, err := p.Scalar(n, what, "a file name")
 	if err != nil {
 		return "", err
 	}
 	if s == "" {
-		return "", p.errorf(n, "%s is empty; give a file name", what)
+		return "", p.Errorf(n, "%s is empty; give a file name", what)
 	}
 	if !filepath.IsAbs(s) && p.dir != "" {
 		s = filepath.Join(p.dir, s)
@@ -424,48 +350,16 @@ func (p *configParser) path(n *yaml.Node, what string) (string, error) {
 	return s, nil
 }
 
-func (p *configParser) strList(n *yaml.Node, what, example string) ([]string, error) {
-	if n.Kind == yaml.ScalarNode && n.Tag != "!!null" {
-		return []string{n.Value}, nil // a single entry needs no brackets
-	}
-	if n.Kind != yaml.SequenceNode {
-		return nil, p.errorf(n, "%s: want a list like %s", what, example)
-	}
-	var out []string
-	for _, item := range n.Content {
-		s, err := p.scalar(deref(item), what, "a list like "+example)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, s)
-	}
-	return out, nil
-}
-
 func (p *configParser) port(n *yaml.Node, what string) (int, error) {
-	s, err := p.scalar(n, what, "a TCP port from 1 to 65535")
+	s, err := p.Scalar(n, what, "a TCP port from 1 to 65535")
 	if err != nil {
 		return 0, err
 	}
 	i, err := strconv.Atoi(s)
 	if err != nil || i < 1 || i > 65535 {
-		return 0, p.errorf(n, "%s: want a TCP port from 1 to 65535, got %q", what, s)
+		return 0, p.Errorf(n, "%s: want a TCP port from 1 to 65535, got %q", what, s)
 	}
 	return i, nil
-}
-
-func (p *configParser) boolValue(n *yaml.Node, what string) (bool, error) {
-	s, err := p.scalar(n, what, "true or false")
-	if err != nil {
-		return false, err
-	}
-	switch s {
-	case "true":
-		return true, nil
-	case "false":
-		return false, nil
-	}
-	return false, p.errorf(n, "%s: want true or false, got %q", what, s)
 }
 
 // AddCertsFromPEMFile adds the certificates of the PEM file at path to
