@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -232,24 +233,37 @@ func TestJoinIdleBothClosed(t *testing.T) {
 // TestJoinResetEndsBoth checks that an error on one side (the client resets
 // its TCP connection) ends both directions: Join returns the error and the
 // server sees its connection end although it never closed its side.
+//
+// Both while data flows and once the direction has gone idle (past Join's
+// linger, waiting in WaitRead): waiting must not take the reset for a clean
+// end of stream, which would half-close the server's side and pass a
+// response cut short as complete.
 func TestJoinResetEndsBoth(t *testing.T) {
 	for _, kind := range joinKinds {
-		t.Run(kind.name, func(t *testing.T) {
-			f := kind.start(t)
-			// Prove the pipe is up before the reset.
-			f.client.Write([]byte("x"))
-			if _, err := io.ReadFull(f.server, make([]byte, 1)); err != nil {
-				t.Fatal(err)
-			}
-			f.client.(*net.TCPConn).SetLinger(0)
-			f.client.Close() // sends RST
-			if err := f.wait(t); err == nil {
-				t.Error("Join = nil after a connection reset, want the error")
-			}
-			if _, err := f.server.Read(make([]byte, 1)); err == nil {
-				t.Error("server's connection still open after the client's reset")
-			}
-		})
+		for _, idle := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/idle=%v", kind.name, idle), func(t *testing.T) {
+				testJoinReset(t, kind.start(t), idle)
+			})
+		}
+	}
+}
+
+func testJoinReset(t *testing.T, f *joinFixture, idle bool) {
+	// Prove the pipe is up before the reset.
+	f.client.Write([]byte("x"))
+	if _, err := io.ReadFull(f.server, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if idle {
+		time.Sleep(100 * time.Millisecond) // well past Join's 10 ms linger
+	}
+	f.client.(*net.TCPConn).SetLinger(0)
+	f.client.Close() // sends RST
+	if err := f.wait(t); err == nil {
+		t.Error("Join = nil after a connection reset, want the error")
+	}
+	if _, err := f.server.Read(make([]byte, 1)); err == nil {
+		t.Error("server's connection still open after the client's reset")
 	}
 }
 

@@ -4,23 +4,30 @@ package tunnel
 
 import (
 	"net"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
-// waitTCP waits until c has data or an error to read, peeking at one byte
-// without taking it.
+// waitTCP waits until c has data, its end or an error to read, without
+// reading anything.
 func waitTCP(c *net.TCPConn) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return
 	}
-	rc.Read(peekReady)
+	rc.Read(readable)
 }
 
-// peekReady is RawConn.Read's callback: true once the socket has a byte,
-// its end, or an error to give; false (wait for readiness) while empty.
-func peekReady(fd uintptr) bool {
-	var b [1]byte
-	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	return err != syscall.EAGAIN && err != syscall.EINTR
+// readable is RawConn.Read's callback: true once the socket has something
+// for a Read (data, the peer's FIN, an error), false (wait for readiness)
+// while it has nothing. It asks poll(2), which leaves all of that in
+// place: a peek with recv(2) would take a pending error such as a reset,
+// and the Read after it would see a clean end of stream instead.
+func readable(fd uintptr) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	if err != nil {
+		return true // let the Read find out
+	}
+	return n > 0 && fds[0].Revents != 0
 }
