@@ -118,7 +118,7 @@ func (t *keepAliveTransport) roundTrip(c net.Conn, req *http.Request, key string
 			return nil, cerr
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, fmt.Errorf("timeout awaiting response headers: %w", err)
+			return nil, timeoutErr(c, err)
 		}
 		return nil, err
 	}

@@ -606,6 +606,21 @@ func (c *slotConn) Shrink() { c.Conn.(*tunnel.Stream).Shrink() }
 // WaitRead lets Join wait for the stream without a buffer.
 func (c *slotConn) WaitRead() { tunnel.WaitRead(c.Conn) }
 
+// AwaitReply and Replied reach the stream's early reply (see
+// tunnel.OpenOptions.Early).
+func (c *slotConn) AwaitReply() error { return c.Conn.(*tunnel.Stream).AwaitReply() }
+func (c *slotConn) Replied() bool     { return c.Conn.(*tunnel.Stream).Replied() }
+
+// timeoutErr names the deadline that ran out on c: before the agent's reply
+// had been read, the agent did not answer (errAgentTimeout); after, the
+// local server sent no response header in time.
+func timeoutErr(c net.Conn, err error) error {
+	if r, ok := c.(interface{ Replied() bool }); ok && !r.Replied() {
+		return errAgentTimeout
+	}
+	return fmt.Errorf("timeout awaiting response headers: %w", err)
+}
+
 // takeoverPing is how long a session holding a name under the same token
 // has to answer before a new session takes the name over. A live agent on
 // loopback or across the world answers within it; one on a dead network

@@ -142,7 +142,17 @@ func (t upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		st.SetDeadline(time.Now().Add(d))
 	}
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Unix(1, 0)) })
-	res, br, err := roundTripOn(st, req)
+	var res *http.Response
+	var br *bufio.Reader
+	if a, ok := st.(interface{ AwaitReply() error }); ok && req.Body != nil && req.Body != http.NoBody {
+		// A body may trickle in for as long as the request's deadline
+		// allows; the agent's answer, and the opening slot it frees,
+		// must not wait for it.
+		err = a.AwaitReply()
+	}
+	if err == nil {
+		res, br, err = roundTripOn(st, req)
+	}
 	if err != nil || ctx.Err() != nil {
 		stop()
 		st.Close()
@@ -150,7 +160,7 @@ func (t upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, cerr
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, fmt.Errorf("timeout awaiting response headers: %w", err)
+			return nil, timeoutErr(st, err)
 		}
 		return nil, err
 	}

@@ -48,12 +48,17 @@ type Stream struct {
 // one.
 type pendingReply struct {
 	ok       atomic.Bool // read, and the stream is served
+	ended    atomic.Bool // read, whatever it said (done, for Replied)
 	mu       sync.Mutex  // held while reading it
 	done     bool
 	err      error
 	by       time.Time // the wait for it ends then (zero: no bound)
 	answered sync.Once
 	onAnswer func() // called once: reply read, or stream closed first
+	// waiting is true until the reply has been read; while it is, yamux's
+	// read deadline is ReplyBy or the caller's, whichever comes first.
+	// Guarded by the Stream's mu, like every change of yamux's deadline.
+	waiting bool
 }
 
 func (r *pendingReply) answer() {
@@ -69,7 +74,10 @@ func (r *pendingReply) answer() {
 var ErrNoReply = errors.New("tunnel: the agent did not answer the stream in time")
 
 // awaitReply reads an early stream's reply if it has not been read yet,
-// and returns the refusal or failure it ended with, every time.
+// and returns the refusal or failure it ended with, every time. A timeout
+// of the caller's own read deadline before any of the reply came is
+// returned as such and leaves the reply to a later Read, as a deadline on a
+// TCP socket would.
 func (c *Stream) awaitReply() error {
 	r := c.reply
 	if r == nil || r.ok.Load() {
@@ -80,23 +88,13 @@ func (c *Stream) awaitReply() error {
 	if r.done {
 		return r.err
 	}
-	// Within ReplyBy and the caller's read deadline, whichever is first.
 	// Read from yamux itself: after a Close (a peer's stream-reset that
 	// followed its refusal, say), the reply it buffered is still read.
-	by := r.by
-	if d := c.readDeadline.Load(); d != nil && !d.IsZero() && (by.IsZero() || d.Before(by)) {
-		by = *d
-	}
-	c.setYamuxReadDeadline(by)
 	pc := codecs.Get().(*proto.StreamCodec)
 	var rep proto.StreamReply
-	err := pc.ReadStreamReply(c.s, &rep)
+	in := &countingReader{r: c.s}
+	err := pc.ReadStreamReply(in, &rep)
 	codecs.Put(pc)
-	var own time.Time
-	if d := c.readDeadline.Load(); d != nil {
-		own = *d
-	}
-	c.setYamuxReadDeadline(own)
 
 	var perr *proto.Error
 	switch {
@@ -107,6 +105,8 @@ func (c *Stream) awaitReply() error {
 		err = c.mapErr("read", net.ErrClosed)
 	case errors.Is(err, yamux.ErrTimeout) && !r.by.IsZero() && !time.Now().Before(r.by):
 		err = ErrNoReply
+	case errors.Is(err, yamux.ErrTimeout) && in.n == 0:
+		return c.mapErr("read", err) // the caller's deadline; the reply may still come
 	case err == io.EOF:
 		err = c.mapErr("read", fmt.Errorf("stream ended before the agent's reply: %w", io.ErrUnexpectedEOF))
 	default:
@@ -116,18 +116,61 @@ func (c *Stream) awaitReply() error {
 	if err == nil {
 		r.ok.Store(true)
 	}
+	r.ended.Store(true)
+	// From now on yamux's read deadline is the caller's alone.
+	c.mu.Lock()
+	r.waiting = false
+	if !c.closed {
+		c.s.SetReadDeadline(c.ownReadDeadline())
+	}
+	c.mu.Unlock()
 	r.answer()
 	return err
 }
 
-// setYamuxReadDeadline sets the yamux stream's read deadline unless the
-// stream is closed, whose past deadline wakes every blocked call.
-func (c *Stream) setYamuxReadDeadline(t time.Time) {
-	c.mu.Lock()
-	if !c.closed {
-		c.s.SetReadDeadline(t)
+// AwaitReply reads an early stream's reply now, if it has not been read
+// yet, and returns the refusal or failure it ended with (nil for any other
+// stream). A caller about to write something that may take long, a
+// request body trickling in, calls it first, so that the agent's answer is
+// not left unread meanwhile.
+func (c *Stream) AwaitReply() error { return c.awaitReply() }
+
+// Replied reports whether the agent's reply has been read: false only for
+// an early stream still waiting for it. A timeout before then means the
+// agent did not answer, whatever deadline ran out.
+func (c *Stream) Replied() bool {
+	r := c.reply
+	return r == nil || r.ended.Load()
+}
+
+// countingReader counts what awaitReply took of the stream.
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+// ownReadDeadline is the read deadline the caller set; zero if none.
+func (c *Stream) ownReadDeadline() time.Time {
+	if d := c.readDeadline.Load(); d != nil {
+		return *d
 	}
-	c.mu.Unlock()
+	return time.Time{}
+}
+
+// yamuxReadDeadline is the read deadline yamux gets for the caller's t:
+// while an early stream's reply is awaited, ReplyBy if it comes first.
+// c.mu must be held.
+func (c *Stream) yamuxReadDeadline(t time.Time) time.Time {
+	if r := c.reply; r != nil && r.waiting && !r.by.IsZero() && (t.IsZero() || r.by.Before(t)) {
+		return r.by
+	}
+	return t
 }
 
 // expired reports whether the deadline in d has passed.
@@ -206,6 +249,13 @@ func (c *Stream) Shrink() { c.s.Shrink() }
 // (GHSA-29qp-crvh-w22m).
 func (c *Stream) Write(b []byte) (int, error) {
 	if c.isClosed() {
+		if c.reply != nil {
+			// Closed by the agent's stream-reset after it refused:
+			// the reply it sent first says why.
+			if rerr := c.awaitReply(); rerr != nil {
+				return 0, rerr
+			}
+		}
 		return 0, c.mapErr("write", net.ErrClosed)
 	}
 	if expired(&c.writeDeadline) {
@@ -265,21 +315,26 @@ func (c *Stream) RemoteAddr() net.Addr {
 
 // SetDeadline implements net.Conn.
 func (c *Stream) SetDeadline(t time.Time) error {
-	if c.isClosed() {
-		return c.mapErr("set", net.ErrClosed)
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
 	}
-	c.readDeadline.Store(&t)
-	c.writeDeadline.Store(&t)
-	return c.s.SetDeadline(t)
+	return c.SetWriteDeadline(t)
 }
 
 // SetReadDeadline implements net.Conn.
 func (c *Stream) SetReadDeadline(t time.Time) error {
-	if c.isClosed() {
+	c.mu.Lock()
+	closed := c.closed
+	var err error
+	if !closed {
+		c.readDeadline.Store(&t)
+		err = c.s.SetReadDeadline(c.yamuxReadDeadline(t))
+	}
+	c.mu.Unlock()
+	if closed {
 		return c.mapErr("set", net.ErrClosed)
 	}
-	c.readDeadline.Store(&t)
-	return c.s.SetReadDeadline(t)
+	return err
 }
 
 // SetWriteDeadline implements net.Conn.
@@ -361,7 +416,10 @@ func OpenStreamWith(ctx context.Context, sess *yamux.Session, hdr *proto.StreamH
 		return nil, fmt.Errorf("open stream: %w", ctxErr(ctx, err))
 	}
 	if opts.Early {
-		st.reply = &pendingReply{by: opts.ReplyBy, onAnswer: opts.Answered}
+		st.reply = &pendingReply{by: opts.ReplyBy, onAnswer: opts.Answered, waiting: true}
+		st.mu.Lock()
+		st.s.SetReadDeadline(st.yamuxReadDeadline(time.Time{}))
+		st.mu.Unlock()
 	}
 	return st, nil
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -401,5 +402,112 @@ func TestOpenStreamEarlyNoReply(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("Read gave up after %v, long past ReplyBy", d)
+	}
+}
+
+// ReplyBy bounds the wait for an early stream's reply even when the caller
+// sets a later read deadline meanwhile, from another goroutine: the relay's
+// keep-alive transport sets the response-header deadline from the goroutine
+// that writes a request's body while its handler waits for the reply.
+func TestOpenStreamEarlyReplyByHolds(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := tunnel.OpenStreamWith(ctx, relay, &proto.StreamHeader{Name: "demo"}, tunnel.OpenOptions{
+		Early: true, ReplyBy: time.Now().Add(300 * time.Millisecond),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ys, err := agent.AcceptStream() // an agent that never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ys.Close()
+	go func() {
+		time.Sleep(50 * time.Millisecond) // the body is written: await()
+		st.SetReadDeadline(time.Now().Add(3 * time.Second))
+	}()
+	start := time.Now()
+	_, err = st.Read(make([]byte, 10))
+	d := time.Since(start)
+	t.Logf("Read = %v after %v", err, d.Round(time.Millisecond))
+	if !errors.Is(err, tunnel.ErrNoReply) || d > time.Second {
+		t.Errorf("want ErrNoReply at ReplyBy (300ms), got %v after %v", err, d.Round(time.Millisecond))
+	}
+}
+
+// A caller's own read deadline that expires while the reply is awaited
+// fails that Read only, as on a TCP socket: once the deadline is extended,
+// a later Read gets the reply and then the data.
+func TestOpenStreamEarlyOwnDeadline(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := tunnel.OpenStreamWith(ctx, relay, &proto.StreamHeader{Name: "demo"}, tunnel.OpenOptions{
+		Early: true, ReplyBy: time.Now().Add(5 * time.Second),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ys, err := agent.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ast, _, err := tunnel.AcceptStream(ctx, ys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ast.Close()
+	st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err = st.Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("first Read, past its own deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	ast.Accept()
+	ast.Write([]byte("hello"))
+	st.SetReadDeadline(time.Time{})
+	buf := make([]byte, 10)
+	n, err := st.Read(buf)
+	t.Logf("Read after extending the deadline and an OK reply: %d, %v", n, err)
+	if err == nil && string(buf[:n]) != "hello" {
+		t.Errorf("Read %q, want hello", buf[:n])
+	}
+	if err != nil {
+		t.Errorf("Read after the deadline was extended: %v, want the data", err)
+	}
+}
+
+// An agent that refuses an early stream writes its reply, closes, and
+// sends a stream-reset, which closes the relay's end. A Write after that
+// returns the refusal the reply holds, not just "closed".
+func TestOpenStreamEarlyWriteAfterReset(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := tunnel.OpenStreamWith(ctx, relay, &proto.StreamHeader{Name: "demo"}, tunnel.OpenOptions{Early: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ys, err := agent.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ast, _, err := tunnel.AcceptStream(ctx, ys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ast.Refuse(proto.Errorf(proto.CodeLocalDial, "nothing answers"))
+	time.Sleep(50 * time.Millisecond)
+	st.Close() // what Resets.Reset does when the agent's StreamReset arrives
+	_, werr := st.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+	_, rerr := st.Read(make([]byte, 1))
+	t.Logf("Write: %v; Read: %v", werr, rerr)
+	if !errors.Is(werr, proto.ErrLocalDial) {
+		t.Errorf("Write = %v, want the refusal", werr)
 	}
 }

@@ -1,9 +1,9 @@
-//go:build !(linux || darwin || freebsd || netbsd || openbsd)
+//go:build !linux
 
 package tunnel
 
 import "net"
 
-// waitTCP returns at once where peeking is not done: the Read that
+// waitTCP returns at once where it is not implemented: the Read that
 // follows waits instead, holding Join's small buffer.
 func waitTCP(*net.TCPConn) {}
