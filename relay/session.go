@@ -606,6 +606,13 @@ func (c *slotConn) Shrink() { c.Conn.(*tunnel.Stream).Shrink() }
 // WaitRead lets Join wait for the stream without a buffer.
 func (c *slotConn) WaitRead() { tunnel.WaitRead(c.Conn) }
 
+// Abort ends the stream with an error (tunnel.Stream.Abort) and frees its
+// slot.
+func (c *slotConn) Abort() {
+	c.Conn.(*tunnel.Stream).Abort()
+	c.once.Do(c.release)
+}
+
 // AwaitReply and Replied reach the stream's early reply (see
 // tunnel.OpenOptions.Early).
 func (c *slotConn) AwaitReply() error { return c.Conn.(*tunnel.Stream).AwaitReply() }

@@ -250,6 +250,15 @@ func (u *upgradedStream) CloseWrite() error {
 	return u.Conn.(interface{ CloseWrite() error }).CloseWrite()
 }
 
+// Abort reaches the stream, so that an error ends it as one at the agent.
+func (u *upgradedStream) Abort() {
+	if a, ok := u.Conn.(interface{ Abort() }); ok {
+		a.Abort()
+		return
+	}
+	u.Conn.Close()
+}
+
 // WaitRead lets Join wait for the stream without a buffer.
 func (u *upgradedStream) WaitRead() {
 	if u.br != nil && u.br.Buffered() > 0 {

@@ -147,9 +147,10 @@ func (j *joiner) run(dir Direction) {
 		return
 	}
 	if err != nil {
-		// Abort: unblock the other direction, whichever failed.
-		j.a.Close()
-		j.b.Close()
+		// Abort: unblock the other direction, whichever failed, and
+		// let a stream's peer see an error rather than a clean end.
+		abortConn(j.a)
+		abortConn(j.b)
 	}
 	j.errs[dir] = err
 	if j.left.Add(-1) != 0 {
@@ -178,6 +179,18 @@ func (j *joiner) resume(dir Direction) {
 	}
 	WaitRead(src)
 	j.run(dir)
+}
+
+// aborter is a connection that can end with an error instead of a clean
+// close (Stream.Abort, and the relay's wrappers of a stream).
+type aborter interface{ Abort() }
+
+func abortConn(c net.Conn) {
+	if a, ok := c.(aborter); ok {
+		a.Abort()
+		return
+	}
+	c.Close()
 }
 
 // errAborted is pipe's result when a connection was closed under it, by the

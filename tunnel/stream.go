@@ -35,6 +35,7 @@ type Stream struct {
 	writeDeadline atomic.Pointer[time.Time]
 
 	sawEOF  atomic.Bool // the peer finished writing
+	aborted atomic.Bool // Abort ended it
 	onClose func(c *Stream, peerDone bool)
 
 	// reply is the agent's answer still to be read, for a stream opened
@@ -222,6 +223,10 @@ func (c *Stream) Read(b []byte) (int, error) {
 		return 0, c.mapErr("read", os.ErrDeadlineExceeded)
 	}
 	n, err := c.s.Read(b)
+	if c.aborted.Load() {
+		// Abort's own reader may have let this one through.
+		return 0, c.mapErr("read", net.ErrClosed)
+	}
 	if err == io.EOF {
 		c.sawEOF.Store(true)
 	}
@@ -297,6 +302,41 @@ func (c *Stream) Close() error {
 		}
 	})
 	return nil
+}
+
+// abortLinger bounds how long an aborted stream waits for the peer to
+// close its side before it closes its own.
+const abortLinger = 10 * time.Second
+
+// Abort ends the stream after an error. Like Close it fails pending and
+// later Reads and Writes at once; unlike Close it sends no FIN, which the
+// peer would read as a clean end of the stream (a response cut short by a
+// local server's crash would pass for complete), but only the
+// stream-reset of the Resets that tracks it, which aborts the peer's end.
+// The yamux stream is closed once the peer has closed its side in answer
+// (so the FIN cannot overtake the reset), or after abortLinger. A stream
+// that no Resets tracks is closed.
+func (c *Stream) Abort() {
+	if c.onClose == nil {
+		c.Close()
+		return
+	}
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		c.aborted.Store(true)
+		c.s.SetDeadline(time.Unix(1, 0)) // wake blocked calls
+		if c.reply != nil {
+			c.reply.answer()
+		}
+		c.onClose(c, false) // a stream-reset, whatever the peer has done
+		go func() {
+			c.s.SetReadDeadline(time.Now().Add(abortLinger))
+			io.Copy(io.Discard, c.s) // until the peer's FIN, a reset, or the linger
+			c.s.Close()
+		}()
+	})
 }
 
 // ID returns the stream's yamux ID, the same at both ends of the session.
