@@ -34,8 +34,9 @@ type Stream struct {
 	readDeadline  atomic.Pointer[time.Time]
 	writeDeadline atomic.Pointer[time.Time]
 
-	sawEOF  atomic.Bool // the peer finished writing
-	aborted atomic.Bool // Abort ended it
+	sawEOF  atomic.Bool  // the peer finished writing
+	aborted atomic.Bool  // Abort ended it
+	readers atomic.Int32 // Reads inside yamux's Read
 	onClose func(c *Stream, peerDone bool)
 
 	// reply is the agent's answer still to be read, for a stream opened
@@ -222,7 +223,9 @@ func (c *Stream) Read(b []byte) (int, error) {
 	if expired(&c.readDeadline) {
 		return 0, c.mapErr("read", os.ErrDeadlineExceeded)
 	}
+	c.readers.Add(1)
 	n, err := c.s.Read(b)
+	c.readers.Add(-1)
 	if c.aborted.Load() {
 		// Abort's own reader may have let this one through.
 		return 0, c.mapErr("read", net.ErrClosed)
@@ -332,6 +335,11 @@ func (c *Stream) Abort() {
 		}
 		c.onClose(c, false) // a stream-reset, whatever the peer has done
 		go func() {
+			// The past deadline wakes the Reads blocked in yamux;
+			// a later one would keep them waiting for the peer.
+			for i := 0; c.readers.Load() > 0 && i < 1000; i++ {
+				time.Sleep(time.Millisecond)
+			}
 			c.s.SetReadDeadline(time.Now().Add(abortLinger))
 			io.Copy(io.Discard, c.s) // until the peer's FIN, a reset, or the linger
 			c.s.Close()

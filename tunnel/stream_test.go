@@ -511,3 +511,35 @@ func TestOpenStreamEarlyWriteAfterReset(t *testing.T) {
 		t.Errorf("Write = %v, want the refusal", werr)
 	}
 }
+
+// Abort fails a Read blocked on the stream at once, as Close does, even
+// though the stream itself stays open until the peer answers the reset.
+func TestStreamAbortWakesReader(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	opened, accepted := rawStreamPair(t, relay, agent)
+	defer accepted.Close()
+	st := tunnel.NewStream(opened, nil)
+	tunnel.NewResets(func(uint32) {}).Track(st) // a peer that never answers the reset
+	for range 20 {
+		errc := make(chan error, 1)
+		go func() {
+			_, err := st.Read(make([]byte, 1))
+			errc <- err
+		}()
+		time.Sleep(time.Millisecond) // the Read is blocked
+		st.Abort()
+		select {
+		case err := <-errc:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("Read after Abort: %v, want net.ErrClosed", err)
+			}
+		case <-time.After(time.Second):
+			t.Fatal("a Read blocked on the stream kept waiting after Abort")
+		}
+		opened, accepted = rawStreamPair(t, relay, agent)
+		defer accepted.Close()
+		st = tunnel.NewStream(opened, nil)
+		tunnel.NewResets(func(uint32) {}).Track(st)
+	}
+}
