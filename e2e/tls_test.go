@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -84,6 +85,18 @@ func TestTLSEndToEnd(t *testing.T) {
 	}
 	if !strings.Contains(string(body), "X-Forwarded-Proto=https\n") {
 		t.Errorf("local server saw:\n%s", body)
+	}
+	// 4 MiB: full 128 KiB yamux frames over the agent's TLS connection.
+	const n = 4 << 20
+	resp, err = c.Get(fmt.Sprintf("%s/bytes?n=%d", urls[0], n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	want, _ := io.ReadAll(io.LimitReader(newPattern(), n))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("4 MiB over TLS: %d bytes, %v; want the pattern intact", len(got), err)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

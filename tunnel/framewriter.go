@@ -14,7 +14,13 @@ const (
 
 // maxCoalesceCopy is the largest data frame frameWriter copies into one
 // buffer with its header when the connection cannot take a vectored write.
-const maxCoalesceCopy = 64 << 10
+// A larger body goes out as two writes: the header with the body's first
+// tlsRecordLead bytes, one full TLS record, then the rest, so that the
+// header never costs a record (and a system call) of its own.
+const (
+	maxCoalesceCopy = 64 << 10
+	tlsRecordLead   = 16<<10 - frameHeaderLen
+)
 
 // frameWriter sits between a yamux session and its connection. yamux's send
 // loop writes every frame as two calls, the 12-byte header and then the
@@ -93,17 +99,24 @@ func (f *frameWriter) writeFrame(p []byte) (int, error) {
 		return bodyWritten(n), err
 	}
 	if len(p) <= maxCoalesceCopy {
-		if cap(f.buf) < frameHeaderLen+len(p) {
-			f.buf = make([]byte, 0, min(maxCoalesceCopy+frameHeaderLen, max(2*cap(f.buf), frameHeaderLen+len(p))))
-		}
-		b := append(append(f.buf[:0], f.hdr[:]...), p...)
-		n, err := f.w.Write(b)
+		n, err := f.w.Write(f.copyWithHeader(p))
 		return bodyWritten(int64(n)), err
 	}
-	if _, err := f.w.Write(f.hdr[:]); err != nil {
-		return 0, err
+	lead := f.copyWithHeader(p[:tlsRecordLead])
+	n, err := f.w.Write(lead)
+	if err != nil {
+		return bodyWritten(int64(n)), err
 	}
-	return f.w.Write(p)
+	m, err := f.w.Write(p[tlsRecordLead:])
+	return tlsRecordLead + m, err
+}
+
+// copyWithHeader returns the held header followed by p, in f's buffer.
+func (f *frameWriter) copyWithHeader(p []byte) []byte {
+	if cap(f.buf) < frameHeaderLen+len(p) {
+		f.buf = make([]byte, 0, min(maxCoalesceCopy+frameHeaderLen, max(2*cap(f.buf), frameHeaderLen+len(p))))
+	}
+	return append(append(f.buf[:0], f.hdr[:]...), p...)
 }
 
 func bodyWritten(n int64) int {
