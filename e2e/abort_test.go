@@ -22,27 +22,13 @@ func TestLocalServerCrashMidResponse(t *testing.T) {
 	for _, pause := range []time.Duration{0, 100 * time.Millisecond} {
 		t.Run(fmt.Sprintf("pause=%v", pause), func(t *testing.T) {
 			rl := startRelay(t, "")
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { ln.Close() })
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					go func() {
-						http.ReadRequest(bufio.NewReader(c))
-						io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\npart one of a longer body;")
-						time.Sleep(pause)
-						c.(*net.TCPConn).SetLinger(0)
-						c.Close() // RST: the server crashed mid-response
-					}()
-				}
-			}()
-			startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: ln.Addr().String()}})
+			local := serveConns(t, func(c net.Conn) {
+				http.ReadRequest(bufio.NewReader(c))
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\npart one of a longer body;")
+				time.Sleep(pause)
+				c.(*net.TCPConn).SetLinger(0) // the Close is a RST: the server crashed mid-response
+			})
+			startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local}})
 			for i := range 5 {
 				resp, err := visitorClient(rl.addr).Get("http://demo.localhost/")
 				if err != nil {

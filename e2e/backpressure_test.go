@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -16,9 +15,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/tunnel-dev/tunnel/agent"
-	"github.com/tunnel-dev/tunnel/proto"
 	"github.com/tunnel-dev/tunnel/relay"
-	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
 // A visitor that stops reading a download holds the stream only until the
@@ -166,24 +163,7 @@ func TestLocalServerNotReading(t *testing.T) {
 // session survives it.
 func TestAgentThatNeverAccepts(t *testing.T) {
 	rl := startRelay(t, "", func(c *relay.Config) { c.OpenTimeout = time.Second })
-	// A hand-made agent: it logs in and then never accepts a stream.
-	u, _ := url.Parse(rl.url())
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	conn, err := tunnel.DialControl(ctx, u, tunnel.DialOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sess, err := tunnel.Client(conn, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	ctrl, _ := sess.OpenStream()
-	proto.WriteMessage(ctrl, &proto.Hello{Version: proto.Version, Tunnels: []proto.TunnelRequest{{Name: "stuck"}}})
-	if _, err := proto.ReadAs[*proto.Welcome](ctrl); err != nil {
-		t.Fatal(err)
-	}
+	sess := silentAgent(t, rl.url(), "stuck")
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 300)

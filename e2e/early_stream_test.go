@@ -1,18 +1,15 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/agent"
-	"github.com/tunnel-dev/tunnel/proto"
 	"github.com/tunnel-dev/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel"
 )
@@ -22,37 +19,6 @@ import (
 // pin down what that must not change: how long a visitor waits for an agent
 // that never answers, what page it gets, and that no visitor can hold the
 // agent's opening slots by sending a body slowly.
-
-// silentAgent claims name and then never answers a stream: a frozen laptop
-// whose connection is still up.
-func silentAgent(t *testing.T, relayURL, name string) {
-	t.Helper()
-	u, err := url.Parse(relayURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := tunnel.DialControl(ctx, u, tunnel.DialOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sess, err := tunnel.Client(conn, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sess.Close() })
-	ctrl, err := sess.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := proto.WriteMessage(ctrl, &proto.Hello{Version: proto.Version, Tunnels: []proto.TunnelRequest{{Name: name}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := proto.ReadAs[*proto.Welcome](ctrl); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // An agent that does not answer: GET and POST alike get "Agent did not
 // answer" after OpenTimeout, whichever of OpenTimeout and the response

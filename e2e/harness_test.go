@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,10 +21,13 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/hashicorp/yamux"
 	"go.uber.org/goleak"
 
 	"github.com/tunnel-dev/tunnel/agent"
+	"github.com/tunnel-dev/tunnel/proto"
 	"github.com/tunnel-dev/tunnel/relay"
+	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
 func TestMain(m *testing.M) {
@@ -222,6 +226,99 @@ func (ls *localServer) seen() string {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	return strings.Join(ls.paths, " ")
+}
+
+// silentAgent claims name and then never accepts a stream: a frozen laptop
+// whose connection is still up. It returns the agent's session, closed at
+// the test's end.
+func silentAgent(t *testing.T, relayURL, name string) *yamux.Session {
+	t.Helper()
+	sess, err := helloSession(t, relayURL, &proto.Hello{Version: proto.Version, Tunnels: []proto.TunnelRequest{{Name: name}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	return sess
+}
+
+// helloSession speaks the protocol by hand: it connects to the relay as an
+// agent, writes hello, and returns the session with the relay's refusal,
+// or nil on Welcome. The caller closes the session.
+func helloSession(t *testing.T, relayURL string, hello *proto.Hello) (*yamux.Session, error) {
+	t.Helper()
+	u, err := url.Parse(relayURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := tunnel.DialControl(ctx, u, tunnel.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := tunnel.Client(conn, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl, err := sess.OpenStream()
+	if err != nil {
+		sess.Close()
+		t.Fatal(err)
+	}
+	if err := proto.WriteMessage(ctrl, hello); err != nil {
+		sess.Close()
+		t.Fatal(err)
+	}
+	_, err = proto.ReadAs[*proto.Welcome](ctrl)
+	return sess, err
+}
+
+// serveConns is a local server that speaks whatever handle writes: each
+// accepted connection goes to handle on a goroutine of its own and is
+// closed when handle returns. At the test's end the listener and every
+// connection still open are closed, and the handlers waited for. It
+// returns the server's address.
+func serveConns(t testing.TB, handle func(c net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = make(map[net.Conn]bool)
+	)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+					c.Close()
+				}()
+				handle(c)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
 }
 
 func startLocal(t testing.TB) *localServer {

@@ -10,7 +10,6 @@ import (
 
 	"github.com/tunnel-dev/tunnel/agent"
 	"github.com/tunnel-dev/tunnel/proto"
-	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
 // Without -s the relay picks a readable random name that follows the rules.
@@ -88,26 +87,8 @@ func TestVersionTooOld(t *testing.T) {
 // nil on Welcome.
 func rawHello(t *testing.T, relayURL string, hello *proto.Hello) error {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	u, _ := url.Parse(relayURL)
-	conn, err := tunnel.DialControl(ctx, u, tunnel.DialOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sess, err := tunnel.Client(conn, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	ctrl, err := sess.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := proto.WriteMessage(ctrl, hello); err != nil {
-		t.Fatal(err)
-	}
-	_, err = proto.ReadAs[*proto.Welcome](ctrl)
+	sess, err := helloSession(t, relayURL, hello)
+	sess.Close()
 	return err
 }
 

@@ -112,29 +112,18 @@ func echoSession(ctx context.Context, relayAddr string, id, msgs int) error {
 // server's reply: half-close crosses relay, tunnel and agent both ways.
 func TestHalfClose(t *testing.T) {
 	rl := startRelay(t, "")
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln.Close()
 	// A raw upgraded server: it reads everything until EOF, then answers
 	// with how much it got and closes.
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				if _, err := http.ReadRequest(br); err != nil {
-					return
-				}
-				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-				n, _ := io.Copy(io.Discard, br)
-				fmt.Fprintf(c, "got %d bytes", n)
-			}()
+	local := serveConns(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
 		}
-	}()
-	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: ln.Addr().String()}})
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		n, _ := io.Copy(io.Discard, br)
+		fmt.Fprintf(c, "got %d bytes", n)
+	})
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local}})
 
 	c, err := net.Dial("tcp", rl.addr)
 	if err != nil {
@@ -160,26 +149,15 @@ func TestHalfClose(t *testing.T) {
 // upgrade: a local server that answers 101 to anything else gets a 502.
 func TestSwitchProtocolsGuard(t *testing.T) {
 	rl := startRelay(t, "")
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln.Close()
 	// A bad server that answers every request with a 101 to "h2c".
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
-					return
-				}
-				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
-				io.Copy(io.Discard, c)
-			}()
+	local := serveConns(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
 		}
-	}()
-	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: ln.Addr().String()}})
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+		io.Copy(io.Discard, c)
+	})
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local}})
 	c := visitorClient(rl.addr)
 	status, body := get(t, c, "http://demo.localhost/plain")
 	if status != http.StatusBadGateway || !strings.Contains(body, "asked for no upgrade") {

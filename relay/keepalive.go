@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -114,13 +113,7 @@ func (t *keepAliveTransport) roundTrip(c net.Conn, req *http.Request, key string
 	fail := func(err error) (*http.Response, error) {
 		stop()
 		c.Close()
-		if cerr := ctx.Err(); cerr != nil {
-			return nil, cerr
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, timeoutErr(c, err)
-		}
-		return nil, err
+		return nil, roundTripErr(ctx, c, err)
 	}
 	// The response header must come within the timeout of the request's
 	// end. With a body the writer sets it, unless the header came first.

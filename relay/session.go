@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -618,10 +619,18 @@ func (c *slotConn) Abort() {
 func (c *slotConn) AwaitReply() error { return c.Conn.(*tunnel.Stream).AwaitReply() }
 func (c *slotConn) Replied() bool     { return c.Conn.(*tunnel.Stream).Replied() }
 
-// timeoutErr names the deadline that ran out on c: before the agent's reply
-// had been read, the agent did not answer (errAgentTimeout); after, the
-// local server sent no response header in time.
-func timeoutErr(c net.Conn, err error) error {
+// roundTripErr is what a round trip on c that failed with err reports:
+// the request's own end if its context ended, and for a deadline that ran
+// out, which one: before the agent's reply had been read, the agent did
+// not answer (errAgentTimeout); after, the local server sent no response
+// header in time.
+func roundTripErr(ctx context.Context, c net.Conn, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
 	if r, ok := c.(interface{ Replied() bool }); ok && !r.Replied() {
 		return errAgentTimeout
 	}

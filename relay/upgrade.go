@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -156,13 +155,7 @@ func (t upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil || ctx.Err() != nil {
 		stop()
 		st.Close()
-		if cerr := ctx.Err(); cerr != nil {
-			return nil, cerr
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, timeoutErr(st, err)
-		}
-		return nil, err
+		return nil, roundTripErr(ctx, st, err)
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		// The WebSocket outlives the request: it is no longer bound by

@@ -315,8 +315,9 @@ func closeWrite(c net.Conn) error {
 type readWaiter interface{ WaitRead() }
 
 // WaitRead waits until c has something to read, where c can tell without a
-// buffer (a Stream, a TCP connection, or a wrapper of one that implements
-// WaitRead() by calling this); otherwise it returns at once. It reads
+// buffer: a Stream, a TCP connection on Linux (ppoll), or a wrapper of one
+// that implements WaitRead() by calling this. For any other connection it
+// returns at once, and the Read that follows does the waiting. It reads
 // nothing. Join waits this way while a direction is idle, so that the
 // wait holds no buffer and fits the smallest goroutine stack.
 func WaitRead(c net.Conn) {
@@ -324,6 +325,12 @@ func WaitRead(c net.Conn) {
 	case readWaiter:
 		c.WaitRead()
 	case *net.TCPConn:
-		waitTCP(c)
+		if waitTCP != nil {
+			waitTCP(c)
+		}
 	}
 }
+
+// waitTCP waits for a TCP connection without reading, on the systems where
+// that is done (waitread_linux.go); nil elsewhere.
+var waitTCP func(*net.TCPConn)

@@ -3,6 +3,7 @@ package tunnel_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"golang.org/x/net/nettest"
 
 	"github.com/tunnel-dev/tunnel/proto"
@@ -280,36 +282,51 @@ func TestStreamCloseUnblocks(t *testing.T) {
 	}
 }
 
+// earlyPair opens an early stream with opts on a fresh session: st is the
+// relay's end; ys the agent's, accepted, its header not read yet (a test
+// can play an agent that never answers). Both close at the test's end.
+func earlyPair(t *testing.T, opts tunnel.OpenOptions) (st *tunnel.Stream, ys *yamux.Stream) {
+	t.Helper()
+	agent, relay, stop := sessionPair(t)
+	t.Cleanup(stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	opts.Early = true
+	st, err := tunnel.OpenStreamWith(ctx, relay, &proto.StreamHeader{Name: "demo"}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if ys, err = agent.AcceptStream(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ys.Close() })
+	return st, ys
+}
+
+// acceptHeader reads the header at the agent's end, as the agent does.
+func acceptHeader(t *testing.T, ys *yamux.Stream) *tunnel.Stream {
+	t.Helper()
+	ast, hdr, err := tunnel.AcceptStream(context.Background(), ys)
+	if err != nil || hdr.Name != "demo" {
+		t.Fatalf("AcceptStream: %v, %+v", err, hdr)
+	}
+	return ast
+}
+
 // An early stream carries the relay's first bytes with its header: the
 // agent finds them after the header, once it has answered, and the
 // relay's first Read reads the reply before the answer's bytes.
 func TestOpenStreamEarly(t *testing.T) {
-	agent, relay, stop := sessionPair(t)
-	defer stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-
 	var answered atomic.Int32
-	st, err := tunnel.OpenStreamWith(ctx, relay, &proto.StreamHeader{Name: "demo"}, tunnel.OpenOptions{
-		Early: true, ReplyBy: time.Now().Add(10 * time.Second), Answered: func() { answered.Add(1) },
+	st, ys := earlyPair(t, tunnel.OpenOptions{
+		ReplyBy: time.Now().Add(10 * time.Second), Answered: func() { answered.Add(1) },
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	// Returned before any agent took the stream: the request goes now.
+	// Returned without waiting for the agent: the request goes now.
 	if _, err := st.Write([]byte("GET / HTTP/1.1\r\n\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	ys, err := agent.AcceptStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ast, hdr, err := tunnel.AcceptStream(ctx, ys)
-	if err != nil || hdr.Name != "demo" {
-		t.Fatalf("AcceptStream: %v, %+v", err, hdr)
-	}
-	defer ast.Close()
+	ast := acceptHeader(t, ys)
 	if answered.Load() != 0 {
 		t.Fatal("Answered called before the reply was read")
 	}
@@ -337,31 +354,12 @@ func TestOpenStreamEarly(t *testing.T) {
 // and its Read (and every later one) returns the refusal as a
 // *proto.Error.
 func TestOpenStreamEarlyRefused(t *testing.T) {
-	agent, relay, stop := sessionPair(t)
-	defer stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-
 	var answered atomic.Int32
-	st, err := tunnel.OpenStreamWith(ctx, relay, &proto.StreamHeader{Name: "demo"}, tunnel.OpenOptions{
-		Early: true, Answered: func() { answered.Add(1) },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st, ys := earlyPair(t, tunnel.OpenOptions{Answered: func() { answered.Add(1) }})
 	if _, err := st.Write([]byte("GET / HTTP/1.1\r\n\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	ys, err := agent.AcceptStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ast, _, err := tunnel.AcceptStream(ctx, ys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ast.Refuse(proto.Errorf(proto.CodeLocalDial, "nothing answers on 127.0.0.1:8080")); err != nil {
+	if err := acceptHeader(t, ys).Refuse(proto.Errorf(proto.CodeLocalDial, "nothing answers on 127.0.0.1:8080")); err != nil {
 		t.Fatal(err)
 	}
 	for range 2 {
@@ -376,66 +374,42 @@ func TestOpenStreamEarlyRefused(t *testing.T) {
 	}
 }
 
-// An early stream whose agent never answers: the Read waiting for the
-// reply gives up at ReplyBy with ErrNoReply.
-func TestOpenStreamEarlyNoReply(t *testing.T) {
-	agent, relay, stop := sessionPair(t)
-	defer stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-
-	st, err := tunnel.OpenStreamWith(ctx, relay, &proto.StreamHeader{Name: "demo"}, tunnel.OpenOptions{
-		Early: true, ReplyBy: time.Now().Add(200 * time.Millisecond),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ys, err := agent.AcceptStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ys.Close()
-	start := time.Now()
-	if _, err := st.Read(make([]byte, 10)); !errors.Is(err, tunnel.ErrNoReply) {
-		t.Fatalf("Read = %v, want ErrNoReply", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("Read gave up after %v, long past ReplyBy", d)
+// An agent that refuses an early stream writes its reply, closes, and
+// sends a stream-reset, which closes the relay's end. A Write after that
+// returns the refusal the reply holds, not just "closed".
+func TestOpenStreamEarlyWriteAfterReset(t *testing.T) {
+	st, ys := earlyPair(t, tunnel.OpenOptions{})
+	acceptHeader(t, ys).Refuse(proto.Errorf(proto.CodeLocalDial, "nothing answers"))
+	time.Sleep(50 * time.Millisecond) // the reply has arrived
+	st.Close()                        // what Resets.Reset does when the agent's StreamReset arrives
+	if _, err := st.Write([]byte("GET / HTTP/1.1\r\n\r\n")); !errors.Is(err, proto.ErrLocalDial) {
+		t.Errorf("Write = %v, want the refusal", err)
 	}
 }
 
-// ReplyBy bounds the wait for an early stream's reply even when the caller
-// sets a later read deadline meanwhile, from another goroutine: the relay's
-// keep-alive transport sets the response-header deadline from the goroutine
-// that writes a request's body while its handler waits for the reply.
-func TestOpenStreamEarlyReplyByHolds(t *testing.T) {
-	agent, relay, stop := sessionPair(t)
-	defer stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	st, err := tunnel.OpenStreamWith(ctx, relay, &proto.StreamHeader{Name: "demo"}, tunnel.OpenOptions{
-		Early: true, ReplyBy: time.Now().Add(300 * time.Millisecond),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ys, err := agent.AcceptStream() // an agent that never answers
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ys.Close()
-	go func() {
-		time.Sleep(50 * time.Millisecond) // the body is written: await()
-		st.SetReadDeadline(time.Now().Add(3 * time.Second))
-	}()
-	start := time.Now()
-	_, err = st.Read(make([]byte, 10))
-	d := time.Since(start)
-	t.Logf("Read = %v after %v", err, d.Round(time.Millisecond))
-	if !errors.Is(err, tunnel.ErrNoReply) || d > time.Second {
-		t.Errorf("want ErrNoReply at ReplyBy (300ms), got %v after %v", err, d.Round(time.Millisecond))
+// An early stream whose agent never answers: the Read waiting for the
+// reply gives up at ReplyBy with ErrNoReply, also when the caller sets a
+// later read deadline meanwhile from another goroutine (the relay's
+// keep-alive transport sets the response-header deadline from the
+// goroutine that writes a request's body while its handler waits).
+func TestOpenStreamEarlyNoReply(t *testing.T) {
+	for _, later := range []bool{false, true} {
+		t.Run(fmt.Sprintf("later-deadline=%v", later), func(t *testing.T) {
+			st, _ := earlyPair(t, tunnel.OpenOptions{ReplyBy: time.Now().Add(300 * time.Millisecond)})
+			if later {
+				go func() {
+					time.Sleep(50 * time.Millisecond)
+					st.SetReadDeadline(time.Now().Add(3 * time.Second))
+				}()
+			}
+			start := time.Now()
+			if _, err := st.Read(make([]byte, 10)); !errors.Is(err, tunnel.ErrNoReply) {
+				t.Fatalf("Read = %v, want ErrNoReply", err)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Fatalf("Read gave up after %v, long past ReplyBy (300ms)", d)
+			}
+		})
 	}
 }
 
@@ -443,72 +417,18 @@ func TestOpenStreamEarlyReplyByHolds(t *testing.T) {
 // fails that Read only, as on a TCP socket: once the deadline is extended,
 // a later Read gets the reply and then the data.
 func TestOpenStreamEarlyOwnDeadline(t *testing.T) {
-	agent, relay, stop := sessionPair(t)
-	defer stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	st, err := tunnel.OpenStreamWith(ctx, relay, &proto.StreamHeader{Name: "demo"}, tunnel.OpenOptions{
-		Early: true, ReplyBy: time.Now().Add(5 * time.Second),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ys, err := agent.AcceptStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ast, _, err := tunnel.AcceptStream(ctx, ys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ast.Close()
+	st, ys := earlyPair(t, tunnel.OpenOptions{ReplyBy: time.Now().Add(5 * time.Second)})
+	ast := acceptHeader(t, ys)
 	st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	if _, err = st.Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
+	if _, err := st.Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("first Read, past its own deadline: %v, want os.ErrDeadlineExceeded", err)
 	}
 	ast.Accept()
 	ast.Write([]byte("hello"))
 	st.SetReadDeadline(time.Time{})
 	buf := make([]byte, 10)
-	n, err := st.Read(buf)
-	t.Logf("Read after extending the deadline and an OK reply: %d, %v", n, err)
-	if err == nil && string(buf[:n]) != "hello" {
-		t.Errorf("Read %q, want hello", buf[:n])
-	}
-	if err != nil {
-		t.Errorf("Read after the deadline was extended: %v, want the data", err)
-	}
-}
-
-// An agent that refuses an early stream writes its reply, closes, and
-// sends a stream-reset, which closes the relay's end. A Write after that
-// returns the refusal the reply holds, not just "closed".
-func TestOpenStreamEarlyWriteAfterReset(t *testing.T) {
-	agent, relay, stop := sessionPair(t)
-	defer stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	st, err := tunnel.OpenStreamWith(ctx, relay, &proto.StreamHeader{Name: "demo"}, tunnel.OpenOptions{Early: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ys, err := agent.AcceptStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ast, _, err := tunnel.AcceptStream(ctx, ys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ast.Refuse(proto.Errorf(proto.CodeLocalDial, "nothing answers"))
-	time.Sleep(50 * time.Millisecond)
-	st.Close() // what Resets.Reset does when the agent's StreamReset arrives
-	_, werr := st.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
-	_, rerr := st.Read(make([]byte, 1))
-	t.Logf("Write: %v; Read: %v", werr, rerr)
-	if !errors.Is(werr, proto.ErrLocalDial) {
-		t.Errorf("Write = %v, want the refusal", werr)
+	if n, err := st.Read(buf); err != nil || string(buf[:n]) != "hello" {
+		t.Errorf("Read after the deadline was extended: %q, %v; want hello", buf[:n], err)
 	}
 }
 

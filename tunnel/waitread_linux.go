@@ -6,9 +6,11 @@ import (
 	"unsafe"
 )
 
-// waitTCP waits until c has data, its end or an error to read, without
+func init() { waitTCP = waitTCPPoll }
+
+// waitTCPPoll waits until c has data, its end or an error to read, without
 // reading anything.
-func waitTCP(c *net.TCPConn) {
+func waitTCPPoll(c *net.TCPConn) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return
