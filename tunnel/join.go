@@ -24,6 +24,13 @@ const (
 	smallBuf  = 512
 	bigBuf    = 128 << 10
 	bigLinger = 10 * time.Millisecond
+	// parkAfter is how long a direction waits for more on its own
+	// goroutine, holding only the small buffer, once it has given its big
+	// one back; then it parks on a fresh goroutine (see joiner.run). A
+	// keep-alive connection whose requests come closer together than this
+	// keeps its goroutine and its grown stack between them, instead of
+	// starting and growing a new one for each.
+	parkAfter = 30 * time.Millisecond
 )
 
 var (
@@ -130,7 +137,7 @@ type joiner struct {
 }
 
 // errIdle is pipe's result when its source has had nothing to read for
-// bigLinger: the direction goes on in a fresh goroutine.
+// bigLinger and then parkAfter: the direction goes on in a fresh goroutine.
 var errIdle = errors.New("tunnel: join direction idle")
 
 // run copies direction dir on the calling goroutine until it ends, or
@@ -203,9 +210,10 @@ var errAborted = errors.New("tunnel: join aborted")
 // what is written.
 //
 // While data comes, the source has a read deadline bigLinger ahead,
-// refreshed as it keeps coming; its expiry with nothing read means idle.
-// A source without deadlines is never declared idle: it gives its big
-// buffer back after every read that drained it instead.
+// refreshed as it keeps coming; its expiry with nothing read gives the big
+// buffer back, and the next deadline, parkAfter ahead, means idle. A
+// source without deadlines is never declared idle: it gives its big buffer
+// back after every read that drained it instead.
 func (j *joiner) pipe(dir Direction) error {
 	src, dst, n := j.a, j.b, &j.counts.AToB
 	if dir == BToA {
@@ -218,6 +226,7 @@ func (j *joiner) pipe(dir Direction) error {
 	var big *[]byte
 	var lingerAt time.Time // when src's deadline was last set; zero: none is
 	deadlines := true      // src takes read deadlines
+	quiet := false         // the deadline is parkAfter's: bigLinger passed with nothing read
 	release := func() {
 		if big != nil {
 			bufPool.Put(big)
@@ -258,11 +267,20 @@ func (j *joiner) pipe(dir Direction) error {
 			}
 		}
 		if rerr != nil && !lingerAt.IsZero() && errors.Is(rerr, os.ErrDeadlineExceeded) {
-			// Our deadline: nothing came for bigLinger. (Join owns
-			// the read deadlines of its connections while it runs.)
-			src.SetReadDeadline(time.Time{})
+			// Our deadline: nothing came for bigLinger, or then for
+			// parkAfter. (Join owns the read deadlines of its
+			// connections while it runs.)
+			if quiet {
+				src.SetReadDeadline(time.Time{})
+				return errIdle
+			}
 			release()
-			return errIdle
+			now := time.Now()
+			if src.SetReadDeadline(now.Add(parkAfter)) != nil {
+				return errIdle
+			}
+			lingerAt, quiet = now, true
+			continue
 		}
 		if nr > 0 {
 			if big == nil && nr == len(buf) {
@@ -270,7 +288,8 @@ func (j *joiner) pipe(dir Direction) error {
 				// buffer until the source goes quiet.
 				big = bufPool.Get().(*[]byte)
 			}
-			if now := time.Now(); deadlines && now.Sub(lingerAt) > bigLinger/2 {
+			if now := time.Now(); deadlines && (quiet || now.Sub(lingerAt) > bigLinger/2) {
+				quiet = false
 				if src.SetReadDeadline(now.Add(bigLinger)) == nil {
 					lingerAt = now
 				} else {

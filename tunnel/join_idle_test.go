@@ -52,7 +52,7 @@ func BenchmarkJoinIdle(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		time.Sleep(50 * time.Millisecond) // past Join's linger: the big buffers are back
+		time.Sleep(300 * time.Millisecond) // past Join's 10 + 30 ms: buffers back, parked on fresh goroutines
 		var after runtime.MemStats
 		runtime.GC()
 		runtime.GC()

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
-	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -234,29 +233,32 @@ func TestJoinIdleBothClosed(t *testing.T) {
 // its TCP connection) ends both directions: Join returns the error and the
 // server sees its connection end although it never closed its side.
 //
-// Both while data flows and once the direction has gone idle (past Join's
-// linger, waiting in WaitRead): waiting must not take the reset for a clean
-// end of stream, which would half-close the server's side and pass a
-// response cut short as complete.
+// In each state of an idle direction: copying, quiet (past the 10 ms
+// linger, its big buffer given back, still on its goroutine) and parked
+// (past the further 30 ms, waiting in WaitRead on a fresh goroutine).
+// Waiting must not take the reset for a clean end of stream, which would
+// half-close the server's side and pass a response cut short as complete.
 func TestJoinResetEndsBoth(t *testing.T) {
+	pauses := []struct {
+		state string
+		d     time.Duration
+	}{{"copying", 0}, {"quiet", 20 * time.Millisecond}, {"parked", 300 * time.Millisecond}}
 	for _, kind := range joinKinds {
-		for _, idle := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/idle=%v", kind.name, idle), func(t *testing.T) {
-				testJoinReset(t, kind.start(t), idle)
+		for _, p := range pauses {
+			t.Run(kind.name+"/"+p.state, func(t *testing.T) {
+				testJoinReset(t, kind.start(t), p.d)
 			})
 		}
 	}
 }
 
-func testJoinReset(t *testing.T, f *joinFixture, idle bool) {
+func testJoinReset(t *testing.T, f *joinFixture, pause time.Duration) {
 	// Prove the pipe is up before the reset.
 	f.client.Write([]byte("x"))
 	if _, err := io.ReadFull(f.server, make([]byte, 1)); err != nil {
 		t.Fatal(err)
 	}
-	if idle {
-		time.Sleep(100 * time.Millisecond) // well past Join's 10 ms linger
-	}
+	time.Sleep(pause)
 	f.client.(*net.TCPConn).SetLinger(0)
 	f.client.Close() // sends RST
 	if err := f.wait(t); err == nil {
