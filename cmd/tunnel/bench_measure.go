@@ -37,11 +37,11 @@ func (b *bench) runAll(ctx context.Context, res *benchResult) error {
 
 	// 1. Bulk.
 	var mbps [3]float64
-	var bulkCPU [3]hopFigures
+	var bulkCPU, bulkKernel [3]hopFigures
 	for i, p := range b.paths {
 		b.progress("bulk: %s, %d × %d MiB", p.name, o.BulkRuns, o.BulkMiB)
 		var v float64
-		cpu, err := b.measure(p, func() (err error) {
+		cpu, kernel, err := b.measure(p, func() (err error) {
 			v, err = benchBulk(ctx, p, bulkBytes, o.BulkRuns)
 			return err
 		})
@@ -49,23 +49,25 @@ func (b *bench) runAll(ctx context.Context, res *benchResult) error {
 			return fmt.Errorf("bulk, %s: %w", p.name, err)
 		}
 		mbps[i] = v
-		bulkCPU[i] = cpu.per(float64(bulkBytes*int64(o.BulkRuns)) / 1e9)
+		gb := float64(bulkBytes*int64(o.BulkRuns)) / 1e9
+		bulkCPU[i], bulkKernel[i] = cpu.per(gb), kernel.per(gb)
 	}
 	res.add("bulk", "MB/s", higher, mbps[0], mbps[1], mbps[2])
 
 	// 2. Small requests.
 	var small [3]benchSmallResult
-	var smallCPU [3]hopFigures
+	var smallCPU, smallKernel [3]hopFigures
 	for i, p := range b.paths {
 		b.progress("small: %s, %d clients for %v", p.name, o.SmallClients, o.SmallDuration)
-		cpu, err := b.measure(p, func() (err error) {
+		cpu, kernel, err := b.measure(p, func() (err error) {
 			small[i], err = b.benchSmall(ctx, p)
 			return err
 		})
 		if err != nil {
 			return fmt.Errorf("small requests, %s: %w", p.name, err)
 		}
-		smallCPU[i] = cpu.per(float64(small[i].requests) / 1000)
+		k := float64(small[i].requests) / 1000
+		smallCPU[i], smallKernel[i] = cpu.per(k), kernel.per(k)
 	}
 	res.add("small", "req/s", higher, small[0].reqPerSec, small[1].reqPerSec, small[2].reqPerSec)
 	res.add("small", "p50 ms", lower, ms(small[0].p50), ms(small[1].p50), ms(small[2].p50))
@@ -139,8 +141,13 @@ func (b *bench) runAll(ctx context.Context, res *benchResult) error {
 	res.addHops("idle", "GiB/1M conns", fSlope.per(perMillion), tSlope.per(perMillion))
 
 	// 7. CPU.
+	// The kernel's part shows what moving the bytes costs by itself: a
+	// forwarder spends nearly all of its CPU there (splice), a relay or
+	// an agent the same system calls and more, plus its own work above.
 	res.addHops("bulk", "CPU s/GB", bulkCPU[1], bulkCPU[2])
+	res.addHops("bulk", "kernel CPU s/GB", bulkKernel[1], bulkKernel[2])
 	res.addHops("small", "CPU s/1k req", smallCPU[1], smallCPU[2])
+	res.addHops("small", "kernel CPU s/1k req", smallKernel[1], smallKernel[2])
 	res.addHops("idle", "CPU ms/conn", fCPU.per(float64(floorIdle)/1000), tCPU.per(float64(o.Idle)/1000))
 	return nil
 }
@@ -161,37 +168,39 @@ func (c hopFigures) per(n float64) hopFigures {
 	return c
 }
 
-// measure runs f and returns the CPU seconds each hop of p used meanwhile.
-func (b *bench) measure(p *benchPath, f func() error) (hopFigures, error) {
-	var before, after, c hopFigures
-	for i, g := range p.hops {
-		if len(g) == 0 {
-			continue
+// measure runs f and returns the CPU seconds each hop of p used meanwhile,
+// and the part of them spent in the kernel.
+func (b *bench) measure(p *benchPath, f func() error) (cpu, kernel hopFigures, err error) {
+	read := func() (total, sys hopFigures, err error) {
+		for i, g := range p.hops {
+			if len(g) == 0 {
+				continue
+			}
+			if total.hops[i], sys.hops[i], err = g.cpuSeconds(); err != nil {
+				return total, sys, err
+			}
+			total.ok[i], sys.ok[i] = true, true
 		}
-		s, err := g.cpuSeconds()
-		if err != nil {
-			return c, err
-		}
-		before.hops[i], c.ok[i] = s, true
+		return total, sys, nil
+	}
+	beforeCPU, beforeKernel, err := read()
+	if err != nil {
+		return cpu, kernel, err
 	}
 	if err := f(); err != nil {
-		return c, err
+		return cpu, kernel, err
 	}
 	if err := b.alive(); err != nil {
-		return c, err
+		return cpu, kernel, err
 	}
-	for i, g := range p.hops {
-		if len(g) == 0 {
-			continue
-		}
-		s, err := g.cpuSeconds()
-		if err != nil {
-			return c, err
-		}
-		after.hops[i] = s
-		c.hops[i] = after.hops[i] - before.hops[i]
+	if cpu, kernel, err = read(); err != nil {
+		return cpu, kernel, err
 	}
-	return c, nil
+	for i := range cpu.hops {
+		cpu.hops[i] -= beforeCPU.hops[i]
+		kernel.hops[i] -= beforeKernel.hops[i]
+	}
+	return cpu, kernel, nil
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -638,7 +647,7 @@ func (b *bench) idle(ctx context.Context, p *benchPath, n int) (mem, slope, cpu 
 	}
 	half := n / 2
 	var mid hopFigures
-	cpu, err = b.measure(p, func() error {
+	cpu, _, err = b.measure(p, func() error {
 		if err := open(0, half); err != nil {
 			return err
 		}

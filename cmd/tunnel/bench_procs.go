@@ -191,17 +191,18 @@ func stopChildren(list []*benchChild) {
 type procGroup []*benchChild
 
 // cpuSeconds is the user and system CPU time the processes have used,
-// from /proc/PID/stat, at the kernel's 10 ms resolution.
-func (g procGroup) cpuSeconds() (float64, error) {
-	var sum float64
+// and the system (kernel) part of it, from /proc/PID/stat, at the
+// kernel's 10 ms resolution.
+func (g procGroup) cpuSeconds() (total, kernel float64, err error) {
 	for _, c := range g {
-		s, err := procCPU(c.pid())
+		t, k, err := procCPU(c.pid())
 		if err != nil {
-			return 0, fmt.Errorf("%s: %w", c.name, err)
+			return 0, 0, fmt.Errorf("%s: %w", c.name, err)
 		}
-		sum += s
+		total += t
+		kernel += k
 	}
-	return sum, nil
+	return total, kernel, nil
 }
 
 // rssKiB is the processes' resident memory (VmRSS) in KiB.
@@ -221,29 +222,29 @@ func (g procGroup) rssKiB() (float64, error) {
 // at 100 on every architecture Go supports.
 const clockTicks = 100
 
-// procCPU reads utime+stime of pid in seconds.
-func procCPU(pid int) (float64, error) {
+// procCPU reads utime+stime of pid in seconds, and stime alone.
+func procCPU(pid int) (total, kernel float64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// The command name in parentheses may hold spaces: fields count from
 	// the last ')'. utime and stime are fields 14 and 15 of the line, so
 	// 12 and 13 after it.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, errors.New("malformed /proc/PID/stat")
+		return 0, 0, errors.New("malformed /proc/PID/stat")
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0, errors.New("short /proc/PID/stat")
+		return 0, 0, errors.New("short /proc/PID/stat")
 	}
 	u, err1 := strconv.ParseUint(f[11], 10, 64)
 	s, err2 := strconv.ParseUint(f[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/PID/stat: %w", err)
+		return 0, 0, fmt.Errorf("/proc/PID/stat: %w", err)
 	}
-	return float64(u+s) / clockTicks, nil
+	return float64(u+s) / clockTicks, float64(s) / clockTicks, nil
 }
 
 // procRSS reads VmRSS of pid in KiB.

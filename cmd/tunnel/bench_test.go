@@ -80,8 +80,12 @@ func TestBenchQuickJSON(t *testing.T) {
 		{"idle", "agent GiB/1M conns", finite, true},
 		{"bulk", "relay CPU s/GB", nonNegative, true},
 		{"bulk", "agent CPU s/GB", nonNegative, true},
+		{"bulk", "relay kernel CPU s/GB", nonNegative, true},
+		{"bulk", "agent kernel CPU s/GB", nonNegative, true},
 		{"small", "relay CPU s/1k req", nonNegative, true},
 		{"small", "agent CPU s/1k req", nonNegative, true},
+		{"small", "relay kernel CPU s/1k req", nonNegative, true},
+		{"small", "agent kernel CPU s/1k req", nonNegative, true},
 		{"idle", "relay CPU ms/conn", nonNegative, true},
 		{"idle", "agent CPU ms/conn", nonNegative, true},
 	}
@@ -126,6 +130,23 @@ func TestBenchQuickJSON(t *testing.T) {
 		checkRatio(t, name+": floor/direct", row.FloorVsDirect, row.Floor, row.Direct)
 		checkRatio(t, name+": tunnel/direct", row.TunnelVsDirect, row.Tunnel, row.Direct)
 		checkRatio(t, name+": tunnel/floor", row.TunnelVsFloor, row.Tunnel, row.Floor)
+	}
+	// The kernel's part of a hop's CPU time is read with the whole of it,
+	// from the same /proc/PID/stat line: it cannot be more.
+	rows := map[string]benchRow{}
+	for _, row := range res.Rows {
+		rows[row.Scenario+" "+row.Metric] = row
+	}
+	for name, k := range rows {
+		whole, ok := rows[strings.Replace(name, " kernel CPU", " CPU", 1)]
+		if !strings.Contains(name, " kernel CPU") || !ok {
+			continue
+		}
+		for _, v := range [][2]*float64{{k.Floor, whole.Floor}, {k.Tunnel, whole.Tunnel}} {
+			if v[0] != nil && v[1] != nil && *v[0] > *v[1] {
+				t.Errorf("%s = %v, more than the whole CPU time %v", name, *v[0], *v[1])
+			}
+		}
 	}
 }
 
