@@ -12,16 +12,19 @@ import (
 
 // Buffer sizes of Join. An idle direction waits for data holding no buffer
 // (or, where the source cannot be waited on, in a read of smallBuf bytes);
-// a pooled bigBuf is taken once a read fills the small one, and given back
+// a pooled midBuf is taken once a read fills the small one, a pooled bigBuf
+// in its place once a read fills that, and whichever is held is given back
 // once the source has had nothing to read for bigLinger. An idle WebSocket
-// therefore pins no buffer instead of the 2×32 KiB of io.Copy, while a busy
-// source that returns short reads (TLS gives at most a 16 KiB record per
-// read) keeps its big buffer between them. bigBuf is also the largest
-// yamux frame Join writes: 128 KiB frames cost the relay 20% and the
-// agent 10% less CPU per GB than 32 KiB ones (tunnel bench), and the
-// buffer is held only while data flows.
+// therefore pins no buffer instead of the 2×32 KiB of io.Copy; one that
+// carries messages of a few KiB holds 32 KiB while it does, and only a
+// stream of data takes the big one. A busy source that returns short reads
+// (TLS gives at most a 16 KiB record per read) keeps its buffer between
+// them. bigBuf is also the largest yamux frame Join writes: 128 KiB frames
+// cost the relay 20% and the agent 10% less CPU per GB than 32 KiB ones
+// (tunnel bench).
 const (
 	smallBuf  = 512
+	midBuf    = 32 << 10
 	bigBuf    = 128 << 10
 	bigLinger = 10 * time.Millisecond
 	// parkAfter is how long a direction waits for more on its own
@@ -34,9 +37,19 @@ const (
 )
 
 var (
-	bufPool   = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
+	midPool   = sync.Pool{New: func() any { b := make([]byte, midBuf); return &b }}
+	bigPool   = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
 	smallPool = sync.Pool{New: func() any { return new([smallBuf]byte) }}
 )
+
+// putBuf gives a buffer Join took back to the pool it came from.
+func putBuf(b *[]byte) {
+	if len(*b) == bigBuf {
+		bigPool.Put(b)
+	} else {
+		midPool.Put(b)
+	}
+}
 
 // Counts are the bytes Join moved, readable while it runs.
 type Counts struct {
@@ -219,17 +232,17 @@ func (j *joiner) pipe(dir Direction) error {
 	if dir == BToA {
 		src, dst, n = j.b, j.a, &j.counts.BToA
 	}
-	// Both buffers are pooled: a direction that has gone idle waits in
-	// WaitRead without either.
+	// Every buffer is pooled: a direction that has gone idle waits in
+	// WaitRead without any.
 	sb := smallPool.Get().(*[smallBuf]byte)
 	small := sb[:]
-	var big *[]byte
+	var big *[]byte // the mid or the big buffer, once a read filled the one before
 	var lingerAt time.Time // when src's deadline was last set; zero: none is
 	deadlines := true      // src takes read deadlines
 	quiet := false         // the deadline is parkAfter's: bigLinger passed with nothing read
 	release := func() {
 		if big != nil {
-			bufPool.Put(big)
+			putBuf(big)
 			big = nil
 		}
 		// Let the source drop its own receive buffer too (a yamux
@@ -241,7 +254,7 @@ func (j *joiner) pipe(dir Direction) error {
 	defer func() {
 		smallPool.Put(sb)
 		if big != nil {
-			bufPool.Put(big)
+			putBuf(big)
 		}
 	}()
 	for {
@@ -283,10 +296,16 @@ func (j *joiner) pipe(dir Direction) error {
 			continue
 		}
 		if nr > 0 {
-			if big == nil && nr == len(buf) {
-				// Data is flowing faster than one small read: a big
-				// buffer until the source goes quiet.
-				big = bufPool.Get().(*[]byte)
+			switch {
+			case nr < len(buf) || len(buf) == bigBuf:
+			case big == nil:
+				// Data is flowing faster than one small read: a
+				// bigger buffer until the source goes quiet.
+				big = midPool.Get().(*[]byte)
+			default:
+				// Faster than 32 KiB a read: a stream of data.
+				midPool.Put(big)
+				big = bigPool.Get().(*[]byte)
 			}
 			if now := time.Now(); deadlines && (quiet || now.Sub(lingerAt) > bigLinger/2) {
 				quiet = false
