@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/tunnel-dev/tunnel/agent"
@@ -162,15 +163,28 @@ func TestKeepAliveEndToEnd(t *testing.T) {
 	local := startLocal(t)
 	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
 	var visitorConns int
+	var last *watchedConn // the visitor connection dialled last
+	request := 0          // the request being made
 	tr := visitorTransport(rl.addr, nil)
 	dial := tr.DialContext
 	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if last != nil {
+			// Say why the connection before this one went, should
+			// the test fail.
+			t.Logf("visitor connection %d replaced at request %d: %s", visitorConns, request, last.end())
+		}
 		visitorConns++
-		return dial(ctx, network, addr)
+		c, err := dial(ctx, network, addr)
+		if err == nil {
+			last = &watchedConn{Conn: c}
+			c = last
+		}
+		return c, err
 	}
 	c := &http.Client{Transport: tr}
 	const n = 20000
 	for i := range n {
+		request = i
 		resp, err := c.Get(fmt.Sprintf("http://demo.localhost/r/%d", i))
 		if err != nil {
 			t.Fatalf("request %d: %v", i, err)
@@ -184,6 +198,41 @@ func TestKeepAliveEndToEnd(t *testing.T) {
 	if visitorConns != 1 || local.conns.Load() != 1 {
 		t.Fatalf("%d requests: %d visitor connections, %d local connections; want 1 and 1", n, visitorConns, local.conns.Load())
 	}
+}
+
+// watchedConn remembers how a connection ended: the first read error,
+// or a close from this side.
+type watchedConn struct {
+	net.Conn
+	mu      sync.Mutex
+	readErr error
+	closed  bool
+}
+
+func (c *watchedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.mu.Lock()
+		if c.readErr == nil {
+			c.readErr = err
+		}
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+func (c *watchedConn) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// end says how the connection ended, as far as it is known yet.
+func (c *watchedConn) end() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return fmt.Sprintf("read error %v, closed by the client %v", c.readErr, c.closed)
 }
 
 func port(addr string) string {
