@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -37,6 +38,10 @@ type BenchOptions struct {
 	WSMessages    int           // echoes per WebSocket of the many-WebSockets test
 	NewWS         int           // tries of the new-WebSocket test
 	Idle          int           // idle WebSockets of the memory test
+
+	// CPUProfile is a directory for a CPU profile of every process of the
+	// run, the bench's own included; "" for none.
+	CPUProfile string
 }
 
 // Limits of the bench's flags, each explained where it is checked.
@@ -84,6 +89,13 @@ and prints each figure with its ratio to direct and to the floor:
      projected to a million); then every one of them must echo again
   7. CPU time of the relay and the agent per GB, per 1,000 requests and
      per idle connection
+
+With --cpuprofile DIR each process writes a CPU profile for its whole run
+into DIR, named after it (origin.pprof, relay.pprof, agent.pprof,
+floor-forwarder-1.pprof, idle-relay.pprof, bench.pprof for the visitors,
+…): read one with 'go tool pprof DIR/relay.pprof'. To profile one scenario,
+shrink the others (--bulk-mib 1 --echoes 1 …). Any tunnel command writes
+such a profile to the file named by $TUNNEL_CPUPROFILE.
 
 Ratios within one run are what to compare: absolute figures depend on the
 machine and on what else runs on it. The default run takes under a minute on
@@ -136,6 +148,7 @@ streams per tunnel (limits.max_streams_per_tunnel in a --config file).`,
 	fl.IntVar(&opts.WSMessages, "ws-messages", 500, "echoes per WebSocket of the many-WebSockets test")
 	fl.IntVar(&opts.NewWS, "new-ws", 300, "tries of the new-WebSocket-and-one-echo test")
 	fl.IntVar(&opts.Idle, "idle", 1000, fmt.Sprintf("idle WebSockets of the memory test (at most %d)", benchMaxIdle))
+	fl.StringVar(&opts.CPUProfile, "cpuprofile", "", "write a CPU profile (pprof) of each process of the run into `DIR`: relay.pprof, agent.pprof, …")
 	cmd.AddCommand(NewCmdBenchOrigin(f, nil), NewCmdBenchForward(f, nil))
 	return cmd
 }
@@ -175,6 +188,7 @@ type bench struct {
 	children benchChildren
 	progress func(format string, args ...any)
 
+	profiles    []string // CPU profiles the children were asked to write
 	agentArgs   []string // extra arguments of every `tunnel expose`
 	origin      string   // the origin's address
 	originStats string   // where the origin tells how many connections it accepted
@@ -200,6 +214,13 @@ func benchRun(ctx context.Context, opts *BenchOptions) error {
 		fmt.Fprintf(opts.IO.ErrOut, "bench: "+format+"\n", args...)
 	}}
 	defer b.children.stopAll()
+	if opts.CPUProfile != "" {
+		stop, err := b.startProfiles()
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	res := &benchResult{Machine: benchMachine(), Params: benchParamsOf(opts)}
 	if opts.Relay != "" {
 		res.Machine.Relay = opts.Relay
@@ -212,6 +233,7 @@ func benchRun(ctx context.Context, opts *BenchOptions) error {
 		return err
 	}
 	b.children.stopAll()
+	b.checkProfiles()
 	if opts.JSON {
 		return res.writeJSON(opts.IO.Out)
 	}
@@ -220,7 +242,15 @@ func benchRun(ctx context.Context, opts *BenchOptions) error {
 
 // start runs `tunnel args...` as a child and waits for its readiness line.
 func (b *bench) start(ctx context.Context, name string, onStdout bool, match func(string) (string, bool), args ...string) (*benchChild, string, error) {
-	c, err := startBenchChild(b.exe, name, onStdout, match, args...)
+	// A child profiles itself only when asked for here, never because
+	// the bench's own environment says so: they would share one file.
+	env := []string{cpuProfileEnv + "="}
+	if b.opts.CPUProfile != "" {
+		file := filepath.Join(b.opts.CPUProfile, strings.ReplaceAll(name, " ", "-")+".pprof")
+		env = []string{cpuProfileEnv + "=" + file}
+		b.profiles = append(b.profiles, file)
+	}
+	c, err := startBenchChild(b.exe, name, env, onStdout, match, args...)
 	if err != nil {
 		return nil, "", err
 	}
@@ -357,4 +387,43 @@ func (b *bench) alive() error {
 		}
 	}
 	return nil
+}
+
+// startProfiles creates --cpuprofile's directory and starts the bench's
+// own profile there, unless $TUNNEL_CPUPROFILE already has this process
+// profiled.
+func (b *bench) startProfiles() (stop func(), err error) {
+	dir := b.opts.CPUProfile
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
+	}
+	if os.Getenv(cpuProfileEnv) != "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(filepath.Join(dir, "bench.pprof"))
+	if err != nil {
+		return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
+// checkProfiles says where the children's CPU profiles are, and which
+// child did not write one (it was killed: it did not stop in time).
+func (b *bench) checkProfiles() {
+	if b.opts.CPUProfile == "" {
+		return
+	}
+	for _, file := range b.profiles {
+		if fi, err := os.Stat(file); err != nil || fi.Size() == 0 {
+			b.progress("no CPU profile in %s: the process did not stop in time", file)
+		}
+	}
+	b.progress("CPU profiles in %s", b.opts.CPUProfile)
 }

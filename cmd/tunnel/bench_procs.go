@@ -35,13 +35,19 @@ type benchChild struct {
 // benchChildWait bounds how long a child may take to say it is ready.
 const benchChildWait = 30 * time.Second
 
-// startBenchChild runs exe with args. match is called on every line of
+// benchStopWait is how long a child may take to stop before it is killed:
+// enough for the relay's one-second drain and for writing a CPU profile.
+const benchStopWait = 5 * time.Second
+
+// startBenchChild runs exe with args, and env added to this process's
+// environment. match is called on every line of
 // stdout (onStdout) or stderr until it first returns ok; its value is then
 // what waitReady returns. The child gets SIGKILL if this process dies
 // without stopping it, and its own process group, so that a Ctrl-C at the
 // terminal reaches only the bench, which then stops its children in order.
-func startBenchChild(exe, name string, onStdout bool, match func(line string) (string, bool), args ...string) (*benchChild, error) {
+func startBenchChild(exe, name string, env []string, onStdout bool, match func(line string) (string, bool), args ...string) (*benchChild, error) {
 	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), env...) // later entries win
 	cmd.SysProcAttr = childProcAttr()
 	outPipe, err := cmd.StdoutPipe()
 	if err != nil {
@@ -128,8 +134,8 @@ func (c *benchChild) alive() error {
 	}
 }
 
-// stop asks the child to stop with SIGTERM, kills it after a second, and
-// returns once it has exited and its output is read.
+// stop asks the child to stop with SIGTERM, kills it after benchStopWait,
+// and returns once it has exited and its output is read.
 func (c *benchChild) stop() {
 	select {
 	case <-c.exited:
@@ -137,7 +143,7 @@ func (c *benchChild) stop() {
 	default:
 	}
 	c.cmd.Process.Signal(syscall.SIGTERM)
-	t := time.NewTimer(time.Second)
+	t := time.NewTimer(benchStopWait)
 	defer t.Stop()
 	select {
 	case <-c.exited:

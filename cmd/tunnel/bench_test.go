@@ -2,11 +2,15 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"math"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -150,6 +154,65 @@ func TestBenchQuickJSON(t *testing.T) {
 	}
 }
 
+// TestBenchCPUProfiles runs a tiny bench with --cpuprofile and checks that
+// every process of the run, the bench's own included, left a whole
+// profile named after it (pprof files are gzip-compressed: a profile cut
+// short by a kill does not decompress).
+func TestBenchCPUProfiles(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, tunnelBin, "bench", "--quick", "--json", "--cpuprofile", dir,
+		"--bulk-mib", "1", "--small-duration", "200ms", "--echoes", "10", "--ws-conns", "2",
+		"--ws-messages", "2", "--new-ws", "2", "--idle", "10")
+	// The bench's own $TUNNEL_CPUPROFILE must not reach its children: they
+	// would all write to one file.
+	own := filepath.Join(t.TempDir(), "own.pprof")
+	cmd.Env = append(os.Environ(), cpuProfileEnv+"="+own)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("tunnel bench: %v\n%s", err, stderr.String())
+	}
+	want := []string{"own.pprof"}
+	for _, name := range []string{"origin", "floor-forwarder-1", "floor-forwarder-2", "relay", "agent",
+		"idle-floor-forwarder-1", "idle-floor-forwarder-2", "idle-relay", "idle-agent-1"} {
+		want = append(want, name+".pprof")
+	}
+	for _, name := range want {
+		file := filepath.Join(dir, name)
+		if name == "own.pprof" {
+			file = own // the bench itself, profiled by the environment
+		}
+		checkProfile(t, file)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bench.pprof")); err == nil {
+		t.Error("bench.pprof written although $TUNNEL_CPUPROFILE had the bench profiled already")
+	}
+	if !strings.Contains(stderr.String(), "CPU profiles in "+dir) {
+		t.Errorf("stderr does not say where the profiles are:\n%s", stderr.String())
+	}
+}
+
+// checkProfile checks that file is a whole, non-empty gzip stream.
+func checkProfile(t *testing.T, file string) {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Errorf("no profile: %v", err)
+		return
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Errorf("%s: %v", file, err)
+		return
+	}
+	if n, err := io.Copy(io.Discard, zr); err != nil || n == 0 {
+		t.Errorf("%s: %d bytes, %v; want a whole profile", file, n, err)
+	}
+}
+
 // checkRatio checks that got is a/b from the same document, and null
 // exactly when a or b is missing or b is zero.
 func checkRatio(t *testing.T, name string, got, a, b *float64) {
@@ -236,5 +299,35 @@ func TestBenchForwardFlags(t *testing.T) {
 	}
 	if got.Listen != "127.0.0.1:0" || got.To != "127.0.0.1:1" {
 		t.Errorf("options = %+v", *got)
+	}
+}
+
+// TestCPUProfileEnv checks $TUNNEL_CPUPROFILE on a command of its own: the
+// profile is written when the command returns, and a file that cannot be
+// created is a one-line error before anything runs.
+func TestCPUProfileEnv(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "version.pprof")
+	cmd := exec.Command(tunnelBin, "version")
+	cmd.Env = append(os.Environ(), cpuProfileEnv+"="+file)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("tunnel version: %v\n%s", err, out)
+	}
+	checkProfile(t, file)
+
+	bad := filepath.Join(t.TempDir(), "no-such-dir", "x.pprof")
+	cmd = exec.Command(tunnelBin, "version")
+	cmd.Env = append(os.Environ(), cpuProfileEnv+"="+bad)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != exitError {
+		t.Fatalf("with an unwritable profile: err = %v, want exit status %d", err, exitError)
+	}
+	if msg := stderr.String(); strings.Count(msg, "\n") != 1 || !strings.Contains(msg, cpuProfileEnv) || !strings.Contains(msg, "no-such-dir") {
+		t.Errorf("stderr = %q, want one line naming %s and the path", msg, cpuProfileEnv)
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("stdout = %q, want nothing: the command must not run", stdout.String())
 	}
 }

@@ -34,9 +34,16 @@ func run(args []string) int {
 	stopHurry := exitOnSecondSignal()
 	defer stopHurry()
 
+	stopProfile, err := startCPUProfile()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tunnel: %v\n", err)
+		return exitError
+	}
+	defer stopProfile()
+
 	cmd := NewCmdRoot(IOStreams{Out: os.Stdout, ErrOut: os.Stderr})
 	cmd.SetArgs(args)
-	err := cmd.ExecuteContext(ctx)
+	err = cmd.ExecuteContext(ctx)
 	if err == nil {
 		return exitOK
 	}
