@@ -153,18 +153,57 @@ func (p *statusPrinter) close() {
 	p.wg.Wait()
 }
 
+// printerFlushEvery is how often, at most, the printer writes to its
+// streams while lines keep coming: a line after a quiet spell is written
+// at once, lines in a burst at most this late, in one write per stream.
+const printerFlushEvery = 20 * time.Millisecond
+
 func (p *statusPrinter) loop() {
 	defer p.errOut.flush()
 	defer p.out.flush()
-	for ev := range p.events {
-		p.count(ev)
-		p.print(ev)
-		if len(p.events) == 0 {
-			// Nothing more queued: show what we have now.
-			p.out.flush()
-			p.errOut.flush()
+	var (
+		last  time.Time        // the last flush
+		timer *time.Timer      // the next flush, while one is due
+		due   <-chan time.Time // timer's channel while it runs
+	)
+	flush := func() {
+		p.out.flush()
+		p.errOut.flush()
+		last = time.Now()
+	}
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		select {
+		case ev, ok := <-p.events:
+			if !ok {
+				p.finish()
+				return
+			}
+			p.count(ev)
+			p.print(ev)
+			if len(p.events) > 0 || due != nil {
+				continue // more to print, or a flush is due anyway
+			}
+			if wait := printerFlushEvery - time.Since(last); wait > 0 {
+				timer = time.NewTimer(wait)
+				due = timer.C
+			} else {
+				flush()
+			}
+		case <-due:
+			due = nil
+			flush()
 		}
 	}
+}
+
+// finish prints what loop leaves for the end: the summary and the count of
+// events that were dropped.
+func (p *statusPrinter) finish() {
 	if p.opts.Block && !p.opts.Quiet && !p.opts.JSON && p.counts != (counts{}) {
 		fmt.Fprintf(p.io.ErrOut, "summary     %v\n", p.counts)
 	}

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -204,5 +206,76 @@ func TestStatusPrinterCertificates(t *testing.T) {
 				t.Errorf("stderr:\n%s\nwant:\n%s", got, tt.wantEr)
 			}
 		})
+	}
+}
+
+// countingWriter counts the writes that reach it and keeps what they wrote.
+type countingWriter struct {
+	mu     sync.Mutex
+	writes int
+	buf    bytes.Buffer
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.writes++
+	return w.buf.Write(p)
+}
+
+func (w *countingWriter) read() (writes int, text string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.writes, w.buf.String()
+}
+
+// TestStatusPrinterBatches checks how request lines reach the terminal: a
+// line after a quiet spell is written without waiting for more, and a
+// burst of lines costs at most one write per printerFlushEvery or full
+// buffer, not one per request, with every line there in order at the end.
+func TestStatusPrinterBatches(t *testing.T) {
+	var out, errOut countingWriter
+	p := newStatusPrinter(IOStreams{Out: &out, ErrOut: &errOut}, printTunnelURLs)
+	at := time.Date(2026, 1, 2, 14, 3, 7, 0, time.Local)
+	request := func(i int) agent.Event {
+		return agent.Event{Kind: agent.EventRequest, Request: &proto.Event{Time: at, Method: "GET", Path: fmt.Sprintf("/r/%d", i), Status: 200}}
+	}
+
+	p.onEvent(request(0))
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if _, text := out.read(); strings.Contains(text, "/r/0 ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a lone request line was not written while the printer ran")
+		}
+	}
+
+	writesBefore, _ := out.read()
+	const n = 2000
+	start := time.Now()
+	for i := 1; i <= n; i++ {
+		p.onEvent(request(i))
+		if i%50 == 0 {
+			time.Sleep(time.Millisecond) // let the queue drain now and then
+		}
+	}
+	p.close()
+	elapsed := time.Since(start)
+	writes, text := out.read()
+	writes -= writesBefore
+	// A write per flush, and one each time the 16 KiB buffer fills.
+	if limit := int(elapsed/printerFlushEvery) + len(text)/(16<<10) + 3; writes > limit {
+		t.Errorf("%d request lines (%d bytes) in %v took %d writes, want at most %d (one per %v or 16 KiB, and the last)",
+			n, len(text), elapsed, writes, limit, printerFlushEvery)
+	}
+	lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
+	if len(lines) != n+1 {
+		t.Fatalf("%d lines written, want %d", len(lines), n+1)
+	}
+	for i, line := range lines {
+		if !strings.Contains(line, fmt.Sprintf(" GET /r/%d 200 ", i)) {
+			t.Fatalf("line %d = %q, want request %d's", i, line, i)
+		}
 	}
 }
