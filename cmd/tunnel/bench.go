@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -401,18 +400,11 @@ func (b *bench) startProfiles() (stop func(), err error) {
 	if os.Getenv(cpuProfileEnv) != "" {
 		return func() {}, nil
 	}
-	f, err := os.Create(filepath.Join(dir, "bench.pprof"))
+	stop, err = profileTo(filepath.Join(dir, "bench.pprof"))
 	if err != nil {
 		return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
-	}
-	return func() {
-		pprof.StopCPUProfile()
-		f.Close()
-	}, nil
+	return stop, nil
 }
 
 // checkProfiles says where the children's CPU profiles are, and which

@@ -21,13 +21,23 @@ func startCPUProfile() (stop func(), err error) {
 	if path == "" {
 		return func() {}, nil
 	}
-	f, err := os.Create(path)
+	stop, err = profileTo(path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cpuProfileEnv, err)
 	}
+	return stop, nil
+}
+
+// profileTo starts this process's CPU profile into a new file at path,
+// and returns what stops it and closes the file.
+func profileTo(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
 	if err := pprof.StartCPUProfile(f); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("%s: %w", cpuProfileEnv, err)
+		return nil, err
 	}
 	return func() {
 		pprof.StopCPUProfile()
