@@ -236,7 +236,7 @@ func (j *joiner) pipe(dir Direction) error {
 	// WaitRead without any.
 	sb := smallPool.Get().(*[smallBuf]byte)
 	small := sb[:]
-	var big *[]byte // the mid or the big buffer, once a read filled the one before
+	var big *[]byte        // the mid or the big buffer, once a read filled the one before
 	var lingerAt time.Time // when src's deadline was last set; zero: none is
 	deadlines := true      // src takes read deadlines
 	quiet := false         // the deadline is parkAfter's: bigLinger passed with nothing read
