@@ -28,8 +28,8 @@ const (
 	bigBuf    = 128 << 10
 	bigLinger = 10 * time.Millisecond
 	// parkAfter is how long a direction waits for more on its own
-	// goroutine, holding only the small buffer, once it has given its big
-	// one back; then it parks on a fresh goroutine (see joiner.run). A
+	// goroutine, holding only the small buffer, once it has given the
+	// bigger one back; then it parks on a fresh goroutine (see joiner.run). A
 	// keep-alive connection whose requests come closer together than this
 	// keeps its goroutine and its grown stack between them, instead of
 	// starting and growing a new one for each.
