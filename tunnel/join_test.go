@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -391,4 +392,58 @@ func TestJoinKeepsBigBufferAcrossShortReads(t *testing.T) {
 	client.Close()
 	server.Close()
 	f.wait(t)
+}
+
+// waitCounter is a TCP connection that counts the times Join waits on it
+// without reading: each is a direction that went idle and parked.
+type waitCounter struct {
+	*net.TCPConn
+	waits atomic.Int32
+}
+
+func (c *waitCounter) WaitRead() {
+	c.waits.Add(1)
+	tunnel.WaitRead(c.TCPConn)
+}
+
+// TestJoinQuietKeepsItsGoroutine checks the two steps of a quiet direction:
+// data every 20 ms (past the 10 ms after which the bigger buffer goes back,
+// inside the 30 ms more before parking) is read on without parking between
+// chunks, as a keep-alive connection's requests are; a pause well past
+// both parks the direction (it waits without a buffer), and data after it
+// still comes through.
+func TestJoinQuietKeepsItsGoroutine(t *testing.T) {
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	src := &waitCounter{TCPConn: a}
+	startJoin(t, client, src, b, server)
+	buf := make([]byte, 16)
+	send := func(i int) {
+		t.Helper()
+		msg := fmt.Sprintf("chunk %02d", i)
+		if _, err := client.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(server, buf[:len(msg)]); err != nil || string(buf[:len(msg)]) != msg {
+			t.Fatalf("chunk %d: %q, %v", i, buf[:len(msg)], err)
+		}
+	}
+	const chunks = 20
+	start := time.Now()
+	for i := range chunks {
+		send(i)
+		time.Sleep(20 * time.Millisecond)
+	}
+	// A loaded machine may stretch a few gaps past 40 ms; with a direction
+	// that parked after 10 ms every gap would count.
+	if got := src.waits.Load(); got > chunks/4 {
+		t.Errorf("%d chunks 20 ms apart (%v in all): the direction parked %d times, want at most %d",
+			chunks, time.Since(start).Round(time.Millisecond), got, chunks/4)
+	}
+	before := src.waits.Load()
+	time.Sleep(300 * time.Millisecond)
+	if src.waits.Load() == before {
+		t.Error("a direction quiet for 300 ms did not park in WaitRead")
+	}
+	send(chunks)
 }

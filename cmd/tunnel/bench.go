@@ -395,14 +395,14 @@ func (b *bench) alive() error {
 func (b *bench) startProfiles() (stop func(), err error) {
 	dir := b.opts.CPUProfile
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
+		return nil, fmt.Errorf("bench: --cpuprofile: %w (give a directory you can write)", err)
 	}
 	if os.Getenv(cpuProfileEnv) != "" {
 		return func() {}, nil
 	}
 	stop, err = profileTo(filepath.Join(dir, "bench.pprof"))
 	if err != nil {
-		return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
+		return nil, fmt.Errorf("bench: --cpuprofile: %w (give a directory you can write)", err)
 	}
 	return stop, nil
 }

@@ -330,4 +330,22 @@ func TestCPUProfileEnv(t *testing.T) {
 	if stdout.Len() != 0 {
 		t.Errorf("stdout = %q, want nothing: the command must not run", stdout.String())
 	}
+
+	// --cpuprofile under a regular file cannot be a directory: the bench
+	// says so in one line before it starts anything.
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(tunnelBin, "bench", "--quick", "--cpuprofile", filepath.Join(notDir, "prof"))
+	stdout.Reset()
+	stderr.Reset()
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	if !errors.As(err, &exit) || exit.ExitCode() != exitError {
+		t.Fatalf("bench --cpuprofile under a file: err = %v, want exit status %d", err, exitError)
+	}
+	if msg := stderr.String(); strings.Count(msg, "\n") != 1 || !strings.Contains(msg, "--cpuprofile") || !strings.Contains(msg, "directory you can write") {
+		t.Errorf("stderr = %q, want one line naming --cpuprofile and what to give it", msg)
+	}
 }

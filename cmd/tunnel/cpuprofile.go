@@ -23,7 +23,7 @@ func startCPUProfile() (stop func(), err error) {
 	}
 	stop, err = profileTo(path)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", cpuProfileEnv, err)
+		return nil, fmt.Errorf("%s: %w (name a file in a directory you can write, or unset it)", cpuProfileEnv, err)
 	}
 	return stop, nil
 }

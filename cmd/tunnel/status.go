@@ -162,20 +162,17 @@ func (p *statusPrinter) loop() {
 	defer p.errOut.flush()
 	defer p.out.flush()
 	var (
-		last  time.Time        // the last flush
-		timer *time.Timer      // the next flush, while one is due
-		due   <-chan time.Time // timer's channel while it runs
+		last  time.Time                  // the last flush
+		timer = time.NewTimer(time.Hour) // the next flush, while one is due
+		due   <-chan time.Time           // timer's channel while it runs
 	)
+	timer.Stop()
+	defer timer.Stop()
 	flush := func() {
 		p.out.flush()
 		p.errOut.flush()
 		last = time.Now()
 	}
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
 	for {
 		select {
 		case ev, ok := <-p.events:
@@ -189,7 +186,7 @@ func (p *statusPrinter) loop() {
 				continue // more to print, or a flush is due anyway
 			}
 			if wait := printerFlushEvery - time.Since(last); wait > 0 {
-				timer = time.NewTimer(wait)
+				timer.Reset(wait)
 				due = timer.C
 			} else {
 				flush()
