@@ -607,6 +607,12 @@ func (c *slotConn) Shrink() { c.Conn.(*tunnel.Stream).Shrink() }
 // WaitRead lets Join wait for the stream without a buffer.
 func (c *slotConn) WaitRead() { tunnel.WaitRead(c.Conn) }
 
+// Park lets Join's idle direction wait for the stream without a goroutine.
+func (c *slotConn) Park(resume func()) bool { return tunnel.Park(c.Conn, resume) }
+
+// Unpark passes Join's wake-up on to the stream.
+func (c *slotConn) Unpark() { tunnel.Unpark(c.Conn) }
+
 // Abort ends the stream with an error (tunnel.Stream.Abort) and frees its
 // slot.
 func (c *slotConn) Abort() {

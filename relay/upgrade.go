@@ -260,6 +260,17 @@ func (u *upgradedStream) WaitRead() {
 	tunnel.WaitRead(u.Conn)
 }
 
+// Park lets Join's idle direction wait for the stream without a goroutine.
+func (u *upgradedStream) Park(resume func()) bool {
+	if u.br != nil && u.br.Buffered() > 0 {
+		return false
+	}
+	return tunnel.Park(u.Conn, resume)
+}
+
+// Unpark passes Join's wake-up on to the stream.
+func (u *upgradedStream) Unpark() { tunnel.Unpark(u.Conn) }
+
 func (u *upgradedStream) Shrink() {
 	if s, ok := u.Conn.(interface{ Shrink() }); ok {
 		s.Shrink()

@@ -143,9 +143,7 @@ type Guard struct {
 	logs *logLimiter // flushed on Close; may be nil
 
 	// Read's state, touched only by the reading goroutine.
-	hdr     [frameHeaderLen]byte // a header split across Reads
-	hn      int                  // bytes of it in hdr
-	skip    uint64               // payload bytes left of the current data frame
+	split   frameSplitter
 	frames  uint64
 	start   time.Time // the buckets' clock origin (monotonic)
 	pings   bucket
@@ -195,46 +193,27 @@ func (g *Guard) Read(p []byte) (int, error) {
 
 // scan advances the frame parser over b.
 func (g *Guard) scan(b []byte) *guardError {
-	skip, frames := g.skip, g.frames
 	for {
-		if skip >= uint64(len(b)) {
-			g.skip, g.frames = skip-uint64(len(b)), frames
+		var h []byte
+		if h, b = g.split.next(b); h == nil {
 			return nil
 		}
-		b = b[skip:]
-		skip = 0
-		var h []byte
-		if g.hn == 0 && len(b) >= frameHeaderLen {
-			h, b = b[:frameHeaderLen], b[frameHeaderLen:]
-			// The common case, inline: a data frame on an open stream.
-			if h[0] == 0 && h[1] == frameData && h[3]&flagSYN == 0 {
-				if n := binary.BigEndian.Uint32(h[8:12]); n <= g.maxLen {
-					frames++
-					skip = uint64(n)
-					continue
-				}
+		g.frames++
+		// The common case first: a data frame on an open stream.
+		if h[0] == 0 && h[1] == frameData && h[3]&flagSYN == 0 {
+			if n := binary.BigEndian.Uint32(h[8:12]); n <= g.maxLen {
+				g.split.skip = uint64(n)
+				continue
 			}
-		} else {
-			c := copy(g.hdr[g.hn:], b)
-			g.hn += c
-			b = b[c:]
-			if g.hn < frameHeaderLen {
-				g.skip, g.frames = 0, frames
-				return nil
-			}
-			g.hn = 0
-			h = g.hdr[:]
 		}
-		frames++
-		if err := g.frame(h, &skip); err != nil {
-			g.frames = frames
+		if err := g.frame(h); err != nil {
 			return err
 		}
 	}
 }
 
 // frame checks one frame header.
-func (g *Guard) frame(h []byte, skip *uint64) *guardError {
+func (g *Guard) frame(h []byte) *guardError {
 	if h[0] != 0 {
 		return errBadVersion
 	}
@@ -245,7 +224,7 @@ func (g *Guard) frame(h []byte, skip *uint64) *guardError {
 		if n > g.maxLen {
 			return errFrameTooLong
 		}
-		*skip = uint64(n)
+		g.split.skip = uint64(n)
 		fallthrough
 	case frameWindowUpdate:
 		if flags&flagSYN != 0 {

@@ -123,8 +123,9 @@ func JoinWith(a, b net.Conn, opts JoinOptions) error {
 // JoinAsync is JoinWith without the wait: it returns at once, and done is
 // called with JoinWith's result, on one of the join's goroutines, once both
 // directions have ended and both connections are closed. Nothing else
-// waits meanwhile, so an idle WebSocket joined this way costs two parked
-// goroutines, one per direction, each on a small stack (see joiner.run).
+// waits meanwhile, so an idle WebSocket joined this way costs a parked
+// goroutine on a small stack for each direction reading a connection, and
+// none for a direction reading a Stream (see joiner.idleWait).
 func JoinAsync(a, b net.Conn, opts JoinOptions, done func(error)) {
 	j := &joiner{a: a, b: b, counts: opts.Counts, idle: opts.WriteIdleTimeout, tap: opts.Tap, done: done}
 	if j.counts == nil {
@@ -163,7 +164,7 @@ var errIdle = errors.New("tunnel: join direction idle")
 func (j *joiner) run(dir Direction) {
 	err := j.pipe(dir)
 	if err == errIdle {
-		go j.resume(dir)
+		j.idleWait(dir)
 		return
 	}
 	if err != nil {
@@ -174,6 +175,11 @@ func (j *joiner) run(dir Direction) {
 	}
 	j.errs[dir] = err
 	if j.left.Add(-1) != 0 {
+		// The other direction, if parked, waits on its goroutine from
+		// now on: with this one ended, its source may end in ways that
+		// no frame announces (yamux closes a half-closed stream after
+		// StreamCloseTimeout on its own).
+		Unpark(j.src(1 - dir))
 		return
 	}
 	j.a.Close()
@@ -189,15 +195,36 @@ func (j *joiner) run(dir Direction) {
 	j.done(nil)
 }
 
+// src is the connection direction dir reads.
+func (j *joiner) src(dir Direction) net.Conn {
+	if dir == BToA {
+		return j.b
+	}
+	return j.a
+}
+
+// idleWait waits for an idle direction's source to have something to
+// read, then copies on. A source that can park (a Stream) waits with no
+// goroutine at all, unless the other direction has ended; any other
+// waits on a fresh goroutine (see run).
+func (j *joiner) idleWait(dir Direction) {
+	src := j.src(dir)
+	if j.left.Load() == 2 && Park(src, func() { j.run(dir) }) {
+		if j.left.Load() != 2 {
+			// The other direction ended as this one parked, and may
+			// have found nothing parked to start.
+			Unpark(src)
+		}
+		return
+	}
+	go j.resume(dir)
+}
+
 // resume waits for an idle direction's source to have something to read,
 // then copies on. The wait is a shallow call chain, small enough for the
 // smallest goroutine stack.
 func (j *joiner) resume(dir Direction) {
-	src := j.a
-	if dir == BToA {
-		src = j.b
-	}
-	WaitRead(src)
+	WaitRead(j.src(dir))
 	j.run(dir)
 }
 

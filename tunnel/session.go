@@ -131,18 +131,30 @@ func (w *logLimiter) counts() (lines, dropped uint64) {
 }
 
 // Client starts the agent's side of a session on an upgraded connection.
+// Its streams can park (Stream.Park).
 func Client(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
-	return yamux.Client(newFrameWriter(conn, conn), YamuxConfig(logger))
+	w := newStreamWaker(conn)
+	sess, err := yamux.Client(newFrameWriter(w, conn), YamuxConfig(logger))
+	if err == nil {
+		w.attach(sess)
+	}
+	return sess, err
 }
 
 // Server starts the relay's side of a session on an upgraded connection.
 // The connection is read through a Guard with DefaultGuardLimits, so that a
-// misbehaving agent ends its own session and nothing else.
+// misbehaving agent ends its own session and nothing else. Its streams can
+// park (Stream.Park).
 func Server(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
 	cfg, logs := yamuxConfig(logger)
 	g := NewGuard(conn, DefaultGuardLimits, logger)
 	g.logs = logs
-	return yamux.Server(newFrameWriter(g, conn), cfg)
+	w := newStreamWaker(g)
+	sess, err := yamux.Server(newFrameWriter(w, conn), cfg)
+	if err == nil {
+		w.attach(sess)
+	}
+	return sess, err
 }
 
 // deadline sets conn's deadline from ctx and returns a function that clears

@@ -39,6 +39,9 @@ type Stream struct {
 	readers atomic.Int32 // Reads inside yamux's Read
 	onClose func(c *Stream, peerDone bool)
 
+	// waker is the session's streamWaker, if it has one: Park needs it.
+	waker *streamWaker
+
 	// reply is the agent's answer still to be read, for a stream opened
 	// with OpenOptions.Early; nil otherwise. Set before the stream is
 	// handed out.
@@ -185,7 +188,7 @@ func expired(d *atomic.Pointer[time.Time]) bool {
 // RemoteAddr instead of the session's peer address (the agent uses the
 // visitor's address).
 func NewStream(s *yamux.Stream, remote net.Addr) *Stream {
-	return &Stream{s: s, remote: remote}
+	return &Stream{s: s, remote: remote, waker: wakerOf(s)}
 }
 
 func (c *Stream) isClosed() bool {
@@ -245,6 +248,53 @@ func (c *Stream) WaitRead() {
 	c.s.Read(nil) // yamux waits for data or the end, then returns 0
 }
 
+// Park lets Join's idle direction reading c wait without a goroutine:
+// resume is started once a Read would not block (see Parking in park.go).
+// false: c cannot park now (its session was not started by Client or
+// Server, an early stream's reply is still to come, or a frame is on its
+// way), and the caller waits as before.
+func (c *Stream) Park(resume func()) bool {
+	w := c.waker
+	if w == nil || !c.Replied() {
+		return false
+	}
+	id := c.s.StreamID()
+	if !w.park(id, resume) {
+		return false
+	}
+	if c.readable() {
+		// It came before the waker could see it: go on now, unless
+		// the frame has started resume already.
+		return w.take(id) == nil
+	}
+	return true
+}
+
+// Unpark starts c's parked direction, if it is parked.
+func (c *Stream) Unpark() {
+	if c.waker == nil {
+		return
+	}
+	if resume := c.waker.take(c.s.StreamID()); resume != nil {
+		go resume()
+	}
+}
+
+// readable reports whether a Read would return at once: data is buffered,
+// the stream has ended or failed, or it is closed here. It asks yamux with
+// a deadline in the past, then restores the caller's.
+func (c *Stream) readable() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return true
+	}
+	c.s.SetReadDeadline(time.Unix(1, 0))
+	_, err := c.s.Read(nil)
+	c.s.SetReadDeadline(c.yamuxReadDeadline(c.ownReadDeadline()))
+	return !errors.Is(err, yamux.ErrTimeout)
+}
+
 // Shrink drops the stream's receive buffer if it is empty. yamux keeps it
 // after every read, sized to the largest frame it held; a stream that goes
 // idle after a burst would pin that much memory until it closes. Join calls
@@ -297,6 +347,7 @@ func (c *Stream) Close() error {
 		past := time.Unix(1, 0)
 		c.s.SetDeadline(past)
 		c.s.Close()
+		c.Unpark() // a parked direction sees the close
 		if c.reply != nil {
 			c.reply.answer()
 		}
@@ -330,6 +381,7 @@ func (c *Stream) Abort() {
 		c.mu.Unlock()
 		c.aborted.Store(true)
 		c.s.SetDeadline(time.Unix(1, 0)) // wake blocked calls
+		c.Unpark()
 		if c.reply != nil {
 			c.reply.answer()
 		}

@@ -1,0 +1,16 @@
+package tunnel
+
+import "github.com/hashicorp/yamux"
+
+// ParkedStreams is how many of sess's streams have a Join direction parked
+// (for tests: a parked direction is otherwise invisible).
+func ParkedStreams(sess *yamux.Session) int {
+	v, ok := wakers.Load(sess)
+	if !ok {
+		return 0
+	}
+	w := v.(*streamWaker)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.parked)
+}
