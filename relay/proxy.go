@@ -428,11 +428,21 @@ type trackedConn struct {
 
 func (c *trackedConn) Close() error {
 	c.once.Do(func() { c.srv.trackHijacked(c, false) })
-	return c.Conn.Close()
+	err := c.Conn.Close()
+	// A socket closed while Join's direction is parked on it gives no
+	// event: start the direction, to read the close.
+	tunnel.Unpark(c.Conn)
+	return err
 }
 
 // WaitRead lets Join wait for the visitor without a buffer.
 func (c *trackedConn) WaitRead() { tunnel.WaitRead(c.Conn) }
+
+// Park lets Join's idle direction wait for the visitor without a goroutine.
+func (c *trackedConn) Park(resume func()) bool { return tunnel.Park(c.Conn, resume) }
+
+// Unpark passes Join's wake-up on to the visitor's connection.
+func (c *trackedConn) Unpark() { tunnel.Unpark(c.Conn) }
 
 // CloseWrite keeps half-close working through the wrapper.
 func (c *trackedConn) CloseWrite() error {

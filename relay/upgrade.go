@@ -79,8 +79,8 @@ func (as *agentSession) switchProtocols(res *http.Response) error {
 	// The WebSocket runs on the join's own goroutines, and the handler
 	// returns: the HTTP server's connection state (its 4 KiB reader and
 	// writer, the request, the handler's deep stack) is then garbage,
-	// and an idle WebSocket holds two goroutines on small stacks, parked
-	// until there is something to read, and the two connections. When the
+	// and an idle WebSocket holds its two connections, and a goroutine
+	// on a small stack for a side that cannot park (tunnel.Park). When the
 	// WebSocket ends, the join accounts for the request and releases its
 	// place in the shutdown's wait.
 	up.v.detached = true
@@ -303,6 +303,18 @@ func (c *bufferedVisitor) WaitRead() {
 	}
 	tunnel.WaitRead(c.Conn)
 }
+
+// Park lets Join's idle direction wait for the visitor without a goroutine,
+// once the early bytes are read.
+func (c *bufferedVisitor) Park(resume func()) bool {
+	if len(c.early) > 0 {
+		return false
+	}
+	return tunnel.Park(c.Conn, resume)
+}
+
+// Unpark passes Join's wake-up on to the visitor's connection.
+func (c *bufferedVisitor) Unpark() { tunnel.Unpark(c.Conn) }
 
 func (c *bufferedVisitor) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {

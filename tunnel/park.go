@@ -239,12 +239,19 @@ type parker interface {
 
 // Park asks c to call resume, on a goroutine of its own, once a Read of it
 // would not block, and reports whether it will. While it is parked c holds
-// no goroutine. false means c cannot wait that way now (it is not a
-// Stream of a session started by Client or Server, or something is about
-// to arrive): the caller waits as it would have.
+// no goroutine. c can park if it is a Stream of a session started by
+// Client or Server, a TCP connection on Linux, or a wrapper of one that
+// passes Park and Unpark on. false means c cannot wait that way now
+// (another kind of connection, or, for a Stream, something about to
+// arrive): the caller waits as it would have.
 func Park(c net.Conn, resume func()) bool {
-	if p, ok := c.(parker); ok {
-		return p.Park(resume)
+	switch c := c.(type) {
+	case parker:
+		return c.Park(resume)
+	case *net.TCPConn:
+		if parkTCP != nil {
+			return parkTCP(c, resume)
+		}
 	}
 	return false
 }
@@ -252,7 +259,19 @@ func Park(c net.Conn, resume func()) bool {
 // Unpark starts c's parked direction now, if it is parked: its owner is
 // about to end it, or needs it to see what the waker cannot.
 func Unpark(c net.Conn) {
-	if p, ok := c.(parker); ok {
-		p.Unpark()
+	switch c := c.(type) {
+	case parker:
+		c.Unpark()
+	case *net.TCPConn:
+		if unparkTCP != nil {
+			unparkTCP(c)
+		}
 	}
 }
+
+// parkTCP and unparkTCP park TCP connections, on the systems where that is
+// done (park_tcp_linux.go); nil elsewhere.
+var (
+	parkTCP   func(*net.TCPConn, func()) bool
+	unparkTCP func(*net.TCPConn)
+)

@@ -1,0 +1,160 @@
+package tunnel_test
+
+import (
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/tunnel"
+)
+
+// waitTCPParked waits until c's Join direction is parked (or no longer
+// is, for want false).
+func waitTCPParked(t *testing.T, c *net.TCPConn, want bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for tunnel.TCPParked(c) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("TCP direction parked = %v after 5 s, want %v", !want, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestParkedTCPWakes goes through what must start a Join direction parked
+// on a TCP connection (Linux: tunnel's own epoll set) again, each from
+// the parked state, with the stream's direction parked too.
+func TestParkedTCPWakes(t *testing.T) {
+	setup := func(t *testing.T) *parkFixture {
+		agent, relay, stop := sessionPair(t)
+		t.Cleanup(stop)
+		f := startParkJoin(t, agent, relay)
+		waitTCPParked(t, f.a, true)
+		waitParked(t, relay, 1)
+		return f
+	}
+
+	t.Run("data, again and again", func(t *testing.T) {
+		f := setup(t)
+		for _, msg := range []string{"one", "two", "three"} {
+			send(t, f.client, f.server, msg)
+			waitTCPParked(t, f.a, true)
+		}
+	})
+	t.Run("the client's FIN", func(t *testing.T) {
+		f := setup(t)
+		f.client.(*net.TCPConn).CloseWrite()
+		if n, err := f.server.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("server read %d, %v; want EOF", n, err)
+		}
+		send(t, f.server, f.client, "still open this way")
+		f.server.(*tunnel.Stream).CloseWrite()
+		if err := f.wait(t); err != nil {
+			t.Errorf("Join = %v, want nil", err)
+		}
+	})
+	t.Run("the client's reset", func(t *testing.T) {
+		f := setup(t)
+		f.client.(*net.TCPConn).SetLinger(0)
+		f.client.Close()
+		if err := f.wait(t); err == nil {
+			t.Error("Join = nil after a connection reset, want the error")
+		}
+		f.server.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := f.server.Read(make([]byte, 1)); err == nil {
+			t.Error("server's stream still open after the client's reset")
+		}
+	})
+	t.Run("closed under the join", func(t *testing.T) {
+		// Nothing tells the epoll set; the sweep finds it.
+		f := setup(t)
+		f.a.Close()
+		if err := f.wait(t); err != nil {
+			t.Errorf("Join = %v, want nil", err)
+		}
+		if tunnel.TCPParked(f.a) {
+			t.Error("a closed connection is still parked")
+		}
+	})
+	t.Run("closed and unparked by its owner", func(t *testing.T) {
+		f := setup(t)
+		start := time.Now()
+		f.a.Close()
+		tunnel.Unpark(f.a)
+		if err := f.wait(t); err != nil {
+			t.Errorf("Join = %v, want nil", err)
+		}
+		if d := time.Since(start); d > 500*time.Millisecond {
+			t.Errorf("Join took %v to see the close, want it at once (not the sweep's %v)", d, time.Second)
+		}
+	})
+}
+
+// TestParkTCP is Park on a bare TCP connection: resume is started once,
+// by data that came before it parked (the socket is armed
+// level-triggered) or by Unpark, whichever is first.
+func TestParkTCP(t *testing.T) {
+	started := func(ch chan struct{}) func() { return func() { ch <- struct{}{} } }
+	once := func(t *testing.T, ch chan struct{}) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(500 * time.Millisecond): // the sweep would take 1 s
+			t.Fatal("resume not started")
+		}
+		select {
+		case <-ch:
+			t.Fatal("resume started twice")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Run("data already there", func(t *testing.T) {
+		client, a := tcpPair(t)
+		defer client.Close()
+		defer a.Close()
+		client.Write([]byte("x"))
+		ch := make(chan struct{}, 2)
+		if !tunnel.Park(a, started(ch)) {
+			t.Fatal("Park refused a TCP connection")
+		}
+		once(t, ch)
+		tunnel.Unpark(a) // nothing parked: nothing more started
+		select {
+		case <-ch:
+			t.Fatal("resume started by an Unpark after it ran")
+		case <-time.After(50 * time.Millisecond):
+		}
+	})
+	t.Run("unparked", func(t *testing.T) {
+		client, a := tcpPair(t)
+		defer client.Close()
+		defer a.Close()
+		ch := make(chan struct{}, 2)
+		if !tunnel.Park(a, started(ch)) {
+			t.Fatal("Park refused a TCP connection")
+		}
+		tunnel.Unpark(a)
+		once(t, ch)
+		client.Write([]byte("x")) // armed still, for a token nobody has
+		select {
+		case <-ch:
+			t.Fatal("resume started again by data after Unpark")
+		case <-time.After(50 * time.Millisecond):
+		}
+	})
+	t.Run("parked again", func(t *testing.T) {
+		client, a := tcpPair(t)
+		defer client.Close()
+		defer a.Close()
+		for i := range 3 {
+			ch := make(chan struct{}, 2)
+			if !tunnel.Park(a, started(ch)) {
+				t.Fatalf("Park %d refused", i)
+			}
+			client.Write([]byte("x"))
+			once(t, ch)
+			a.Read(make([]byte, 1))
+		}
+	})
+}
