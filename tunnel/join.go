@@ -67,7 +67,8 @@ type Counts struct {
 //
 // A write that makes no progress for DefaultWriteIdleTimeout (a peer that
 // stopped reading) aborts the join with os.ErrDeadlineExceeded; JoinWith
-// sets another bound.
+// sets another bound. (Join renews the deadline once a sixteenth of it has
+// passed, so a write may fail up to that much sooner.)
 //
 // Join owns the read deadlines of a and b while it runs: it uses them to
 // notice that a source has gone quiet and give back its big buffer.
@@ -265,6 +266,7 @@ func (j *joiner) pipe(dir Direction) error {
 	small := sb[:]
 	var big *[]byte        // the mid or the big buffer, once a read filled the one before
 	var lingerAt time.Time // when src's deadline was last set; zero: none is
+	var wdl time.Time      // dst's write deadline, as last set here
 	deadlines := true      // src takes read deadlines
 	quiet := false         // the deadline is parkAfter's: bigLinger passed with nothing read
 	release := func() {
@@ -290,9 +292,15 @@ func (j *joiner) pipe(dir Direction) error {
 			buf = *big
 		}
 		nr, rerr := src.Read(buf)
+		var now time.Time
 		if nr > 0 {
-			if j.idle > 0 {
-				dst.SetWriteDeadline(time.Now().Add(j.idle))
+			now = time.Now()
+			// The bound on the write is refreshed once a sixteenth of
+			// it has passed, not for every chunk: on a stream a new
+			// deadline allocates and wakes yamux's writer.
+			if j.idle > 0 && wdl.Sub(now) < j.idle-j.idle/16 {
+				wdl = now.Add(j.idle)
+				dst.SetWriteDeadline(wdl)
 			}
 			if j.tap != nil {
 				j.tap(dir, buf[:nr])
@@ -334,7 +342,7 @@ func (j *joiner) pipe(dir Direction) error {
 				midPool.Put(big)
 				big = bigPool.Get().(*[]byte)
 			}
-			if now := time.Now(); deadlines && (quiet || now.Sub(lingerAt) > bigLinger/2) {
+			if deadlines && (quiet || now.Sub(lingerAt) > bigLinger/2) {
 				quiet = false
 				if src.SetReadDeadline(now.Add(bigLinger)) == nil {
 					lingerAt = now

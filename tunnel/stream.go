@@ -34,6 +34,13 @@ type Stream struct {
 	readDeadline  atomic.Pointer[time.Time]
 	writeDeadline atomic.Pointer[time.Time]
 
+	// A read deadline in the future is kept here, with readTimer set for
+	// it, and reaches yamux only once it has passed: yamux starts a timer
+	// of its own (two allocations) every time a Read with a deadline
+	// blocks, and Join keeps one on every stream it reads. Guarded by mu.
+	readTimer *time.Timer
+	yamuxRD   time.Time // the read deadline yamux has
+
 	sawEOF  atomic.Bool  // the peer finished writing
 	aborted atomic.Bool  // Abort ended it
 	readers atomic.Int32 // Reads inside yamux's Read
@@ -126,7 +133,7 @@ func (c *Stream) awaitReply() error {
 	c.mu.Lock()
 	r.waiting = false
 	if !c.closed {
-		c.s.SetReadDeadline(c.ownReadDeadline())
+		c.syncReadDeadline()
 	}
 	c.mu.Unlock()
 	r.answer()
@@ -176,6 +183,49 @@ func (c *Stream) yamuxReadDeadline(t time.Time) time.Time {
 		return r.by
 	}
 	return t
+}
+
+// syncReadDeadline gives yamux the read deadline it should have now: the
+// caller's once it has passed (or while an early stream's reply is
+// awaited), none before, with readTimer set to bring it. c.mu must be held.
+func (c *Stream) syncReadDeadline() {
+	t := c.ownReadDeadline()
+	if r := c.reply; r != nil && r.waiting {
+		c.setYamuxRD(c.yamuxReadDeadline(t))
+		return
+	}
+	if t.IsZero() || !time.Now().Before(t) {
+		// Dropped, not kept: an idle stream without a deadline (Join's,
+		// parked) holds no timer.
+		c.stopReadTimer()
+		c.setYamuxRD(t)
+		return
+	}
+	c.setYamuxRD(time.Time{})
+	if c.readTimer == nil {
+		c.readTimer = time.AfterFunc(time.Until(t), c.readDeadlinePassed)
+	} else {
+		c.readTimer.Reset(time.Until(t))
+	}
+}
+
+// setYamuxRD sets yamux's read deadline, if it changes (each setting wakes
+// a blocked Read). c.mu must be held.
+func (c *Stream) setYamuxRD(t time.Time) {
+	if !t.Equal(c.yamuxRD) {
+		c.yamuxRD = t
+		c.s.SetReadDeadline(t)
+	}
+}
+
+// readDeadlinePassed is readTimer's: the caller's read deadline has come
+// (unless it was moved since), so yamux gets it, and a blocked Read fails.
+func (c *Stream) readDeadlinePassed() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		c.syncReadDeadline()
+	}
 }
 
 // expired reports whether the deadline in d has passed.
@@ -228,6 +278,10 @@ func (c *Stream) Read(b []byte) (int, error) {
 	}
 	c.readers.Add(1)
 	n, err := c.s.Read(b)
+	for n == 0 && errors.Is(err, yamux.ErrTimeout) && !expired(&c.readDeadline) && !c.isClosed() {
+		// A deadline that passed and was then moved later.
+		n, err = c.s.Read(b)
+	}
 	c.readers.Add(-1)
 	if c.aborted.Load() {
 		// Abort's own reader may have let this one through.
@@ -291,7 +345,7 @@ func (c *Stream) readable() bool {
 	}
 	c.s.SetReadDeadline(time.Unix(1, 0))
 	_, err := c.s.Read(nil)
-	c.s.SetReadDeadline(c.yamuxReadDeadline(c.ownReadDeadline()))
+	c.s.SetReadDeadline(c.yamuxRD)
 	return !errors.Is(err, yamux.ErrTimeout)
 }
 
@@ -342,6 +396,7 @@ func (c *Stream) Close() error {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
 		c.closed = true
+		c.stopReadTimer()
 		c.mu.Unlock()
 		// Wake blocked calls; the closed flag turns their timeout into ErrClosed.
 		past := time.Unix(1, 0)
@@ -378,6 +433,7 @@ func (c *Stream) Abort() {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
 		c.closed = true
+		c.stopReadTimer()
 		c.mu.Unlock()
 		c.aborted.Store(true)
 		c.s.SetDeadline(time.Unix(1, 0)) // wake blocked calls
@@ -397,6 +453,14 @@ func (c *Stream) Abort() {
 			c.s.Close()
 		}()
 	})
+}
+
+// stopReadTimer stops and drops readTimer. c.mu must be held.
+func (c *Stream) stopReadTimer() {
+	if c.readTimer != nil {
+		c.readTimer.Stop()
+		c.readTimer = nil
+	}
 }
 
 // ID returns the stream's yamux ID, the same at both ends of the session.
@@ -428,7 +492,7 @@ func (c *Stream) SetReadDeadline(t time.Time) error {
 	var err error
 	if !closed {
 		c.readDeadline.Store(&t)
-		err = c.s.SetReadDeadline(c.yamuxReadDeadline(t))
+		c.syncReadDeadline()
 	}
 	c.mu.Unlock()
 	if closed {
@@ -518,7 +582,7 @@ func OpenStreamWith(ctx context.Context, sess *yamux.Session, hdr *proto.StreamH
 	if opts.Early {
 		st.reply = &pendingReply{by: opts.ReplyBy, onAnswer: opts.Answered, waiting: true}
 		st.mu.Lock()
-		st.s.SetReadDeadline(st.yamuxReadDeadline(time.Time{}))
+		st.syncReadDeadline()
 		st.mu.Unlock()
 	}
 	return st, nil

@@ -463,3 +463,58 @@ func TestStreamAbortWakesReader(t *testing.T) {
 		tunnel.NewResets(func(uint32) {}).Track(st)
 	}
 }
+
+// TestStreamReadDeadlineMoved: a Stream keeps a future read deadline to
+// itself and gives it to yamux only once it passes (yamux allocates a
+// timer for every blocked Read with a deadline). A Read blocked under a
+// deadline that is moved later goes on waiting past the first one and
+// gets the data; after a timeout, a later deadline lets Reads wait again;
+// a deadline that passes fails the Read, not before its time.
+func TestStreamReadDeadlineMoved(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	opened, accepted := rawStreamPair(t, relay, agent)
+	st, peer := tunnel.NewStream(opened, nil), tunnel.NewStream(accepted, nil)
+	defer st.Close()
+	defer peer.Close()
+	readAsync := func() chan error {
+		got := make(chan error, 1)
+		go func() {
+			_, err := io.ReadFull(st, make([]byte, 4))
+			got <- err
+		}()
+		return got
+	}
+
+	st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	got := readAsync()
+	time.Sleep(10 * time.Millisecond)
+	st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	time.Sleep(100 * time.Millisecond) // past the first deadline
+	peer.Write([]byte("late"))
+	if err := <-got; err != nil {
+		t.Fatalf("Read with its deadline moved later = %v", err)
+	}
+
+	st.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+	if _, err := st.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read with nothing coming = %v, want a timeout", err)
+	}
+	st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got = readAsync()
+	time.Sleep(30 * time.Millisecond)
+	peer.Write([]byte("next"))
+	if err := <-got; err != nil {
+		t.Fatalf("Read after a timeout and a later deadline = %v", err)
+	}
+
+	st.SetReadDeadline(time.Now().Add(30 * time.Millisecond))
+	start := time.Now()
+	_, err := st.Read(make([]byte, 1))
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read with nothing coming = %v, want a timeout", err)
+	}
+	if d := time.Since(start); d < 25*time.Millisecond {
+		t.Errorf("timed out after %v, before its 30 ms deadline", d)
+	}
+}
