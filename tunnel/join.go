@@ -124,9 +124,10 @@ func JoinWith(a, b net.Conn, opts JoinOptions) error {
 // JoinAsync is JoinWith without the wait: it returns at once, and done is
 // called with JoinWith's result, on one of the join's goroutines, once both
 // directions have ended and both connections are closed. Nothing else
-// waits meanwhile, so an idle WebSocket joined this way costs a parked
-// goroutine on a small stack for each direction reading a connection, and
-// none for a direction reading a Stream (see joiner.idleWait).
+// waits meanwhile, so an idle WebSocket joined this way costs no goroutine
+// for a direction whose source can park (a Stream; a TCP connection on
+// Linux; see Park) and one waiting on a small stack for any other (see
+// joiner.idleWait).
 func JoinAsync(a, b net.Conn, opts JoinOptions, done func(error)) {
 	j := &joiner{a: a, b: b, counts: opts.Counts, idle: opts.WriteIdleTimeout, tap: opts.Tap, done: done}
 	if j.counts == nil {
@@ -156,12 +157,12 @@ type joiner struct {
 var errIdle = errors.New("tunnel: join direction idle")
 
 // run copies direction dir on the calling goroutine until it ends, or
-// until its source goes quiet: then it starts a fresh goroutine to wait
-// for more and returns. A goroutine's stack grows while data moves (the
-// write path through yamux or TLS is deep) and the runtime shrinks it only
-// when a quarter of it is in use, so a goroutine that has copied anything
-// would keep 4-8 KiB through an idle WebSocket's whole life; a fresh one
-// parks in its read on the smallest stack.
+// until its source goes quiet: then it parks the direction, or starts a
+// fresh goroutine to wait for more, and returns (idleWait). A goroutine's
+// stack grows while data moves (the write path through yamux or TLS is
+// deep) and the runtime shrinks it only when a quarter of it is in use, so
+// a goroutine that has copied anything would keep 4-8 KiB through an idle
+// WebSocket's whole life; a fresh one waits on the smallest stack.
 func (j *joiner) run(dir Direction) {
 	err := j.pipe(dir)
 	if err == errIdle {
@@ -205,9 +206,9 @@ func (j *joiner) src(dir Direction) net.Conn {
 }
 
 // idleWait waits for an idle direction's source to have something to
-// read, then copies on. A source that can park (a Stream) waits with no
-// goroutine at all, unless the other direction has ended; any other
-// waits on a fresh goroutine (see run).
+// read, then copies on. A source that can park (a Stream, a TCP
+// connection on Linux) waits with no goroutine at all, unless the other
+// direction has ended; any other waits on a fresh goroutine (see run).
 func (j *joiner) idleWait(dir Direction) {
 	src := j.src(dir)
 	if j.left.Load() == 2 && Park(src, func() { j.run(dir) }) {
