@@ -136,7 +136,9 @@ func TestBenchQuickJSON(t *testing.T) {
 		checkRatio(t, name+": tunnel/floor", row.TunnelVsFloor, row.Tunnel, row.Floor)
 	}
 	// The kernel's part of a hop's CPU time is read with the whole of it,
-	// from the same /proc/PID/stat line: it cannot be more.
+	// from the same /proc/PID/stat line: it cannot be more. (When it is
+	// all of it, the two figures are computed apart and may differ in
+	// the last bit: the comparison allows for that, and nothing else.)
 	rows := map[string]benchRow{}
 	for _, row := range res.Rows {
 		rows[row.Scenario+" "+row.Metric] = row
@@ -147,7 +149,7 @@ func TestBenchQuickJSON(t *testing.T) {
 			continue
 		}
 		for _, v := range [][2]*float64{{k.Floor, whole.Floor}, {k.Tunnel, whole.Tunnel}} {
-			if v[0] != nil && v[1] != nil && *v[0] > *v[1] {
+			if v[0] != nil && v[1] != nil && *v[0] > *v[1]*(1+1e-12) {
 				t.Errorf("%s = %v, more than the whole CPU time %v", name, *v[0], *v[1])
 			}
 		}
