@@ -17,6 +17,20 @@ import (
 // reports the goroutine stack and live heap per join, the figures behind
 // tunnel bench's idle rows.
 func BenchmarkJoinIdle(b *testing.B) {
+	benchJoinIdle(b, func() (client, a net.Conn) { return tcpPair(b) })
+}
+
+// BenchmarkJoinIdleTLS is BenchmarkJoinIdle with a TLS connection in
+// place of the TCP one (an HTTPS visitor at the relay, an HTTPS local
+// server at the agent). The heap includes crypto/tls's own buffers.
+func BenchmarkJoinIdleTLS(b *testing.B) {
+	benchJoinIdle(b, func() (client, a net.Conn) {
+		c, s, _ := tlsPair(b)
+		return c, s
+	})
+}
+
+func benchJoinIdle(b *testing.B, newPair func() (client, a net.Conn)) {
 	const joins = 500
 	agent, relay, stop := sessionPair(b)
 	defer stop()
@@ -30,7 +44,7 @@ func BenchmarkJoinIdle(b *testing.B) {
 		pairs := make([]pair, 0, joins)
 		done := make(chan error, joins)
 		for range joins {
-			client, a := tcpPair(b)
+			client, a := newPair()
 			opened, accepted := rawStreamPair(b, relay, agent)
 			st, server := tunnel.NewStream(opened, nil), tunnel.NewStream(accepted, nil)
 			tunnel.JoinAsync(a, st, tunnel.JoinOptions{}, func(err error) { done <- err })

@@ -1,8 +1,16 @@
 package tunnel_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"math/big"
 	"net"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/yamux"
 	"go.uber.org/goleak"
@@ -78,4 +86,48 @@ func rawStreamPair(t testing.TB, opener, acceptor *yamux.Session) (opened, accep
 		t.Fatal(err)
 	}
 	return opened, accepted
+}
+
+// testCert is a self-signed certificate for tunnel.test, made once.
+var testCert = sync.OnceValues(func() (tls.Certificate, *x509.CertPool) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		DNSNames:     []string{"tunnel.test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		panic(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, roots
+})
+
+// tlsPair returns a TLS connection over TCP on 127.0.0.1, both ends, after
+// the handshake; server is the accepting end's *tls.Conn, raw its socket.
+func tlsPair(t testing.TB) (client, server *tls.Conn, raw *net.TCPConn) {
+	t.Helper()
+	cert, roots := testCert()
+	c, s := tcpPair(t)
+	client = tls.Client(c, &tls.Config{ServerName: "tunnel.test", RootCAs: roots})
+	server = tls.Server(s, &tls.Config{Certificates: []tls.Certificate{cert}})
+	errc := make(chan error, 1)
+	go func() { errc <- server.Handshake() }()
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	return client, server, s
 }

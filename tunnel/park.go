@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"net"
 	"slices"
@@ -240,10 +241,13 @@ type parker interface {
 // Park asks c to call resume, on a goroutine of its own, once a Read of it
 // would not block, and reports whether it will. While it is parked c holds
 // no goroutine. c can park if it is a Stream of a session started by
-// Client or Server, a TCP connection on Linux, or a wrapper of one that
-// passes Park and Unpark on. false means c cannot wait that way now
-// (another kind of connection, or, for a Stream, something about to
-// arrive): the caller waits as it would have.
+// Client or Server, a TCP connection on Linux or a TLS connection over
+// one, or a wrapper of one of those that passes Park and Unpark on. false
+// means c cannot wait that way now (another kind of connection, or, for a
+// Stream, something about to arrive): the caller waits as it would have.
+//
+// A TLS connection may hold decrypted bytes that Park cannot see: park
+// one only after a Read of it failed on a deadline, as Join does.
 func Park(c net.Conn, resume func()) bool {
 	switch c := c.(type) {
 	case parker:
@@ -251,6 +255,14 @@ func Park(c net.Conn, resume func()) bool {
 	case *net.TCPConn:
 		if parkTCP != nil {
 			return parkTCP(c, resume)
+		}
+	case *tls.Conn:
+		// On its socket: Join parks a direction only after a Read
+		// failed on its deadline, and then nothing decrypted is left
+		// in the TLS connection, at most part of a record, so only the
+		// socket can bring what the next Read needs.
+		if tc, ok := c.NetConn().(*net.TCPConn); ok && parkTCP != nil {
+			return parkTCP(tc, resume)
 		}
 	}
 	return false
@@ -265,6 +277,10 @@ func Unpark(c net.Conn) {
 	case *net.TCPConn:
 		if unparkTCP != nil {
 			unparkTCP(c)
+		}
+	case *tls.Conn:
+		if tc, ok := c.NetConn().(*net.TCPConn); ok && unparkTCP != nil {
+			unparkTCP(tc)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package tunnel_test
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"testing"
@@ -157,4 +158,44 @@ func TestParkTCP(t *testing.T) {
 			a.Read(make([]byte, 1))
 		}
 	})
+}
+
+// TestParkedTLSWakes: a Join direction reading a TLS connection (an HTTPS
+// visitor at the relay, an HTTPS local server at the agent) parks on its
+// socket, and starts again for a record, several records, and the
+// client's close; all the while the other direction still carries data.
+func TestParkedTLSWakes(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	t.Cleanup(stop)
+	client, server, raw := tlsPair(t)
+	opened, accepted := rawStreamPair(t, relay, agent)
+	st, peer := tunnel.NewStream(opened, nil), tunnel.NewStream(accepted, nil)
+	done := make(chan error, 1)
+	tunnel.JoinAsync(server, st, tunnel.JoinOptions{}, func(err error) { done <- err })
+	defer client.Close()
+	defer peer.Close()
+
+	send(t, client, peer, "hello")
+	waitTCPParked(t, raw, true)
+	send(t, client, peer, "a record")
+	waitTCPParked(t, raw, true)
+	records := bytes.Repeat([]byte("records "), 8<<10) // 64 KiB: four full records
+	go client.Write(records)
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(peer, make([]byte, len(records))); err != nil {
+		t.Fatalf("64 KiB through a parked TLS direction: %v", err)
+	}
+	send(t, peer, client, "the other way")
+	waitTCPParked(t, raw, true)
+	client.Close() // close_notify, then FIN
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := peer.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("peer read %d, %v after the client's close; want EOF", n, err)
+	}
+	peer.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Join did not return")
+	}
 }
