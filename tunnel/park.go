@@ -33,8 +33,11 @@ import (
 // yamux takes the last byte of a frame only to finish handling it. So at
 // the start of every Read, each frame whose end an earlier Read returned
 // has been delivered; the ones that have not are "in flight", and a stream
-// with a frame in flight does not park (its direction waits on its
-// goroutine as before, and tries again when it next goes quiet).
+// with a frame in flight does not park (its direction waits for that frame
+// on a goroutine, as before, and parks the next time it goes quiet).
+//
+// Sockets, and TLS connections over them, park in an epoll set of our own
+// (park_tcp_linux.go).
 
 // frameSplitter finds the yamux frame headers in a byte stream that
 // arrives in pieces of any size.
