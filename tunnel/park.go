@@ -252,21 +252,11 @@ type parker interface {
 // A TLS connection may hold decrypted bytes that Park cannot see: park
 // one only after a Read of it failed on a deadline, as Join does.
 func Park(c net.Conn, resume func()) bool {
-	switch c := c.(type) {
-	case parker:
-		return c.Park(resume)
-	case *net.TCPConn:
-		if parkTCP != nil {
-			return parkTCP(c, resume)
-		}
-	case *tls.Conn:
-		// On its socket: Join parks a direction only after a Read
-		// failed on its deadline, and then nothing decrypted is left
-		// in the TLS connection, at most part of a record, so only the
-		// socket can bring what the next Read needs.
-		if tc, ok := c.NetConn().(*net.TCPConn); ok && parkTCP != nil {
-			return parkTCP(tc, resume)
-		}
+	if p, ok := c.(parker); ok {
+		return p.Park(resume)
+	}
+	if s := socketOf(c); s != nil && parkTCP != nil {
+		return parkTCP(s, resume)
 	}
 	return false
 }
@@ -274,18 +264,29 @@ func Park(c net.Conn, resume func()) bool {
 // Unpark starts c's parked direction now, if it is parked: its owner is
 // about to end it, or needs it to see what the waker cannot.
 func Unpark(c net.Conn) {
-	switch c := c.(type) {
-	case parker:
-		c.Unpark()
-	case *net.TCPConn:
-		if unparkTCP != nil {
-			unparkTCP(c)
-		}
-	case *tls.Conn:
-		if tc, ok := c.NetConn().(*net.TCPConn); ok && unparkTCP != nil {
-			unparkTCP(tc)
-		}
+	if p, ok := c.(parker); ok {
+		p.Unpark()
+		return
 	}
+	if s := socketOf(c); s != nil && unparkTCP != nil {
+		unparkTCP(s)
+	}
+}
+
+// socketOf is the socket a connection parks on: a TCP connection itself,
+// or the one under a TLS connection (Join parks a direction only after a
+// Read failed on its deadline, and then nothing decrypted is left in the
+// TLS connection, at most part of a record, so only the socket can bring
+// what the next Read needs); nil for anything else.
+func socketOf(c net.Conn) *net.TCPConn {
+	switch c := c.(type) {
+	case *net.TCPConn:
+		return c
+	case *tls.Conn:
+		s, _ := c.NetConn().(*net.TCPConn)
+		return s
+	}
+	return nil
 }
 
 // parkTCP and unparkTCP park TCP connections, on the systems where that is

@@ -44,16 +44,7 @@ func TestParkedTCPWakes(t *testing.T) {
 		}
 	})
 	t.Run("the client's FIN", func(t *testing.T) {
-		f := setup(t)
-		f.client.(*net.TCPConn).CloseWrite()
-		if n, err := f.server.Read(make([]byte, 1)); err != io.EOF {
-			t.Fatalf("server read %d, %v; want EOF", n, err)
-		}
-		send(t, f.server, f.client, "still open this way")
-		f.server.(*tunnel.Stream).CloseWrite()
-		if err := f.wait(t); err != nil {
-			t.Errorf("Join = %v, want nil", err)
-		}
+		setup(t).finWakes(t, true)
 	})
 	t.Run("the client's reset", func(t *testing.T) {
 		f := setup(t)
@@ -98,6 +89,14 @@ func TestParkedTCPWakes(t *testing.T) {
 // level-triggered) or by Unpark, whichever is first.
 func TestParkTCP(t *testing.T) {
 	started := func(ch chan struct{}) func() { return func() { ch <- struct{}{} } }
+	noMore := func(t *testing.T, ch chan struct{}, why string) {
+		t.Helper()
+		select {
+		case <-ch:
+			t.Fatal("resume started " + why)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	once := func(t *testing.T, ch chan struct{}) {
 		t.Helper()
 		select {
@@ -105,11 +104,7 @@ func TestParkTCP(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("resume not started")
 		}
-		select {
-		case <-ch:
-			t.Fatal("resume started twice")
-		case <-time.After(50 * time.Millisecond):
-		}
+		noMore(t, ch, "twice")
 	}
 	t.Run("data already there", func(t *testing.T) {
 		client, a := tcpPair(t)
@@ -122,11 +117,7 @@ func TestParkTCP(t *testing.T) {
 		}
 		once(t, ch)
 		tunnel.Unpark(a) // nothing parked: nothing more started
-		select {
-		case <-ch:
-			t.Fatal("resume started by an Unpark after it ran")
-		case <-time.After(50 * time.Millisecond):
-		}
+		noMore(t, ch, "by an Unpark after it ran")
 	})
 	t.Run("unparked", func(t *testing.T) {
 		client, a := tcpPair(t)
@@ -139,11 +130,7 @@ func TestParkTCP(t *testing.T) {
 		tunnel.Unpark(a)
 		once(t, ch)
 		client.Write([]byte("x")) // armed still, for a token nobody has
-		select {
-		case <-ch:
-			t.Fatal("resume started again by data after Unpark")
-		case <-time.After(50 * time.Millisecond):
-		}
+		noMore(t, ch, "again by data after Unpark")
 	})
 	t.Run("parked again", func(t *testing.T) {
 		client, a := tcpPair(t)

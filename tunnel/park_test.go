@@ -77,6 +77,27 @@ func send(t *testing.T, from, to net.Conn, msg string) {
 	}
 }
 
+// finWakes half-closes one far end: the other reads EOF and can still
+// send the other way; then it half-closes too, and Join ends cleanly.
+// fromClient picks the end that closes first.
+func (f *parkFixture) finWakes(t *testing.T, fromClient bool) {
+	t.Helper()
+	from, to := f.server, f.client
+	if fromClient {
+		from, to = to, from
+	}
+	from.(halfCloser).CloseWrite()
+	to.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := to.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read %d, %v after the other end's FIN; want EOF", n, err)
+	}
+	send(t, to, from, "still open this way")
+	to.(halfCloser).CloseWrite()
+	if err := f.wait(t); err != nil {
+		t.Errorf("Join = %v, want nil", err)
+	}
+}
+
 // waitParked waits until n of sess's streams are parked (Join parks an
 // idle direction 40 ms after its last data).
 func waitParked(t *testing.T, sess *yamux.Session, n int) {
@@ -151,16 +172,7 @@ func TestParkedStreamWakes(t *testing.T) {
 		}
 	})
 	t.Run("the peer's FIN", func(t *testing.T) {
-		f := setup(t)
-		f.server.(*tunnel.Stream).CloseWrite()
-		if n, err := f.client.Read(make([]byte, 1)); err != io.EOF {
-			t.Fatalf("client read %d, %v; want EOF", n, err)
-		}
-		send(t, f.client, f.server, "still open this way")
-		f.client.(*net.TCPConn).CloseWrite()
-		if err := f.wait(t); err != nil {
-			t.Errorf("Join = %v, want nil", err)
-		}
+		setup(t).finWakes(t, false)
 	})
 	t.Run("the peer's session ends", func(t *testing.T) {
 		f := setup(t)
