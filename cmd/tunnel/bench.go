@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -27,6 +29,9 @@ type BenchOptions struct {
 	Token string // the agent token for Relay: --token, else $TUNNEL_TOKEN
 	JSON  bool   // print one JSON document instead of the table
 	Quick bool   // small sizes and counts, for a smoke test
+	// TLS has every visitor speak TLS: to the origin (direct), to a
+	// forwarder that terminates it (floor) and to the relay (tunnel).
+	TLS bool
 
 	BulkMiB       int           // size of each bulk download
 	BulkRuns      int           // bulk downloads per path; the median counts
@@ -60,7 +65,7 @@ const (
 func NewCmdBench(f *Factory, runF func(*BenchOptions) error) *cobra.Command {
 	opts := &BenchOptions{IO: f.IO, Logger: f.Logger}
 	cmd := &cobra.Command{
-		Use:   "bench [--quick] [--json] [--relay URL] [flags]",
+		Use:   "bench [--quick] [--json] [--tls] [--relay URL] [flags]",
 		Short: "Measure the tunnel against a direct connection and two plain forwarders",
 		Long: `Measure what the tunnel costs on this machine.
 
@@ -97,6 +102,13 @@ floor-forwarder-1.pprof, idle-relay.pprof, bench.pprof for the visitors,
 shrink the others (--bulk-mib 1 --echoes 1 …). Any tunnel command writes
 such a profile to the file named by $TUNNEL_CPUPROFILE.
 
+With --tls every visitor speaks HTTPS and wss://, as visitors of a
+public relay do: the origin serves HTTPS for the direct path, both
+forwarders accept TLS and the first speaks TLS to the second, and the relay
+serves HTTPS to visitors and to its agent, all with a certificate for
+localhost from a CA made for the run. The floor then copies through user
+space too: TLS cannot be spliced.
+
 Ratios within one run are what to compare: absolute figures depend on the
 machine and on what else runs on it. The default run takes under a minute on
 two cores; --quick takes a few seconds and proves nothing.
@@ -107,6 +119,7 @@ streams per tunnel (limits.max_streams_per_tunnel in a --config file).`,
 		Example: `  tunnel bench
   tunnel bench --json > bench.json
   tunnel bench --idle 5000
+  tunnel bench --tls
   tunnel bench --relay https://example.com --token "$TOKEN"`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -139,6 +152,7 @@ streams per tunnel (limits.max_streams_per_tunnel in a --config file).`,
 	fl.StringVar(&opts.Token, "token", "", "agent `token` for --relay (env TUNNEL_TOKEN)")
 	fl.BoolVar(&opts.JSON, "json", false, "print one JSON document with every figure instead of the table")
 	fl.BoolVar(&opts.Quick, "quick", false, "a short run with small sizes, to check that everything works")
+	fl.BoolVar(&opts.TLS, "tls", false, "visitors speak HTTPS and wss:// on every path, with a throwaway CA for localhost")
 	fl.IntVar(&opts.BulkMiB, "bulk-mib", 256, "`MiB` per bulk download")
 	fl.IntVar(&opts.BulkRuns, "bulk-runs", 3, "bulk downloads per path; the median is reported")
 	fl.IntVar(&opts.SmallClients, "small-clients", 32, "keep-alive `clients` of the small-request test")
@@ -188,10 +202,12 @@ type bench struct {
 	children benchChildren
 	progress func(format string, args ...any)
 
-	profiles    []string // CPU profiles the children were asked to write
-	agentArgs   []string // extra arguments of every `tunnel expose`
-	origin      string   // the origin's address
-	originStats string   // where the origin tells how many connections it accepted
+	profiles    []string    // CPU profiles the children were asked to write
+	certs       *localCerts // --tls: the certificate every hop serves
+	visitorTLS  *tls.Config // --tls or an https --relay: what visitors trust
+	agentArgs   []string    // extra arguments of every `tunnel expose`
+	origin      string      // the origin's address
+	originStats string      // where the origin tells how many connections it accepted
 	paths       []*benchPath
 }
 
@@ -203,6 +219,8 @@ type benchPath struct {
 	// first forwarder), [1] near the origin (agent or second forwarder).
 	// Empty for direct, and [0] for a relay we did not start.
 	hops [2]procGroup
+	// tls is what the path's visitors trust, nil for the system's roots.
+	tls *tls.Config
 }
 
 func benchRun(ctx context.Context, opts *BenchOptions) error {
@@ -213,6 +231,20 @@ func benchRun(ctx context.Context, opts *BenchOptions) error {
 	b := &bench{opts: opts, exe: exe, progress: func(format string, args ...any) {
 		fmt.Fprintf(opts.IO.ErrOut, "bench: "+format+"\n", args...)
 	}}
+	if opts.TLS {
+		dir, err := os.MkdirTemp("", "tunnel-bench-tls-")
+		if err != nil {
+			return fmt.Errorf("bench: --tls: %w", err)
+		}
+		defer os.RemoveAll(dir) // after the children have stopped
+		if b.certs, err = writeLocalCerts(dir, 24*time.Hour, "localhost", "*.localhost"); err != nil {
+			return fmt.Errorf("bench: --tls: %w", err)
+		}
+		// The system's roots too, for an https --relay.
+		if b.visitorTLS, err = tlsConfigTrusting(b.certs.CAFile); err != nil {
+			return fmt.Errorf("bench: --tls: %w", err)
+		}
+	}
 	defer b.children.stopAll()
 	if opts.CPUProfile != "" {
 		stop, err := b.startProfiles()
@@ -269,17 +301,36 @@ func prefixMatch(prefix string) func(string) (string, bool) {
 	}
 }
 
-// startFloor starts two forwarders in a chain to the origin.
-func (b *bench) startFloor(ctx context.Context, label string) (addr string, hops [2]procGroup, err error) {
-	fwd2, addr2, err := b.start(ctx, label+" forwarder 2", true, prefixMatch(benchForwardReady), "bench", "forward", "--to", b.origin)
+// startFloor starts two forwarders in a chain to the origin and returns
+// the first one's URL. With --tls both accept TLS and the first speaks TLS
+// to the second, as a relay and its agent would.
+func (b *bench) startFloor(ctx context.Context, label string) (url string, hops [2]procGroup, err error) {
+	var tlsIn, tlsOut []string
+	if b.certs != nil {
+		tlsIn = []string{"--tls-cert", b.certs.CertFile, "--tls-key", b.certs.KeyFile}
+		tlsOut = []string{"--to-ca", b.certs.CAFile}
+	}
+	args := append([]string{"bench", "forward", "--to", b.origin}, tlsIn...)
+	fwd2, addr2, err := b.start(ctx, label+" forwarder 2", true, prefixMatch(benchForwardReady), args...)
 	if err != nil {
 		return "", hops, err
 	}
-	fwd1, addr1, err := b.start(ctx, label+" forwarder 1", true, prefixMatch(benchForwardReady), "bench", "forward", "--to", addr2)
+	args = slices.Concat([]string{"bench", "forward", "--to", addr2}, tlsIn, tlsOut)
+	fwd1, addr1, err := b.start(ctx, label+" forwarder 1", true, prefixMatch(benchForwardReady), args...)
 	if err != nil {
 		return "", hops, err
 	}
-	return addr1, [2]procGroup{{fwd1}, {fwd2}}, nil
+	return b.localURL(addr1), [2]procGroup{{fwd1}, {fwd2}}, nil
+}
+
+// localURL is the URL of a hop of ours listening on addr: https with
+// --tls, under the name its certificate has.
+func (b *bench) localURL(addr string) string {
+	if b.certs == nil {
+		return "http://" + addr
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	return "https://localhost:" + port
 }
 
 // startRelay starts `tunnel relay` on a free loopback port and returns its
@@ -292,6 +343,9 @@ func (b *bench) startRelay(ctx context.Context, label string, streams int) (url 
 		return b.opts.Relay, nil, nil
 	}
 	args := []string{"relay", "--domain", "localhost", "--addr", "127.0.0.1:0", "--admin-addr=", "--grace", "0", "--drain-timeout", "1s"}
+	if b.certs != nil {
+		args = append(args, "--tls-cert", b.certs.CertFile, "--tls-key", b.certs.KeyFile, "--http-addr=")
+	}
 	if streams > 1000 {
 		dir, err := os.MkdirTemp("", "tunnel-bench-")
 		if err != nil {
@@ -310,7 +364,7 @@ func (b *bench) startRelay(ctx context.Context, label string, streams int) (url 
 		return "", nil, err
 	}
 	addr, _, _ := strings.Cut(line, ",")
-	return "http://" + addr, procGroup{c}, nil
+	return b.localURL(addr), procGroup{c}, nil
 }
 
 // startAgent starts `tunnel expose` for the origin on relayURL and returns
@@ -320,6 +374,9 @@ func (b *bench) startAgent(ctx context.Context, label, relayURL, name string) (*
 	args := append([]string{"expose", "--relay", relayURL, "-p", port, "--local-host", "127.0.0.1", "-s", name}, b.agentArgs...)
 	if b.opts.Token != "" {
 		args = append(args, "--token", b.opts.Token)
+	}
+	if b.certs != nil {
+		args = append(args, "--ca-file", b.certs.CAFile)
 	}
 	// expose prints the URL first, then a line per request, which the
 	// child's reader drains.
@@ -340,7 +397,11 @@ func (b *bench) tunnelName(base string) string {
 // startPaths starts the origin, the floor, the relay and the agent.
 func (b *bench) startPaths(ctx context.Context) error {
 	b.progress("starting the origin, two forwarders, a relay and an agent")
-	_, line, err := b.start(ctx, "origin", true, prefixMatch(benchOriginReady), "bench", "origin")
+	args := []string{"bench", "origin"}
+	if b.certs != nil {
+		args = append(args, "--tls-cert", b.certs.CertFile, "--tls-key", b.certs.KeyFile)
+	}
+	_, line, err := b.start(ctx, "origin", true, prefixMatch(benchOriginReady), args...)
 	if err != nil {
 		return err
 	}
@@ -348,7 +409,15 @@ func (b *bench) startPaths(ctx context.Context) error {
 	if !ok {
 		return fmt.Errorf("bench origin said %q", line)
 	}
+	stats, originTLS, _ := strings.Cut(stats, ", https on ")
+	if (originTLS != "") != (b.certs != nil) {
+		return fmt.Errorf("bench origin said %q", line)
+	}
 	b.origin, b.originStats = origin, stats
+	direct := "http://" + origin
+	if b.certs != nil {
+		direct = b.localURL(originTLS)
+	}
 	// An agent with a traffic inspector runs it by default on one fixed
 	// port, which only the first of several agents would get: give each
 	// its own, so that every agent measured runs as a user's would.
@@ -356,7 +425,7 @@ func (b *bench) startPaths(ctx context.Context) error {
 		b.agentArgs = []string{"--inspect-addr", "127.0.0.1:0"}
 	}
 
-	floorAddr, floorHops, err := b.startFloor(ctx, "floor")
+	floorURL, floorHops, err := b.startFloor(ctx, "floor")
 	if err != nil {
 		return err
 	}
@@ -369,9 +438,9 @@ func (b *bench) startPaths(ctx context.Context) error {
 		return err
 	}
 	b.paths = []*benchPath{
-		{name: "direct", bases: []string{"http://" + b.origin}},
-		{name: "floor", bases: []string{"http://" + floorAddr}, hops: floorHops},
-		{name: "tunnel", bases: []string{tunnelURL}, hops: [2]procGroup{relay, {agent}}},
+		{name: "direct", bases: []string{direct}, tls: b.visitorTLS},
+		{name: "floor", bases: []string{floorURL}, hops: floorHops, tls: b.visitorTLS},
+		{name: "tunnel", bases: []string{tunnelURL}, hops: [2]procGroup{relay, {agent}}, tls: b.visitorTLS},
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -237,10 +238,12 @@ func benchDial(spread *sourceSpread) func(ctx context.Context, network, addr str
 }
 
 // benchClient is a visitor's HTTP client: keep-alive with up to conns idle
-// connections, no compression, no proxy from the environment.
-func benchClient(spread *sourceSpread, conns int) *http.Client {
+// connections, no compression, no proxy from the environment, HTTP/1.1
+// also over TLS, trusting tlsConf's roots (nil: the system's).
+func benchClient(tlsConf *tls.Config, spread *sourceSpread, conns int) *http.Client {
 	return &http.Client{Transport: &http.Transport{
 		Proxy:               nil,
+		TLSClientConfig:     tlsConf,
 		DialContext:         benchDial(spread),
 		MaxIdleConnsPerHost: conns,
 		DisableCompression:  true,
@@ -281,7 +284,7 @@ func benchGet(ctx context.Context, client *http.Client, url string, buf []byte) 
 // benchBulk downloads size bytes runs times and returns the median MB/s
 // (10^6 bytes a second).
 func benchBulk(ctx context.Context, p *benchPath, size int64, runs int) (float64, error) {
-	client := benchClient(nil, 1)
+	client := benchClient(p.tls, nil, 1)
 	defer client.CloseIdleConnections()
 	buf := make([]byte, 1<<20)
 	url := p.bases[0] + "/bulk?bytes=" + strconv.FormatInt(size, 10)
@@ -323,7 +326,7 @@ func (b *bench) benchSmall(ctx context.Context, p *benchPath) (benchSmallResult,
 	defer cancel()
 	clients := make([]*http.Client, n)
 	for i := range clients {
-		clients[i] = benchClient(nil, 1)
+		clients[i] = benchClient(p.tls, nil, 1)
 		defer clients[i].CloseIdleConnections()
 	}
 	if err := parallel(n, n, func(i int) error {
@@ -369,7 +372,7 @@ func (b *bench) benchSmall(ctx context.Context, p *benchPath) (benchSmallResult,
 
 // originConns asks the origin how many connections it has accepted.
 func (b *bench) originConns(ctx context.Context) (int64, error) {
-	client := benchClient(nil, 1)
+	client := benchClient(nil, nil, 1) // the stats port is plain HTTP
 	defer client.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.originStats+"/", nil)
 	if err != nil {
@@ -468,7 +471,7 @@ func benchEcho(ctx context.Context, c *websocket.Conn, msg []byte) error {
 func benchWSEcho(ctx context.Context, p *benchPath, n int) (p50, p99 time.Duration, err error) {
 	ctx, cancel := context.WithTimeout(ctx, benchWSTimeout)
 	defer cancel()
-	client := benchClient(nil, 1)
+	client := benchClient(p.tls, nil, 1)
 	c, err := benchWSDial(ctx, client, p.bases[0])
 	if err != nil {
 		return 0, 0, err
@@ -497,7 +500,7 @@ func benchWSEcho(ctx context.Context, p *benchPath, n int) (p50, p99 time.Durati
 func benchWSMany(ctx context.Context, p *benchPath, conns, msgs int) (float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, benchWSTimeout)
 	defer cancel()
-	client := benchClient(nil, conns)
+	client := benchClient(p.tls, nil, conns)
 	cs := make([]*websocket.Conn, conns)
 	defer func() {
 		for _, c := range cs {
@@ -534,7 +537,7 @@ func benchWSMany(ctx context.Context, p *benchPath, conns, msgs int) (float64, e
 func benchWSNew(ctx context.Context, p *benchPath, n int) (p50, p99 time.Duration, err error) {
 	ctx, cancel := context.WithTimeout(ctx, benchWSTimeout)
 	defer cancel()
-	client := benchClient(nil, 1)
+	client := benchClient(p.tls, nil, 1)
 	msg := make([]byte, benchWSMessage)
 	took := make([]time.Duration, 0, n)
 	for range n {
@@ -559,12 +562,12 @@ func benchWSNew(ctx context.Context, p *benchPath, n int) (p50, p99 time.Duratio
 // returns each forwarder's memory per connection (KiB) and the CPU seconds
 // they used to set the connections up.
 func (b *bench) idleFloor(ctx context.Context, n int) (mem, slope, cpu hopFigures, err error) {
-	addr, hops, err := b.startFloor(ctx, "idle floor")
+	url, hops, err := b.startFloor(ctx, "idle floor")
 	if err != nil {
 		return mem, slope, cpu, err
 	}
 	defer b.children.stop(slices.Concat(hops[0], hops[1]))
-	p := &benchPath{name: "floor", bases: []string{"http://" + addr}, hops: hops}
+	p := &benchPath{name: "floor", bases: []string{url}, hops: hops, tls: b.visitorTLS}
 	return b.idle(ctx, p, n)
 }
 
@@ -579,7 +582,7 @@ func (b *bench) idleTunnel(ctx context.Context, n, agents int) (mem, slope, cpu 
 		return mem, slope, cpu, err
 	}
 	started = append(started, relay...)
-	p := &benchPath{name: "tunnel", hops: [2]procGroup{relay, nil}}
+	p := &benchPath{name: "tunnel", hops: [2]procGroup{relay, nil}, tls: b.visitorTLS}
 	// The agents connect one after another: the relay's name registry is
 	// not what is measured, and it keeps the output tidy.
 	for i := range agents {
@@ -620,7 +623,7 @@ func (b *bench) idle(ctx context.Context, p *benchPath, n int) (mem, slope, cpu 
 		return mem, slope, cpu, err
 	}
 	spread := &sourceSpread{}
-	client := benchClient(spread, n)
+	client := benchClient(p.tls, spread, n)
 	cs := make([]*websocket.Conn, n)
 	defer func() {
 		for _, c := range cs {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,10 +23,15 @@ type BenchOriginOptions struct {
 	Logger *slog.Logger
 
 	Addr string // listen address of the origin
+
+	// TLSCert and TLSKey, if set, have the origin serve HTTPS as well, on
+	// a port of its own (the direct path of `tunnel bench --tls`).
+	TLSCert, TLSKey string
 }
 
 // benchOriginReady starts the line the origin prints on stdout once it
-// listens: "bench origin on ADDR, stats on ADDR".
+// listens: "bench origin on ADDR, stats on ADDR", and with TLS
+// ", https on ADDR".
 const benchOriginReady = "bench origin on "
 
 // NewCmdBenchOrigin returns the hidden `tunnel bench origin`. runF, if not
@@ -33,19 +39,25 @@ const benchOriginReady = "bench origin on "
 func NewCmdBenchOrigin(f *Factory, runF func(*BenchOriginOptions) error) *cobra.Command {
 	opts := &BenchOriginOptions{IO: f.IO, Logger: f.Logger}
 	cmd := &cobra.Command{
-		Use:     "origin [--addr HOST:PORT]",
+		Use:     "origin [--addr HOST:PORT] [--tls-cert FILE --tls-key FILE]",
 		Short:   "Serve the bench's origin: /bulk, /small and a WebSocket echo at /ws",
 		Hidden:  true,
 		Example: `  tunnel bench origin --addr 127.0.0.1:9000`,
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if (opts.TLSCert == "") != (opts.TLSKey == "") {
+				return usageErrorf(cmd, "--tls-cert and --tls-key go together: pass both, the certificate chain and its private key")
+			}
 			if runF != nil {
 				return runF(opts)
 			}
 			return benchOriginRun(cmd.Context(), opts)
 		},
 	}
-	cmd.Flags().StringVar(&opts.Addr, "addr", "127.0.0.1:0", "listen `address`")
+	fl := cmd.Flags()
+	fl.StringVar(&opts.Addr, "addr", "127.0.0.1:0", "listen `address`")
+	fl.StringVar(&opts.TLSCert, "tls-cert", "", "certificate `file` (PEM): serve HTTPS too, on a port of its own")
+	fl.StringVar(&opts.TLSKey, "tls-key", "", "private key `file` (PEM) of --tls-cert")
 	return cmd
 }
 
@@ -114,10 +126,39 @@ func benchOriginRun(ctx context.Context, opts *BenchOriginOptions) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          errLog,
 	}
+	ready := fmt.Sprintf("%s%s, stats on %s", benchOriginReady, ln.Addr(), statsLn.Addr())
+	// HTTPS is a second server on the same handler, so that it counts
+	// its connections too.
+	var tlsSrv *http.Server
+	var tlsLn net.Listener
+	if opts.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(opts.TLSCert, opts.TLSKey)
+		if err != nil {
+			ln.Close()
+			statsLn.Close()
+			return fmt.Errorf("bench origin: %w", err)
+		}
+		if tlsLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			ln.Close()
+			statsLn.Close()
+			return fmt.Errorf("bench origin: %w", err)
+		}
+		tlsSrv = &http.Server{
+			Handler:           srv.Handler,
+			ReadHeaderTimeout: srv.ReadHeaderTimeout,
+			ErrorLog:          errLog,
+			ConnState:         srv.ConnState,
+			TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}},
+		}
+		ready += ", https on " + tlsLn.Addr().String()
+	}
 	var wg sync.WaitGroup
 	wg.Go(func() { srv.Serve(ln) })
 	wg.Go(func() { stats.Serve(statsLn) })
-	fmt.Fprintf(opts.IO.Out, "%s%s, stats on %s\n", benchOriginReady, ln.Addr(), statsLn.Addr())
+	if tlsSrv != nil {
+		wg.Go(func() { tlsSrv.ServeTLS(tlsLn, "", "") })
+	}
+	fmt.Fprintln(opts.IO.Out, ready)
 
 	<-ctx.Done()
 	o.mu.Lock()
@@ -126,6 +167,9 @@ func benchOriginRun(ctx context.Context, opts *BenchOriginOptions) error {
 	cancel() // ends the echo loops
 	srv.Close()
 	stats.Close()
+	if tlsSrv != nil {
+		tlsSrv.Close()
+	}
 	wg.Wait()
 	o.ws.Wait()
 	return nil

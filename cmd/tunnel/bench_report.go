@@ -43,6 +43,7 @@ type benchParams struct {
 	IdleFloor    int     `json:"idle_floor"`  // idle connections through the floor
 	IdleAgents   int     `json:"idle_agents"` // agent processes of the idle test
 	Quick        bool    `json:"quick"`
+	TLS          bool    `json:"tls"` // visitors speak TLS on every path
 }
 
 // benchRow is one figure on the three paths. A value is null where the
@@ -138,7 +139,7 @@ func benchParamsOf(o *BenchOptions) benchParams {
 		BulkMiB: o.BulkMiB, BulkRuns: o.BulkRuns,
 		SmallClients: o.SmallClients, SmallSeconds: o.SmallDuration.Seconds(),
 		Echoes: o.Echoes, WSConns: o.WSConns, WSMessages: o.WSMessages,
-		NewWS: o.NewWS, Idle: o.Idle, Quick: o.Quick,
+		NewWS: o.NewWS, Idle: o.Idle, Quick: o.Quick, TLS: o.TLS,
 	}
 }
 
@@ -179,9 +180,15 @@ func (r *benchResult) writeTable(w io.Writer) error {
 	fmt.Fprintf(w, "tunnel bench, %s\n", m.Date)
 	fmt.Fprintf(w, "machine: %s, %d cores, %s\n", m.CPU, m.Cores, m.OS)
 	fmt.Fprintf(w, "go: %s, GOMAXPROCS %d\n", m.Go, m.GOMAXPROCS)
-	fmt.Fprintf(w, "paths: direct  visitor → origin\n")
-	fmt.Fprintf(w, "       floor   visitor → forwarder → forwarder → origin (plain TCP, splice)\n")
-	fmt.Fprintf(w, "       tunnel  visitor → relay → agent → origin (relay: %s)\n\n", m.Relay)
+	if r.Params.TLS {
+		fmt.Fprintf(w, "paths: direct  visitor → origin (HTTPS)\n")
+		fmt.Fprintf(w, "       floor   visitor → forwarder → forwarder → origin (TLS, TLS, plain TCP)\n")
+		fmt.Fprintf(w, "       tunnel  visitor → relay → agent → origin (TLS, TLS, plain TCP; relay: %s)\n\n", m.Relay)
+	} else {
+		fmt.Fprintf(w, "paths: direct  visitor → origin\n")
+		fmt.Fprintf(w, "       floor   visitor → forwarder → forwarder → origin (plain TCP, splice)\n")
+		fmt.Fprintf(w, "       tunnel  visitor → relay → agent → origin (relay: %s)\n\n", m.Relay)
+	}
 
 	table := [][]string{{"scenario", "figure", "direct", "floor", "tunnel", "floor/direct", "tunnel/direct", "tunnel/floor"}}
 	last := ""

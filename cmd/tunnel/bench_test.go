@@ -19,17 +19,31 @@ import (
 // TestBenchQuickJSON runs `tunnel bench --quick --json` through the built
 // binary, which starts the origin, forwarders, relay and agents as
 // processes of their own, and checks that the document holds every figure
-// with ratios computed from the same run. It asserts nothing about speed:
-// the machine is shared and a quick run measures nothing worth comparing.
+// with ratios computed from the same run; then the same with --tls, where
+// every hop a visitor reaches accepts TLS only, so a run that completes
+// spoke TLS on every path. It asserts nothing about speed: the machine is
+// shared and a quick run measures nothing worth comparing.
 func TestBenchQuickJSON(t *testing.T) {
+	for _, tls := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "tls"}[tls], func(t *testing.T) {
+			testBenchQuickJSON(t, tls)
+		})
+	}
+}
+
+func testBenchQuickJSON(t *testing.T, tls bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, tunnelBin, "bench", "--quick", "--json")
+	args := []string{"bench", "--quick", "--json"}
+	if tls {
+		args = append(args, "--tls")
+	}
+	cmd := exec.CommandContext(ctx, tunnelBin, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
 	err := cmd.Run()
-	t.Logf("tunnel bench --quick --json took %v; stderr:\n%s", time.Since(start).Round(time.Millisecond), stderr.String())
+	t.Logf("tunnel %s took %v; stderr:\n%s", strings.Join(args, " "), time.Since(start).Round(time.Millisecond), stderr.String())
 	if err != nil {
 		t.Fatalf("tunnel bench: %v", err)
 	}
@@ -51,8 +65,8 @@ func TestBenchQuickJSON(t *testing.T) {
 	if _, err := time.Parse(time.RFC3339, m.Date); err != nil {
 		t.Errorf("date %q: %v", m.Date, err)
 	}
-	if p := res.Params; !p.Quick || p.Idle < 1 || p.IdleFloor < 1 || p.IdleAgents < 1 {
-		t.Errorf("params = %+v, want a quick run with idle connections and agents", p)
+	if p := res.Params; !p.Quick || p.Idle < 1 || p.IdleFloor < 1 || p.IdleAgents < 1 || p.TLS != tls {
+		t.Errorf("params = %+v, want a quick run with idle connections and agents, TLS %v", p, tls)
 	}
 
 	// kind says what every figure of a row must be.
@@ -248,6 +262,8 @@ func TestBenchFlags(t *testing.T) {
 	}
 	quickIdle := quick
 	quickIdle.Idle = 5000
+	withTLS := defaults
+	withTLS.TLS = true
 	tests := []struct {
 		name    string
 		args    []string
@@ -257,6 +273,7 @@ func TestBenchFlags(t *testing.T) {
 		{name: "defaults", want: defaults},
 		{name: "quick", args: []string{"--quick"}, want: quick},
 		{name: "quick keeps what was set", args: []string{"--quick", "--idle", "5000"}, want: quickIdle},
+		{name: "tls", args: []string{"--tls"}, want: withTLS},
 		{name: "idle beyond the file limit", args: []string{"--idle", "20000"}, wantErr: "--idle must be 1 to 18000"},
 		{name: "too many WebSockets for one agent", args: []string{"--ws-conns", "200"}, wantErr: "--ws-conns must be 1 to 150"},
 		{name: "zero runs", args: []string{"--bulk-runs", "0"}, wantErr: "--bulk-runs must be"},
@@ -287,12 +304,21 @@ func TestBenchFlags(t *testing.T) {
 	}
 }
 
-// TestBenchForwardFlags checks that the hidden forwarder wants --to.
+// TestBenchForwardFlags checks that the hidden forwarder wants --to, and
+// that it and the origin want --tls-cert and --tls-key together.
 func TestBenchForwardFlags(t *testing.T) {
 	cmd := NewCmdBenchForward(testFactory(), func(*BenchForwardOptions) error { return nil })
 	var uerr *usageError
 	if err := execute(cmd); !errors.As(err, &uerr) {
 		t.Errorf("without --to: err = %v, want a usage error", err)
+	}
+	cmd = NewCmdBenchForward(testFactory(), func(*BenchForwardOptions) error { return nil })
+	if err := execute(cmd, "--to", "127.0.0.1:1", "--tls-cert", "cert.pem"); !errors.As(err, &uerr) || !strings.Contains(err.Error(), "--tls-cert and --tls-key go together") {
+		t.Errorf("forward --tls-cert alone: err = %v, want a usage error naming both flags", err)
+	}
+	origin := NewCmdBenchOrigin(testFactory(), func(*BenchOriginOptions) error { return nil })
+	if err := execute(origin, "--tls-key", "key.pem"); !errors.As(err, &uerr) || !strings.Contains(err.Error(), "--tls-cert and --tls-key go together") {
+		t.Errorf("origin --tls-key alone: err = %v, want a usage error naming both flags", err)
 	}
 	var got *BenchForwardOptions
 	cmd = NewCmdBenchForward(testFactory(), func(o *BenchForwardOptions) error { got = o; return nil })
