@@ -161,11 +161,11 @@ func TestDoctorOverTLS(t *testing.T) {
 		"Checking relay " + relayURL,
 		"",
 		"PASS  DNS relay   localhost resolves to ",
-		"WARN  TLS relay   localhost: chain verified, issued by tunnel test CA, expires ",
+		"WARN  TLS relay   localhost: chain verified, issued by tunnel local CA, expires ",
 		"      fix:        renew the certificate soon",
 		"PASS  agent       connected to localhost:" + port + " (no token needed) and got the temporary tunnel https://tls-checkup.localhost:" + port + " in ",
 		"PASS  DNS tunnel  tls-checkup.localhost is under .localhost",
-		"WARN  TLS tunnel  tls-checkup.localhost: chain verified, issued by tunnel test CA, expires ",
+		"WARN  TLS tunnel  tls-checkup.localhost: chain verified, issued by tunnel local CA, expires ",
 		"      fix:        renew the certificate soon",
 		"PASS  HTTP        GET https://tls-checkup.localhost:" + port + "/ came back through the tunnel with its nonce in ",
 		"PASS  WebSocket   wss://tls-checkup.localhost:" + port + "/ echoed a message through the tunnel: handshake ",
@@ -184,7 +184,7 @@ func TestDoctorOverTLS(t *testing.T) {
 	}
 	line := p.stderr.first(t, 1)[0]
 	for _, want := range []string{
-		"tunnel: TLS relay check failed: localhost: issued by tunnel test CA, which this machine does not trust",
+		"tunnel: TLS relay check failed: localhost: issued by tunnel local CA, which this machine does not trust",
 		"; fix: if the relay's CA is private (or a test CA), pass its certificate with --ca-file",
 		"(and 1 more failed check above)", // the agent's, for the same reason
 	} {
