@@ -32,6 +32,9 @@ type BenchOptions struct {
 	// TLS has every visitor speak TLS: to the origin (direct), to a
 	// forwarder that terminates it (floor) and to the relay (tunnel).
 	TLS bool
+	// TunnelGOMAXPROCS, if not 0, is the GOMAXPROCS of the relay and the
+	// agent the bench starts (an operator's knob it lets one measure).
+	TunnelGOMAXPROCS int
 
 	BulkMiB       int           // size of each bulk download
 	BulkRuns      int           // bulk downloads per path; the median counts
@@ -109,6 +112,10 @@ serves HTTPS to visitors and to its agent, all with a certificate for
 localhost from a CA made for the run. The floor then copies through user
 space too: TLS cannot be spliced.
 
+--tunnel-gomaxprocs N runs the relay and the agent with GOMAXPROCS=N (the
+floor's forwarders keep Go's default): on a small machine shared with other
+work, one P spares the scheduler's thread wake-ups at every hand-off.
+
 Ratios within one run are what to compare: absolute figures depend on the
 machine and on what else runs on it. The default run takes under a minute on
 two cores; --quick takes a few seconds and proves nothing.
@@ -120,6 +127,7 @@ streams per tunnel (limits.max_streams_per_tunnel in a --config file).`,
   tunnel bench --json > bench.json
   tunnel bench --idle 5000
   tunnel bench --tls
+  tunnel bench --tunnel-gomaxprocs 1
   tunnel bench --relay https://example.com --token "$TOKEN"`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -153,6 +161,7 @@ streams per tunnel (limits.max_streams_per_tunnel in a --config file).`,
 	fl.BoolVar(&opts.JSON, "json", false, "print one JSON document with every figure instead of the table")
 	fl.BoolVar(&opts.Quick, "quick", false, "a short run with small sizes, to check that everything works")
 	fl.BoolVar(&opts.TLS, "tls", false, "visitors speak HTTPS and wss:// on every path, with a throwaway CA for localhost")
+	fl.IntVar(&opts.TunnelGOMAXPROCS, "tunnel-gomaxprocs", 0, "run the relay and the agent with GOMAXPROCS=`N` (0: Go's default, one per CPU)")
 	fl.IntVar(&opts.BulkMiB, "bulk-mib", 256, "`MiB` per bulk download")
 	fl.IntVar(&opts.BulkRuns, "bulk-runs", 3, "bulk downloads per path; the median is reported")
 	fl.IntVar(&opts.SmallClients, "small-clients", 32, "keep-alive `clients` of the small-request test")
@@ -181,6 +190,7 @@ func checkBenchOptions(o *BenchOptions) error {
 		{"--ws-messages", o.WSMessages, 1, 1_000_000},
 		{"--new-ws", o.NewWS, 1, 100_000},
 		{"--idle", o.Idle, 1, benchMaxIdle},
+		{"--tunnel-gomaxprocs", o.TunnelGOMAXPROCS, 0, 1024},
 	} {
 		if c.v < c.lo || c.v > c.hi {
 			return fmt.Errorf("%s must be %d to %d, got %d", c.flag, c.lo, c.hi, c.v)
@@ -272,16 +282,18 @@ func benchRun(ctx context.Context, opts *BenchOptions) error {
 	return res.writeTable(opts.IO.Out)
 }
 
-// start runs `tunnel args...` as a child and waits for its readiness line.
-func (b *bench) start(ctx context.Context, name string, onStdout bool, match func(string) (string, bool), args ...string) (*benchChild, string, error) {
+// start runs `tunnel args...` as a child, with env added to the bench's
+// environment, and waits for its readiness line.
+func (b *bench) start(ctx context.Context, name string, env []string, onStdout bool, match func(string) (string, bool), args ...string) (*benchChild, string, error) {
 	// A child profiles itself only when asked for here, never because
 	// the bench's own environment says so: they would share one file.
-	env := []string{cpuProfileEnv + "="}
+	profile := cpuProfileEnv + "="
 	if b.opts.CPUProfile != "" {
 		file := filepath.Join(b.opts.CPUProfile, strings.ReplaceAll(name, " ", "-")+".pprof")
-		env = []string{cpuProfileEnv + "=" + file}
+		profile = cpuProfileEnv + "=" + file
 		b.profiles = append(b.profiles, file)
 	}
+	env = append([]string{profile}, env...)
 	c, err := startBenchChild(b.exe, name, env, onStdout, match, args...)
 	if err != nil {
 		return nil, "", err
@@ -311,12 +323,12 @@ func (b *bench) startFloor(ctx context.Context, label string) (url string, hops 
 		tlsOut = []string{"--to-ca", b.certs.CAFile}
 	}
 	args := append([]string{"bench", "forward", "--to", b.origin}, tlsIn...)
-	fwd2, addr2, err := b.start(ctx, label+" forwarder 2", true, prefixMatch(benchForwardReady), args...)
+	fwd2, addr2, err := b.start(ctx, label+" forwarder 2", nil, true, prefixMatch(benchForwardReady), args...)
 	if err != nil {
 		return "", hops, err
 	}
 	args = slices.Concat([]string{"bench", "forward", "--to", addr2}, tlsIn, tlsOut)
-	fwd1, addr1, err := b.start(ctx, label+" forwarder 1", true, prefixMatch(benchForwardReady), args...)
+	fwd1, addr1, err := b.start(ctx, label+" forwarder 1", nil, true, prefixMatch(benchForwardReady), args...)
 	if err != nil {
 		return "", hops, err
 	}
@@ -331,6 +343,15 @@ func (b *bench) localURL(addr string) string {
 	}
 	_, port, _ := net.SplitHostPort(addr)
 	return "https://localhost:" + port
+}
+
+// tunnelEnv is what the relay and the agent get in their environment on
+// top of the bench's.
+func (b *bench) tunnelEnv() []string {
+	if b.opts.TunnelGOMAXPROCS == 0 {
+		return nil
+	}
+	return []string{"GOMAXPROCS=" + strconv.Itoa(b.opts.TunnelGOMAXPROCS)}
 }
 
 // startRelay starts `tunnel relay` on a free loopback port and returns its
@@ -359,7 +380,7 @@ func (b *bench) startRelay(ctx context.Context, label string, streams int) (url 
 		}
 		args = append(args, "--config", file)
 	}
-	c, line, err := b.start(ctx, label, false, prefixMatch("relay listening on "), args...)
+	c, line, err := b.start(ctx, label, b.tunnelEnv(), false, prefixMatch("relay listening on "), args...)
 	if err != nil {
 		return "", nil, err
 	}
@@ -380,7 +401,7 @@ func (b *bench) startAgent(ctx context.Context, label, relayURL, name string) (*
 	}
 	// expose prints the URL first, then a line per request, which the
 	// child's reader drains.
-	return b.start(ctx, label, true, func(line string) (string, bool) {
+	return b.start(ctx, label, b.tunnelEnv(), true, func(line string) (string, bool) {
 		return line, strings.HasPrefix(line, "http://") || strings.HasPrefix(line, "https://")
 	}, args...)
 }
@@ -401,7 +422,7 @@ func (b *bench) startPaths(ctx context.Context) error {
 	if b.certs != nil {
 		args = append(args, "--tls-cert", b.certs.CertFile, "--tls-key", b.certs.KeyFile)
 	}
-	_, line, err := b.start(ctx, "origin", true, prefixMatch(benchOriginReady), args...)
+	_, line, err := b.start(ctx, "origin", nil, true, prefixMatch(benchOriginReady), args...)
 	if err != nil {
 		return err
 	}

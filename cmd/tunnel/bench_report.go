@@ -44,6 +44,9 @@ type benchParams struct {
 	IdleAgents   int     `json:"idle_agents"` // agent processes of the idle test
 	Quick        bool    `json:"quick"`
 	TLS          bool    `json:"tls"` // visitors speak TLS on every path
+	// TunnelGOMAXPROCS is the relay's and the agent's GOMAXPROCS if the
+	// run set it, 0 if they ran with Go's default.
+	TunnelGOMAXPROCS int `json:"tunnel_gomaxprocs"`
 }
 
 // benchRow is one figure on the three paths. A value is null where the
@@ -139,7 +142,7 @@ func benchParamsOf(o *BenchOptions) benchParams {
 		BulkMiB: o.BulkMiB, BulkRuns: o.BulkRuns,
 		SmallClients: o.SmallClients, SmallSeconds: o.SmallDuration.Seconds(),
 		Echoes: o.Echoes, WSConns: o.WSConns, WSMessages: o.WSMessages,
-		NewWS: o.NewWS, Idle: o.Idle, Quick: o.Quick, TLS: o.TLS,
+		NewWS: o.NewWS, Idle: o.Idle, Quick: o.Quick, TLS: o.TLS, TunnelGOMAXPROCS: o.TunnelGOMAXPROCS,
 	}
 }
 
@@ -179,7 +182,11 @@ func (r *benchResult) writeTable(w io.Writer) error {
 	m := r.Machine
 	fmt.Fprintf(w, "tunnel bench, %s\n", m.Date)
 	fmt.Fprintf(w, "machine: %s, %d cores, %s\n", m.CPU, m.Cores, m.OS)
-	fmt.Fprintf(w, "go: %s, GOMAXPROCS %d\n", m.Go, m.GOMAXPROCS)
+	fmt.Fprintf(w, "go: %s, GOMAXPROCS %d", m.Go, m.GOMAXPROCS)
+	if n := r.Params.TunnelGOMAXPROCS; n != 0 {
+		fmt.Fprintf(w, " (relay and agent: %d)", n)
+	}
+	fmt.Fprintln(w)
 	if r.Params.TLS {
 		fmt.Fprintf(w, "paths: direct  visitor → origin (HTTPS)\n")
 		fmt.Fprintf(w, "       floor   visitor → forwarder → forwarder → origin (TLS, TLS, plain TCP)\n")

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"os"
@@ -264,6 +265,8 @@ func TestBenchFlags(t *testing.T) {
 	quickIdle.Idle = 5000
 	withTLS := defaults
 	withTLS.TLS = true
+	oneP := defaults
+	oneP.TunnelGOMAXPROCS = 1
 	tests := []struct {
 		name    string
 		args    []string
@@ -274,6 +277,8 @@ func TestBenchFlags(t *testing.T) {
 		{name: "quick", args: []string{"--quick"}, want: quick},
 		{name: "quick keeps what was set", args: []string{"--quick", "--idle", "5000"}, want: quickIdle},
 		{name: "tls", args: []string{"--tls"}, want: withTLS},
+		{name: "one P for relay and agent", args: []string{"--tunnel-gomaxprocs", "1"}, want: oneP},
+		{name: "negative GOMAXPROCS", args: []string{"--tunnel-gomaxprocs", "-1"}, wantErr: "--tunnel-gomaxprocs must be 0 to 1024"},
 		{name: "idle beyond the file limit", args: []string{"--idle", "20000"}, wantErr: "--idle must be 1 to 18000"},
 		{name: "too many WebSockets for one agent", args: []string{"--ws-conns", "200"}, wantErr: "--ws-conns must be 1 to 150"},
 		{name: "zero runs", args: []string{"--bulk-runs", "0"}, wantErr: "--bulk-runs must be"},
@@ -375,5 +380,48 @@ func TestCPUProfileEnv(t *testing.T) {
 	}
 	if msg := stderr.String(); strings.Count(msg, "\n") != 1 || !strings.Contains(msg, "--cpuprofile") || !strings.Contains(msg, "directory you can write") {
 		t.Errorf("stderr = %q, want one line naming --cpuprofile and what to give it", msg)
+	}
+}
+
+// TestBenchTunnelGOMAXPROCS checks that --tunnel-gomaxprocs reaches the
+// relay's and the agent's environment, and nobody else's: the bench starts
+// them with it (read back from /proc/PID/environ), the floor's forwarders
+// without.
+func TestBenchTunnelGOMAXPROCS(t *testing.T) {
+	if _, err := os.Stat("/proc/self/environ"); err != nil {
+		t.Skip("needs /proc/PID/environ")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b := &bench{opts: &BenchOptions{TunnelGOMAXPROCS: 1}, exe: tunnelBin, progress: t.Logf}
+	defer b.children.stopAll()
+	if err := b.startPaths(ctx); err != nil {
+		t.Fatal(err)
+	}
+	env := func(c *benchChild) string {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", c.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range strings.Split(string(data), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "GOMAXPROCS="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	outside := os.Getenv("GOMAXPROCS") // what every other child inherits
+	for _, p := range b.paths {
+		for i, g := range p.hops {
+			for _, c := range g {
+				want := outside
+				if p.name == "tunnel" {
+					want = "1"
+				}
+				if got := env(c); got != want {
+					t.Errorf("%s hop %d (%s): GOMAXPROCS=%q, want %q", p.name, i, c.name, got, want)
+				}
+			}
+		}
 	}
 }
