@@ -214,7 +214,7 @@ type bench struct {
 
 	profiles    []string    // CPU profiles the children were asked to write
 	certs       *localCerts // --tls: the certificate every hop serves
-	visitorTLS  *tls.Config // --tls or an https --relay: what visitors trust
+	visitorTLS  *tls.Config // --tls: the system's roots and the run's CA; nil: the system's
 	agentArgs   []string    // extra arguments of every `tunnel expose`
 	origin      string      // the origin's address
 	originStats string      // where the origin tells how many connections it accepted
