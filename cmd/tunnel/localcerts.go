@@ -29,12 +29,11 @@ type localCerts struct {
 // cheapest handshake), valid from an hour ago for validFor, and writes
 // ca.pem, cert.pem and key.pem into dir.
 func writeLocalCerts(dir string, validFor time.Duration, names ...string) (*localCerts, error) {
-	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
+	if len(names) == 0 {
+		return nil, fmt.Errorf("a certificate needs at least one name")
 	}
-	caTmpl := &x509.Certificate{
+	now := time.Now()
+	caKey, caDER, ca, err := issue(&x509.Certificate{
 		SerialNumber:          big.NewInt(1),
 		Subject:               pkix.Name{CommonName: "tunnel local CA"},
 		NotBefore:             now.Add(-time.Hour),
@@ -43,21 +42,11 @@ func writeLocalCerts(dir string, validFor time.Duration, names ...string) (*loca
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLenZero:        true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	}, nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return nil, err
-	}
-
-	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	leafTmpl := &x509.Certificate{
+	leafKey, leafDER, leaf, err := issue(&x509.Certificate{
 		SerialNumber: big.NewInt(2),
 		Subject:      pkix.Name{CommonName: names[0]},
 		DNSNames:     names,
@@ -65,12 +54,7 @@ func writeLocalCerts(dir string, validFor time.Duration, names ...string) (*loca
 		NotAfter:     now.Add(validFor),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, &leafKey.PublicKey, caKey)
-	if err != nil {
-		return nil, err
-	}
-	leaf, err := x509.ParseCertificate(leafDER)
+	}, ca, caKey)
 	if err != nil {
 		return nil, err
 	}
@@ -104,4 +88,25 @@ func writeLocalCerts(dir string, validFor time.Duration, names ...string) (*loca
 		}
 	}
 	return c, nil
+}
+
+// issue makes a key and a certificate for it from tmpl, signed by parent
+// with parentKey, or self-signed when parent is nil.
+func issue(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*ecdsa.PrivateKey, []byte, *x509.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return key, der, cert, nil
 }
