@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +41,7 @@ type keepAliveTransport struct {
 type idleStream struct {
 	c     net.Conn
 	timer *time.Timer // closes it after keepAliveIdle
+	until time.Time   // when it is closed if still kept; guarded by mu
 }
 
 const (
@@ -71,8 +73,11 @@ var errStale = errors.New("kept stream closed by the agent's side")
 func (t *keepAliveTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	key := req.URL.Host
 	for {
-		c, reused := t.get(key)
-		if c == nil {
+		e := t.get(key)
+		var c net.Conn
+		if e != nil {
+			c = e.c
+		} else {
 			host, _, _ := strings.Cut(key, ":")
 			name, _, _ := strings.Cut(host, ".")
 			var err error
@@ -80,8 +85,8 @@ func (t *keepAliveTransport) RoundTrip(req *http.Request) (*http.Response, error
 				return nil, err
 			}
 		}
-		res, err := t.roundTrip(c, req, key, reused)
-		if errors.Is(err, errStale) && reused && replayable(req) {
+		res, err := t.roundTrip(c, e, req, key)
+		if errors.Is(err, errStale) && e != nil && replayable(req) {
 			continue // a fresh stream next time: get returns each kept one once
 		}
 		if errors.Is(err, errStale) {
@@ -105,64 +110,52 @@ func replayable(req *http.Request) bool {
 }
 
 // roundTrip sends req on c and reads the response header. c is closed
-// unless the response's body, once read to its end, gives it back.
-func (t *keepAliveTransport) roundTrip(c net.Conn, req *http.Request, key string, reused bool) (*http.Response, error) {
+// unless the response's body, once read to its end, gives it back. e is
+// c's entry in the pool if c was kept there, nil for a new stream.
+func (t *keepAliveTransport) roundTrip(c net.Conn, e *idleStream, req *http.Request, key string) (*http.Response, error) {
 	ctx := req.Context()
+	// One allocation holds the exchange's state: the response body it
+	// ends as, the header's reader, the deadline's lock.
+	b := &keptBody{t: t, key: key, c: c, idle: e, timeout: t.as.srv.cfg.Limits.ResponseHeaderTimeout}
 	// The request's context bounds the whole exchange, body included.
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	b.stop = context.AfterFunc(ctx, b.cancel)
 	fail := func(err error) (*http.Response, error) {
-		stop()
+		b.stop()
 		c.Close()
 		return nil, roundTripErr(ctx, c, err)
 	}
-	// The response header must come within the timeout of the request's
-	// end. With a body the writer sets it, unless the header came first.
-	timeout := t.as.srv.cfg.Limits.ResponseHeaderTimeout
-	var (
-		dl         sync.Mutex
-		headerRead bool
-	)
-	await := func() {
-		dl.Lock()
-		if !headerRead && timeout > 0 {
-			c.SetReadDeadline(time.Now().Add(timeout))
-		}
-		dl.Unlock()
-	}
-	var written chan error // nil: written before the response was read
 	if req.Body == nil || req.Body == http.NoBody {
 		if err := writeRequest(c, req); err != nil {
-			if !reused {
+			if e == nil {
 				return fail(err) // a new stream: the agent's refusal, say
 			}
 			return fail(errStale)
 		}
-		await()
+		b.await()
 	} else {
-		written = make(chan error, 1)
+		// The response header must come within the timeout of the
+		// request's end, which the writer sets unless the header came
+		// first; a local server may answer before it has read the body.
+		b.written = make(chan error, 1)
 		go func() {
 			err := writeRequest(c, req)
 			if err != nil {
 				// A request cut short: no answer can come on this stream.
 				c.Close()
 			} else {
-				await()
+				b.await()
 			}
-			written <- err
+			b.written <- err
 		}()
 	}
-	br := bufReaders.Get().(*bufio.Reader)
-	lr := &io.LimitedReader{R: c, N: maxResponseHeader}
-	br.Reset(lr)
-	release := func() {
-		br.Reset(nil)
-		bufReaders.Put(br)
-	}
-	if _, err := br.Peek(1); err != nil {
-		release()
-		if written != nil {
+	b.br = bufReaders.Get().(*bufio.Reader)
+	b.lr = io.LimitedReader{R: c, N: maxResponseHeader}
+	b.br.Reset(&b.lr)
+	if _, err := b.br.Peek(1); err != nil {
+		b.release()
+		if b.written != nil {
 			c.Close() // the writer may be blocked on a window that never opens
-			if werr := <-written; werr != nil && ctx.Err() == nil && !isTimeout(err) {
+			if werr := <-b.written; werr != nil && ctx.Err() == nil && !isTimeout(err) {
 				err = werr
 			}
 		} else if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
@@ -174,10 +167,10 @@ func (t *keepAliveTransport) roundTrip(c net.Conn, req *http.Request, key string
 	var res *http.Response
 	for {
 		var err error
-		res, err = http.ReadResponse(br, req)
+		res, err = http.ReadResponse(b.br, req)
 		if err != nil {
-			release()
-			if lr.N <= 0 {
+			b.release()
+			if b.lr.N <= 0 {
 				err = fmt.Errorf("response header larger than %d bytes", maxResponseHeader)
 			}
 			return fail(err)
@@ -189,21 +182,20 @@ func (t *keepAliveTransport) roundTrip(c net.Conn, req *http.Request, key string
 		// proxy passes it on to the visitor through its trace hook.
 		if trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(res.StatusCode, textproto.MIMEHeader(res.Header)); err != nil {
-				release()
+				b.release()
 				return fail(err)
 			}
 		}
 	}
-	lr.N = math.MaxInt64 // the body is not bounded
-	dl.Lock()
-	headerRead = true
+	b.lr.N = math.MaxInt64 // the body is not bounded
+	b.dl.Lock()
+	b.headerRead = true
 	c.SetReadDeadline(time.Time{})
-	dl.Unlock()
-	vc, _ := ctx.Value(visitorConnKey{}).(*visitorConn)
-	res.Body = &keptBody{
-		ReadCloser: res.Body, t: t, key: key, vc: vc, c: c, release: release, stop: stop, written: written,
-		reuse: !res.Close && !req.Close && res.StatusCode != http.StatusSwitchingProtocols,
-	}
+	b.dl.Unlock()
+	b.vc, _ = ctx.Value(visitorConnKey{}).(*visitorConn)
+	b.reuse = !res.Close && !req.Close && res.StatusCode != http.StatusSwitchingProtocols
+	b.ReadCloser = res.Body
+	res.Body = b
 	return res, nil
 }
 
@@ -221,18 +213,45 @@ func writeRequest(c net.Conn, req *http.Request) error {
 }
 
 // keptBody is a response body that gives its stream back for the visitor
-// connection's next request once it has been read to its end.
+// connection's next request once it has been read to its end. It holds
+// the whole exchange's state from the request's write on (see roundTrip).
 type keptBody struct {
 	io.ReadCloser
 	t       *keepAliveTransport
 	key     string
 	vc      *visitorConn // the visitor's connection; nil if unknown
 	c       net.Conn
-	release func()      // gives the reader back
+	idle    *idleStream   // c's pool entry, kept again with it; nil for a new stream
+	br      *bufio.Reader // the response's reader, pooled
+	lr      io.LimitedReader
 	stop    func() bool // ends the context's hold on c
 	written chan error  // the request body's writer, if any
 	reuse   bool        // the response and request allow it
 	once    sync.Once
+
+	timeout    time.Duration // for the response header, from the request's end
+	dl         sync.Mutex    // orders await against the header's arrival
+	headerRead bool
+}
+
+// cancel ends the exchange when the request's context ends: the visitor
+// went away, or the relay is closing.
+func (b *keptBody) cancel() { b.c.SetDeadline(time.Unix(1, 0)) }
+
+// await starts the response header's timeout, unless the header is in.
+func (b *keptBody) await() {
+	b.dl.Lock()
+	if !b.headerRead && b.timeout > 0 {
+		b.c.SetReadDeadline(time.Now().Add(b.timeout))
+	}
+	b.dl.Unlock()
+}
+
+// release gives the response's reader back to its pool.
+func (b *keptBody) release() {
+	b.br.Reset(nil)
+	bufReaders.Put(b.br)
+	b.br = nil
 }
 
 func (b *keptBody) Read(p []byte) (int, error) {
@@ -288,33 +307,41 @@ func (b *keptBody) done(eof bool) {
 		return
 	}
 	b.c.SetDeadline(time.Time{})
-	b.t.put(b.key, b.vc, b.c)
+	b.t.put(b.key, b.vc, b.c, b.idle)
 }
 
-// get returns a kept stream for key, if there is one.
-func (t *keepAliveTransport) get(key string) (net.Conn, bool) {
+// get returns a kept stream's entry for key, if there is one.
+func (t *keepAliveTransport) get(key string) *idleStream {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	list := t.idle[key]
 	if len(list) == 0 {
-		return nil, false
+		return nil
 	}
 	e := list[len(list)-1]
 	list[len(list)-1] = nil
-	if list = list[:len(list)-1]; len(list) == 0 {
-		delete(t.idle, key)
-	} else {
-		t.idle[key] = list
-	}
+	t.setList(key, list[:len(list)-1])
 	t.nidle--
 	e.timer.Stop()
-	return e.c, true
+	return e
+}
+
+// setList stores key's kept streams. An emptied list stays in the map
+// (and its array for the next put) while the key's visitor connection
+// is watched, as drop removes it; else it goes. t.mu must be held.
+func (t *keepAliveTransport) setList(key string, list []*idleStream) {
+	if len(list) == 0 && !t.watched[key] {
+		delete(t.idle, key)
+		return
+	}
+	t.idle[key] = list
 }
 
 // put keeps c for key's next request, or closes it when the session is
 // closing or has kept enough. vc, the visitor connection the key stands
-// for, drops the key's streams when it closes.
-func (t *keepAliveTransport) put(key string, vc *visitorConn, c net.Conn) {
+// for, drops the key's streams when it closes. e is c's entry from an
+// earlier keep, nil if it has none yet.
+func (t *keepAliveTransport) put(key string, vc *visitorConn, c net.Conn, e *idleStream) {
 	t.mu.Lock()
 	if t.closed || len(t.idle[key]) >= maxIdlePerKey || t.nidle >= maxIdleStreams {
 		t.mu.Unlock()
@@ -333,8 +360,15 @@ func (t *keepAliveTransport) put(key string, vc *visitorConn, c net.Conn) {
 		}
 		t.watched[key] = true
 	}
-	e := &idleStream{c: c}
-	e.timer = time.AfterFunc(keepAliveIdle, func() { t.expire(key, e) })
+	// A stream kept again reuses its entry and timer: a request on a
+	// keep-alive connection allocates nothing here.
+	if e == nil {
+		e = &idleStream{c: c, until: time.Now().Add(keepAliveIdle)}
+		e.timer = time.AfterFunc(keepAliveIdle, func() { t.expire(key, e) })
+	} else {
+		e.until = time.Now().Add(keepAliveIdle)
+		e.timer.Reset(keepAliveIdle)
+	}
 	t.idle[key] = append(t.idle[key], e)
 	t.nidle++
 	t.mu.Unlock()
@@ -354,26 +388,18 @@ func (t *keepAliveTransport) drop(key string) {
 	}
 }
 
-// expire closes e if it is still kept.
+// expire closes e if it is still kept and its time has come: a timer
+// that fired for an earlier keep of the same stream finds it taken, or
+// kept again with a later time.
 func (t *keepAliveTransport) expire(key string, e *idleStream) {
 	t.mu.Lock()
 	list := t.idle[key]
-	i := -1
-	for j, x := range list {
-		if x == e {
-			i = j
-		}
-	}
-	if i < 0 {
+	i := slices.Index(list, e)
+	if i < 0 || time.Now().Before(e.until) {
 		t.mu.Unlock()
 		return
 	}
-	list = append(list[:i], list[i+1:]...)
-	if len(list) == 0 {
-		delete(t.idle, key)
-	} else {
-		t.idle[key] = list
-	}
+	t.setList(key, slices.Delete(list, i, i+1))
 	t.nidle--
 	t.mu.Unlock()
 	e.c.Close()

@@ -3,6 +3,7 @@ package relay
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -89,7 +91,18 @@ func poolKey(name, remote string) string {
 	if err != nil {
 		return name
 	}
-	return fmt.Sprintf("%s.%x-%x", name, ap.Addr().AsSlice(), ap.Port())
+	// name.<address in hex>-<port in hex>, built without fmt: one per request.
+	var buf [128]byte // a name is at most 63 bytes: the key fits
+	k := append(append(buf[:0], name...), '.')
+	if a := ap.Addr(); a.Is4() {
+		b := a.As4()
+		k = hex.AppendEncode(k, b[:])
+	} else {
+		b := a.As16()
+		k = hex.AppendEncode(k, b[:])
+	}
+	k = append(k, '-')
+	return string(strconv.AppendUint(k, uint64(ap.Port()), 16))
 }
 
 // proxyTransport sends WebSocket upgrades through upgradeTransport and
@@ -126,20 +139,26 @@ type visitReq struct {
 	// detached is set when the request became a WebSocket that runs on
 	// in a goroutine of its own, which accounts for it when it ends.
 	detached bool
-	finish   func()        // accounts for the request; proxy sets it
+	srv      *Server
+	name     string        // the tunnel's
 	req      *http.Request // what finish logs
+	recBody  recorder      // rec points here: one allocation for both
 }
+
+// finish accounts for the request.
+func (v *visitReq) finish() { v.srv.account(v, v.req, v.name) }
 
 // proxy answers one visitor request to tunnel name, then accounts for it:
 // metrics, the access log, and the request event for the agent.
 func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
-	v := &visitReq{start: time.Now(), rec: &recorder{ResponseWriter: w, srv: s, idle: s.cfg.Limits.WriteIdleTimeout}}
+	v := &visitReq{start: time.Now(), srv: s, name: name}
+	v.recBody = recorder{ResponseWriter: w, srv: s, idle: s.cfg.Limits.WriteIdleTimeout}
+	v.rec = &v.recBody
 	if r.Body != nil && r.Body != http.NoBody {
 		v.in.r = r.Body
 		r.Body = &v.in
 	}
 	v.req = r
-	v.finish = func() { s.account(v, v.req, name) }
 	s.forward(v, r, name)
 	if v.detached {
 		return

@@ -491,7 +491,7 @@ func (c *Stream) SetReadDeadline(t time.Time) error {
 	closed := c.closed
 	var err error
 	if !closed {
-		c.readDeadline.Store(&t)
+		c.readDeadline.Store(deadlinePtr(t))
 		c.syncReadDeadline()
 	}
 	c.mu.Unlock()
@@ -506,8 +506,23 @@ func (c *Stream) SetWriteDeadline(t time.Time) error {
 	if c.isClosed() {
 		return c.mapErr("set", net.ErrClosed)
 	}
-	c.writeDeadline.Store(&t)
+	if prev := c.writeDeadline.Swap(deadlinePtr(t)); prev != nil && prev.Equal(t) {
+		return nil // yamux has it: its SetWriteDeadline allocates
+	}
 	return c.s.SetWriteDeadline(t)
+}
+
+// noDeadline is the stored zero deadline: clearing one, as a keep-alive
+// exchange does at its end, allocates nothing.
+var noDeadline = new(time.Time)
+
+func deadlinePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return noDeadline
+	}
+	p := new(time.Time) // only here: &t would put every t on the heap
+	*p = t
+	return p
 }
 
 // OpenStream opens a data stream for one visitor connection: it writes hdr
