@@ -27,3 +27,27 @@ func TestCheckHostHeader(t *testing.T) {
 		}
 	}
 }
+
+// TestCanonicalHost checks how the relay reads a visitor's Host header
+// before routing it: lower case, without port or trailing dot, with no
+// allocation for the usual port-less name.
+func TestCanonicalHost(t *testing.T) {
+	for in, want := range map[string]string{
+		"demo.example.com":       "demo.example.com",
+		"Demo.Example.COM:8443":  "demo.example.com",
+		"demo.example.com.":      "demo.example.com",
+		"demo.example.com.:443":  "demo.example.com",
+		"127.0.0.1:80":           "127.0.0.1",
+		"[::1]:8080":             "::1",
+		"[::1]":                  "[::1]",
+		"demo.example.com:80:80": "demo.example.com:80:80",
+		"":                       "",
+	} {
+		if got := canonicalHost(in); got != want {
+			t.Errorf("canonicalHost(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { canonicalHost("demo.example.com") }); n != 0 {
+		t.Errorf("canonicalHost of a port-less name allocated %v times, want 0", n)
+	}
+}

@@ -410,8 +410,13 @@ func (s *Server) serveApex(w http.ResponseWriter, r *http.Request, host string) 
 // trailing dot.
 func canonicalHost(hostport string) string {
 	host := hostport
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		host = h
+	// Browsers leave the default port out: without a colon there is no
+	// port to split, and SplitHostPort's error would cost an allocation
+	// per request.
+	if strings.Contains(hostport, ":") {
+		if h, _, err := net.SplitHostPort(hostport); err == nil {
+			host = h
+		}
 	}
 	return strings.TrimSuffix(strings.ToLower(host), ".")
 }
