@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -324,13 +326,21 @@ func (b *bench) benchSmall(ctx context.Context, p *benchPath) (benchSmallResult,
 	url := p.bases[0] + "/small"
 	ctx, cancel := context.WithTimeout(ctx, b.opts.SmallDuration+benchSmallGrace)
 	defer cancel()
-	clients := make([]*http.Client, n)
-	for i := range clients {
-		clients[i] = benchClient(p.tls, nil, 1)
-		defer clients[i].CloseIdleConnections()
-	}
+	clients := make([]*smallClient, n)
+	defer func() {
+		for _, c := range clients {
+			if c != nil {
+				c.close()
+			}
+		}
+	}()
 	if err := parallel(n, n, func(i int) error {
-		_, err := benchGet(ctx, clients[i], url, make([]byte, 4096))
+		c, err := dialSmallClient(ctx, p, url)
+		if err != nil {
+			return err
+		}
+		clients[i] = c
+		_, err = c.get(make([]byte, 4096))
 		return err
 	}); err != nil {
 		return res, fmt.Errorf("first requests: %w", err)
@@ -347,7 +357,7 @@ func (b *bench) benchSmall(ctx context.Context, p *benchPath) (benchSmallResult,
 		buf := make([]byte, 4096)
 		for time.Now().Before(deadline) {
 			t0 := time.Now()
-			if _, err := benchGet(ctx, clients[i], url, buf); err != nil {
+			if _, err := clients[i].get(buf); err != nil {
 				return err
 			}
 			lat[i] = append(lat[i], time.Since(t0))
@@ -368,6 +378,101 @@ func (b *bench) benchSmall(ctx context.Context, p *benchPath) (benchSmallResult,
 	res.p50, res.p99 = percentiles(all)
 	res.newConns = after - before
 	return res, nil
+}
+
+// smallClient is one visitor of the small-request test: one keep-alive
+// connection on which it sends the same GET again and again, reading each
+// response to its end. It never opens a second connection, as an
+// http.Client may (its transport does not reuse a connection whose
+// request write it has not seen finish within 50 ms of the response, which
+// a starved machine can make happen): so every new connection the origin
+// counts during the run was opened by the path under test, and a lost
+// connection is an error, not a silent reconnect.
+type smallClient struct {
+	conn net.Conn
+	br   *bufio.Reader
+	req  []byte // the request, the same each time
+	url  string // for errors
+	stop func() bool
+}
+
+// dialSmallClient connects to rawURL's host as benchDial does, speaking
+// TLS (HTTP/1.1, trusting p.tls's roots) for an https URL. The connection
+// lives until close or ctx's end.
+func dialSmallClient(ctx context.Context, p *benchPath, rawURL string) (*smallClient, error) {
+	u, err := neturl.Parse(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	conn, err := benchDial(nil)(ctx, "tcp", net.JoinHostPort(u.Hostname(), port))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", rawURL, err)
+	}
+	if u.Scheme == "https" {
+		conf := &tls.Config{}
+		if p.tls != nil {
+			conf = p.tls.Clone()
+		}
+		conf.ServerName, conf.NextProtos = u.Hostname(), []string{"http/1.1"}
+		tc := tls.Client(conn, conf)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("GET %s: %w", rawURL, err)
+		}
+		conn = tc
+	}
+	if d, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(d)
+	}
+	c := &smallClient{
+		conn: conn,
+		br:   bufio.NewReader(conn),
+		req:  []byte("GET " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host + "\r\nUser-Agent: tunnel-bench\r\n\r\n"),
+		url:  rawURL,
+	}
+	c.stop = context.AfterFunc(ctx, func() { conn.Close() })
+	return c, nil
+}
+
+// get sends the request and reads the response's body into buf's space,
+// returning its size.
+func (c *smallClient) get(buf []byte) (int64, error) {
+	if _, err := c.conn.Write(c.req); err != nil {
+		return 0, fmt.Errorf("GET %s: %w", c.url, err)
+	}
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		return 0, fmt.Errorf("GET %s: %w", c.url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+		return 0, fmt.Errorf("GET %s: %s: %s", c.url, resp.Status, bytes.TrimSpace(body))
+	}
+	var n int64
+	for {
+		m, err := resp.Body.Read(buf)
+		n += int64(m)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return n, fmt.Errorf("GET %s: after %d bytes: %w", c.url, n, err)
+		}
+	}
+	if resp.Close {
+		return n, fmt.Errorf("GET %s: the server closed the keep-alive connection", c.url)
+	}
+	return n, nil
+}
+
+func (c *smallClient) close() {
+	c.stop()
+	c.conn.Close()
 }
 
 // originConns asks the origin how many connections it has accepted.

@@ -9,10 +9,14 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -423,5 +427,56 @@ func TestBenchTunnelGOMAXPROCS(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// The small test's visitors keep one connection each for the whole run, so
+// that a new connection at the origin can only come from the path under
+// test; a server that closes the connection fails the run instead of being
+// hidden by a reconnect.
+func TestBenchSmallClientKeepsOneConnection(t *testing.T) {
+	var conns atomic.Int32
+	closeNext := atomic.Bool{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if closeNext.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		w.Write(bytes.Repeat([]byte("x"), 1024))
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := dialSmallClient(ctx, &benchPath{}, srv.URL+"/small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	buf := make([]byte, 4096)
+	for i := range 200 {
+		n, err := c.get(buf)
+		if err != nil || n != 1024 {
+			t.Fatalf("request %d: %d bytes, %v", i, n, err)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("200 requests used %d connections, want 1", n)
+	}
+
+	closeNext.Store(true)
+	if _, err := c.get(buf); err == nil || !strings.Contains(err.Error(), "closed the keep-alive connection") {
+		t.Errorf("a response that closes the connection: err = %v, want it reported", err)
+	}
+	if _, err := c.get(buf); err == nil {
+		t.Error("a request after the server closed the connection succeeded")
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("the client opened %d connections, want 1: it must not reconnect", n)
 	}
 }
