@@ -172,6 +172,7 @@ Several tunnels, or settings in a file: see tunnel start --help.
 			if runF != nil {
 				return runF(opts)
 			}
+			governProcs(cmd.Context())
 			return exposeRun(cmd.Context(), opts)
 		},
 	}

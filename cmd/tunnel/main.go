@@ -22,6 +22,7 @@ const (
 )
 
 func main() {
+	procsGoverned = true
 	os.Exit(run(os.Args[1:]))
 }
 

@@ -256,7 +256,13 @@ func (l *lines) wait(t *testing.T, what string, done func(all []string) bool) {
 // returns it with its address, once it listens.
 func startRelay(t *testing.T, extra ...string) (*proc, string) {
 	t.Helper()
-	p := startTunnel(t, "relay", nil, append([]string{"relay", "--domain", "localhost", "--addr", "127.0.0.1:0"}, extra...)...)
+	return startRelayEnv(t, nil, extra...)
+}
+
+// startRelayEnv is startRelay with env added to the relay's environment.
+func startRelayEnv(t *testing.T, env []string, extra ...string) (*proc, string) {
+	t.Helper()
+	p := startTunnel(t, "relay", env, append([]string{"relay", "--domain", "localhost", "--addr", "127.0.0.1:0"}, extra...)...)
 	line := p.stderr.find(t, "listening line", func(s string) bool { return strings.HasPrefix(s, "relay listening on ") })
 	addr, _, _ := strings.Cut(strings.TrimPrefix(line, "relay listening on "), ",")
 	return p, addr

@@ -166,6 +166,7 @@ at once.`,
 			if runF != nil {
 				return runF(opts)
 			}
+			governProcs(cmd.Context())
 			return relayRun(cmd.Context(), opts)
 		},
 	}

@@ -89,6 +89,7 @@ tunnel start as a service.`,
 			if runF != nil {
 				return runF(opts)
 			}
+			governProcs(cmd.Context())
 			return startRun(cmd.Context(), opts)
 		},
 	}
