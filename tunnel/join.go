@@ -34,6 +34,10 @@ const (
 	// keeps its goroutine and its grown stack between them, instead of
 	// starting and growing a new one for each.
 	parkAfter = 30 * time.Millisecond
+	// halfClosedPoll bounds each wait of a half-closed join's remaining
+	// direction: with the other direction ended, nothing else would see
+	// the owner close this direction's destination (see pipe).
+	halfClosedPoll = time.Second
 )
 
 var (
@@ -180,8 +184,13 @@ func (j *joiner) run(dir Direction) {
 		// The other direction, if parked, waits on its goroutine from
 		// now on: with this one ended, its source may end in ways that
 		// no frame announces (yamux closes a half-closed stream after
-		// StreamCloseTimeout on its own).
-		Unpark(j.src(1 - dir))
+		// StreamCloseTimeout on its own), and its destination may be
+		// closed by the owner, which only it can notice now. A past
+		// read deadline ends the wait it may be in; from then on it
+		// waits in bounded steps (see pipe).
+		other := j.src(1 - dir)
+		Unpark(other)
+		other.SetReadDeadline(time.Now())
 		return
 	}
 	j.a.Close()
@@ -226,7 +235,12 @@ func (j *joiner) idleWait(dir Direction) {
 // then copies on. The wait is a shallow call chain, small enough for the
 // smallest goroutine stack.
 func (j *joiner) resume(dir Direction) {
-	WaitRead(j.src(dir))
+	// Half-closed, pipe waits in bounded steps instead. (While both
+	// directions run, the one that ends first sets a past read deadline
+	// on this source after it counts itself out, which ends this wait.)
+	if j.left.Load() == 2 {
+		WaitRead(j.src(dir))
+	}
 	j.run(dir)
 }
 
@@ -287,6 +301,9 @@ func (j *joiner) pipe(dir Direction) error {
 			putBuf(big)
 		}
 	}()
+	if j.left.Load() == 1 && src.SetReadDeadline(time.Now().Add(halfClosedPoll)) == nil {
+		lingerAt = time.Now()
+	}
 	for {
 		buf := small
 		if big != nil {
@@ -314,6 +331,23 @@ func (j *joiner) pipe(dir Direction) error {
 				}
 				return werr
 			}
+		}
+		if rerr != nil && j.left.Load() == 1 && errors.Is(rerr, os.ErrDeadlineExceeded) {
+			// Half-closed: the other direction has ended, and with it
+			// the abort that a close of our destination (its source)
+			// by the owner would have caused. So this one waits in
+			// steps of halfClosedPoll and looks whether the destination
+			// is still open; it never parks, and holds the small buffer.
+			if dst.SetWriteDeadline(wdl) != nil {
+				return errAborted
+			}
+			release()
+			now := time.Now()
+			if src.SetReadDeadline(now.Add(halfClosedPoll)) != nil {
+				return errAborted
+			}
+			lingerAt, quiet = now, false
+			continue
 		}
 		if rerr != nil && !lingerAt.IsZero() && errors.Is(rerr, os.ErrDeadlineExceeded) {
 			// Our deadline: nothing came for bigLinger, or then for

@@ -401,8 +401,11 @@ func (c *Stream) Close() error {
 		// Wake blocked calls; the closed flag turns their timeout into ErrClosed.
 		past := time.Unix(1, 0)
 		c.s.SetDeadline(past)
+		// A parked direction sees the close now, not after yamux's Close,
+		// which waits for the FIN to be written: up to its write timeout
+		// on a stalled session.
+		c.Unpark()
 		c.s.Close()
-		c.Unpark() // a parked direction sees the close
 		if c.reply != nil {
 			c.reply.answer()
 		}
