@@ -112,9 +112,10 @@ serves HTTPS to visitors and to its agent, all with a certificate for
 localhost from a CA made for the run. The floor then copies through user
 space too: TLS cannot be spliced.
 
---tunnel-gomaxprocs N runs the relay and the agent with GOMAXPROCS=N (the
-floor's forwarders keep Go's default): on a small machine shared with other
-work, one P spares the scheduler's thread wake-ups at every hand-off.
+The relay and the agent govern their own GOMAXPROCS, as they do outside the
+bench: one P while lightly loaded (sparing the scheduler's thread wake-ups
+at every hand-off), all of them once busy. --tunnel-gomaxprocs N fixes it
+at N for both instead (the floor's forwarders keep Go's default).
 
 Ratios within one run are what to compare: absolute figures depend on the
 machine and on what else runs on it. The default run takes under a minute on
@@ -161,7 +162,7 @@ streams per tunnel (limits.max_streams_per_tunnel in a --config file).`,
 	fl.BoolVar(&opts.JSON, "json", false, "print one JSON document with every figure instead of the table")
 	fl.BoolVar(&opts.Quick, "quick", false, "a short run with small sizes, to check that everything works")
 	fl.BoolVar(&opts.TLS, "tls", false, "visitors speak HTTPS and wss:// on every path, with a throwaway CA for localhost")
-	fl.IntVar(&opts.TunnelGOMAXPROCS, "tunnel-gomaxprocs", 0, "run the relay and the agent with GOMAXPROCS=`N` (0: Go's default, one per CPU)")
+	fl.IntVar(&opts.TunnelGOMAXPROCS, "tunnel-gomaxprocs", 0, "run the relay and the agent with GOMAXPROCS fixed at `N` (0: their own, one P while lightly loaded, all once busy)")
 	fl.IntVar(&opts.BulkMiB, "bulk-mib", 256, "`MiB` per bulk download")
 	fl.IntVar(&opts.BulkRuns, "bulk-runs", 3, "bulk downloads per path; the median is reported")
 	fl.IntVar(&opts.SmallClients, "small-clients", 32, "keep-alive `clients` of the small-request test")

@@ -30,6 +30,9 @@ type benchMachineInfo struct {
 	Relay      string `json:"relay"`
 }
 
+// localRelay is Relay when the bench started the relay itself.
+const localRelay = "local process"
+
 type benchParams struct {
 	BulkMiB      int     `json:"bulk_mib"`
 	BulkRuns     int     `json:"bulk_runs"`
@@ -45,7 +48,8 @@ type benchParams struct {
 	Quick        bool    `json:"quick"`
 	TLS          bool    `json:"tls"` // visitors speak TLS on every path
 	// TunnelGOMAXPROCS is the relay's and the agent's GOMAXPROCS if the
-	// run set it, 0 if they ran with Go's default.
+	// run fixed it, 0 if they governed their own (see procs.go) or took
+	// GOMAXPROCS from the bench's environment.
 	TunnelGOMAXPROCS int `json:"tunnel_gomaxprocs"`
 }
 
@@ -121,7 +125,7 @@ func benchMachine() benchMachineInfo {
 		Go:         runtime.Version(),
 		GOMAXPROCS: runtime.GOMAXPROCS(0),
 		Date:       time.Now().UTC().Format(time.RFC3339),
-		Relay:      "local process",
+		Relay:      localRelay,
 	}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for line := range strings.Lines(string(b)) {
@@ -185,6 +189,14 @@ func (r *benchResult) writeTable(w io.Writer) error {
 	fmt.Fprintf(w, "go: %s, GOMAXPROCS %d", m.Go, m.GOMAXPROCS)
 	if n := r.Params.TunnelGOMAXPROCS; n != 0 {
 		fmt.Fprintf(w, " (relay and agent: %d)", n)
+	} else if os.Getenv("GOMAXPROCS") == "" && m.GOMAXPROCS > 1 {
+		// Children govern their own (see procs.go); with GOMAXPROCS in
+		// the bench's environment they inherit it instead.
+		who := "relay and agent"
+		if m.Relay != localRelay {
+			who = "agent" // the relay is elsewhere
+		}
+		fmt.Fprintf(w, " (%s: 1 while lightly loaded, %d once busy)", who, m.GOMAXPROCS)
 	}
 	fmt.Fprintln(w)
 	if r.Params.TLS {

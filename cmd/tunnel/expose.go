@@ -114,6 +114,10 @@ origin.
 
 Several tunnels, or settings in a file: see tunnel start --help.
 
+Like the relay, expose runs on one thread of Go code (GOMAXPROCS=1) while
+lightly loaded and on all CPUs once busy; GOMAXPROCS in the environment
+fixes it instead.
+
 ` + jsonFields,
 		Example: `  tunnel expose -p 8080 -s demo --relay https://example.com
   tunnel expose -p 8080 --relay https://relay.internal --ca-file internal-ca.pem
