@@ -22,7 +22,10 @@ import (
 // ("GOMAXPROCS on a small shared machine") has the measurements.
 //
 // GOMAXPROCS in the environment turns this off: the process keeps what it
-// says, as any Go program does.
+// says, as any Go program does. "All Ps" is GOMAXPROCS as the process
+// started with it (Go's default: the CPUs, or a container's CPU limit);
+// once the governor has set it, Go no longer follows a CPU limit that
+// changes while the process runs.
 
 const (
 	// procsTick is how often the governor reads the process's CPU time.
