@@ -332,37 +332,32 @@ func (j *joiner) pipe(dir Direction) error {
 				return werr
 			}
 		}
-		if rerr != nil && j.left.Load() == 1 && errors.Is(rerr, os.ErrDeadlineExceeded) {
-			// Half-closed: the other direction has ended, and with it
-			// the abort that a close of our destination (its source)
-			// by the owner would have caused. So this one waits in
-			// steps of halfClosedPoll and looks whether the destination
-			// is still open; it never parks, and holds the small buffer.
-			if dst.SetWriteDeadline(wdl) != nil {
-				return errAborted
-			}
-			release()
-			now := time.Now()
-			if src.SetReadDeadline(now.Add(halfClosedPoll)) != nil {
-				return errAborted
-			}
-			lingerAt, quiet = now, false
-			continue
-		}
-		if rerr != nil && !lingerAt.IsZero() && errors.Is(rerr, os.ErrDeadlineExceeded) {
-			// Our deadline: nothing came for bigLinger, or then for
-			// parkAfter. (Join owns the read deadlines of its
-			// connections while it runs.)
-			if quiet {
+		if half := j.left.Load() == 1; rerr != nil && (half || !lingerAt.IsZero()) && errors.Is(rerr, os.ErrDeadlineExceeded) {
+			// Our deadline. (Join owns the read deadlines of its
+			// connections while it runs.) Nothing came for bigLinger:
+			// wait parkAfter more on the small buffer; nothing then
+			// either: idle. Half-closed, the other direction has ended,
+			// and with it the abort that a close of our destination (its
+			// source) by the owner would have caused: so this one never
+			// parks, but waits in steps of halfClosedPoll and looks
+			// whether the destination is still open.
+			next, fail := parkAfter, errIdle
+			switch {
+			case half:
+				if dst.SetWriteDeadline(wdl) != nil {
+					return errAborted
+				}
+				next, fail = halfClosedPoll, errAborted
+			case quiet:
 				src.SetReadDeadline(time.Time{})
 				return errIdle
 			}
 			release()
 			now := time.Now()
-			if src.SetReadDeadline(now.Add(parkAfter)) != nil {
-				return errIdle
+			if src.SetReadDeadline(now.Add(next)) != nil {
+				return fail
 			}
-			lingerAt, quiet = now, true
+			lingerAt, quiet = now, !half
 			continue
 		}
 		if nr > 0 {

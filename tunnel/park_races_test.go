@@ -69,18 +69,8 @@ func TestParkRacesTCPData(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				defer func() { j.client.Close(); j.server.Close(); j.ended(t, "both far ends closed") }()
-				got := make([]byte, 1)
-				for i := range rounds {
-					time.Sleep(35*time.Millisecond + rand.N(10*time.Millisecond))
-					if _, err := j.client.Write([]byte{byte(i)}); err != nil {
-						errs <- err
-						return
-					}
-					j.server.SetReadDeadline(time.Now().Add(3 * time.Second))
-					if _, err := io.ReadFull(j.server, got); err != nil {
-						errs <- err
-						return
-					}
+				if err := sendAsItParks(j.client, j.server, rounds, 3*time.Second); err != nil {
+					errs <- err
 				}
 			}()
 		}

@@ -227,18 +227,8 @@ func TestParkRacesData(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			got := make([]byte, 1)
-			for i := range rounds {
-				time.Sleep(35*time.Millisecond + rand.N(10*time.Millisecond))
-				if _, err := f.server.Write([]byte{byte(i)}); err != nil {
-					errs <- err
-					return
-				}
-				f.client.SetReadDeadline(time.Now().Add(5 * time.Second))
-				if _, err := io.ReadFull(f.client, got); err != nil {
-					errs <- err
-					return
-				}
+			if err := sendAsItParks(f.server, f.client, rounds, 5*time.Second); err != nil {
+				errs <- err
 			}
 		}()
 	}
@@ -247,4 +237,23 @@ func TestParkRacesData(t *testing.T) {
 	for err := range errs {
 		t.Errorf("a message sent as its stream parked was lost: %v", err)
 	}
+}
+
+// sendAsItParks writes rounds one-byte messages to w, each 35-45 ms after
+// the last was read at r, that is just as the direction carrying them has
+// had parkAfter (30 ms) of quiet and parks; each must reach r within
+// timeout.
+func sendAsItParks(w, r net.Conn, rounds int, timeout time.Duration) error {
+	got := make([]byte, 1)
+	for i := range rounds {
+		time.Sleep(35*time.Millisecond + rand.N(10*time.Millisecond))
+		if _, err := w.Write([]byte{byte(i)}); err != nil {
+			return err
+		}
+		r.SetReadDeadline(time.Now().Add(timeout))
+		if _, err := io.ReadFull(r, got); err != nil {
+			return err
+		}
+	}
+	return nil
 }

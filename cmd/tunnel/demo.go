@@ -71,7 +71,7 @@ issued it, if the system does not trust it already.`,
 			if runF != nil {
 				return runF(opts)
 			}
-			governProcs(cmd.Context())
+			defer governProcs()()
 			return demoRun(cmd.Context(), opts)
 		},
 	}

@@ -176,7 +176,7 @@ fixes it instead.
 			if runF != nil {
 				return runF(opts)
 			}
-			governProcs(cmd.Context())
+			defer governProcs()()
 			return exposeRun(cmd.Context(), opts)
 		},
 	}

@@ -1,9 +1,9 @@
 package main
 
 import (
-	"context"
 	"os"
 	"runtime"
+	"sync"
 	"time"
 )
 
@@ -91,27 +91,29 @@ func (g *procsGovernor) observe(now time.Time, cpu time.Duration) {
 // the test binary's GOMAXPROCS alone.
 var procsGoverned bool
 
-// governProcs runs the governor until ctx ends, then gives the process
-// back its Ps. The long-running commands that carry traffic (relay,
-// expose, start, demo) call it. It does nothing where GOMAXPROCS is set
-// in the environment, on a single CPU, or where the process's CPU time
-// cannot be read (see processCPU).
-func governProcs(ctx context.Context) {
+// governProcs starts the governor for a command that carries traffic
+// (relay, expose, start, demo); the command defers the returned stop, which
+// ends it, waits for it, and gives the process back its Ps. It does nothing
+// where GOMAXPROCS is set in the environment, on a single CPU, or where the
+// process's CPU time cannot be read (see processCPU).
+func governProcs() (stop func()) {
 	max := runtime.GOMAXPROCS(0)
 	if !procsGoverned || os.Getenv("GOMAXPROCS") != "" || max < 2 {
-		return
+		return func() {}
 	}
 	cpu, ok := processCPU()
 	if !ok {
-		return
+		return func() {}
 	}
 	g := newProcsGovernor(max, func(n int) { runtime.GOMAXPROCS(n) }, time.Now(), cpu)
-	go func() {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
 		t := time.NewTicker(procsTick)
 		defer t.Stop()
 		for {
 			select {
-			case <-ctx.Done():
+			case <-done:
 				runtime.GOMAXPROCS(max)
 				return
 			case now := <-t.C:
@@ -120,5 +122,9 @@ func governProcs(ctx context.Context) {
 				}
 			}
 		}
-	}()
+	})
+	return func() {
+		close(done)
+		wg.Wait()
+	}
 }

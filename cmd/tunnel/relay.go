@@ -172,7 +172,7 @@ program.`,
 			if runF != nil {
 				return runF(opts)
 			}
-			governProcs(cmd.Context())
+			defer governProcs()()
 			return relayRun(cmd.Context(), opts)
 		},
 	}

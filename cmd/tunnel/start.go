@@ -89,7 +89,7 @@ tunnel start as a service.`,
 			if runF != nil {
 				return runF(opts)
 			}
-			governProcs(cmd.Context())
+			defer governProcs()()
 			return startRun(cmd.Context(), opts)
 		},
 	}
