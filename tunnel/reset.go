@@ -27,9 +27,9 @@ func NewResets(send func(id uint32)) *Resets {
 // the peer is sent a reset, unless the peer reset it first.
 func (r *Resets) Track(st *Stream) {
 	id := st.ID()
-	r.mu.Lock()
-	r.streams[id] = st
-	r.mu.Unlock()
+	// onClose is set before st is in the table: a reset from the peer may
+	// find it there and Close it at once (an agent refusing a stream
+	// answers that fast), and Close reads onClose.
 	st.onClose = func(st *Stream, peerDone bool) {
 		r.mu.Lock()
 		delete(r.streams, id)
@@ -40,6 +40,9 @@ func (r *Resets) Track(st *Stream) {
 			r.send(id)
 		}
 	}
+	r.mu.Lock()
+	r.streams[id] = st
+	r.mu.Unlock()
 }
 
 // Reset aborts the stream the peer reset: its Reads and Writes fail at once,
