@@ -94,9 +94,10 @@ and prints each figure with its ratio to direct and to the floor:
      per connection of the relay and the agent, in fresh processes, and
      the slope over the second half (what one more connection costs, and
      projected to a million); then every one of them must echo again
-  7. CPU time of the relay and the agent per GB, per 1,000 requests and
-     per idle connection; for the first two also the part spent in the
-     kernel, which for a forwarder is nearly all of it
+  7. CPU time of the relay and the agent per GB, per 1,000 requests, per
+     1,000 echoes of the many-WebSockets test and per idle connection; for
+     the first three also the part spent in the kernel, which for a
+     forwarder is nearly all of it
 
 With --cpuprofile DIR each process writes a CPU profile for its whole run
 into DIR, named after it (origin.pprof, relay.pprof, agent.pprof,

@@ -95,15 +95,20 @@ func (b *bench) runAll(ctx context.Context, res *benchResult) error {
 
 	// 4. Many WebSockets.
 	var many [3]float64
+	var manyCPU, manyKernel [3]hopFigures
 	for i, p := range b.paths {
 		b.progress("many WebSockets: %s, %d × %d messages", p.name, o.WSConns, o.WSMessages)
-		var err error
-		if many[i], err = benchWSMany(ctx, p, o.WSConns, o.WSMessages); err != nil {
+		cpu, kernel, err := b.measure(p, func() (err error) {
+			many[i], err = benchWSMany(ctx, p, o.WSConns, o.WSMessages)
+			return err
+		})
+		if err != nil {
 			return fmt.Errorf("many WebSockets, %s: %w", p.name, err)
 		}
-		if err := b.alive(); err != nil {
-			return err
-		}
+		// Per 1,000 echoes, each a message each way; the connections'
+		// setup is in it too, a small part at the default sizes.
+		k := float64(o.WSConns*o.WSMessages) / 1000
+		manyCPU[i], manyKernel[i] = cpu.per(k), kernel.per(k)
 	}
 	res.add("ws-many", "msgs/s", higher, many[0], many[1], many[2])
 
@@ -151,6 +156,8 @@ func (b *bench) runAll(ctx context.Context, res *benchResult) error {
 	res.addHops("bulk", "kernel CPU s/GB", bulkKernel[1], bulkKernel[2])
 	res.addHops("small", "CPU s/1k req", smallCPU[1], smallCPU[2])
 	res.addHops("small", "kernel CPU s/1k req", smallKernel[1], smallKernel[2])
+	res.addHops("ws-many", "CPU s/1k echoes", manyCPU[1], manyCPU[2])
+	res.addHops("ws-many", "kernel CPU s/1k echoes", manyKernel[1], manyKernel[2])
 	res.addHops("idle", "CPU ms/conn", fCPU.per(float64(floorIdle)/1000), tCPU.per(float64(o.Idle)/1000))
 	return nil
 }

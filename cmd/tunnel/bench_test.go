@@ -109,6 +109,10 @@ func testBenchQuickJSON(t *testing.T, tls bool) {
 		{"small", "agent CPU s/1k req", nonNegative, true},
 		{"small", "relay kernel CPU s/1k req", nonNegative, true},
 		{"small", "agent kernel CPU s/1k req", nonNegative, true},
+		{"ws-many", "relay CPU s/1k echoes", nonNegative, true},
+		{"ws-many", "agent CPU s/1k echoes", nonNegative, true},
+		{"ws-many", "relay kernel CPU s/1k echoes", nonNegative, true},
+		{"ws-many", "agent kernel CPU s/1k echoes", nonNegative, true},
 		{"idle", "relay CPU ms/conn", nonNegative, true},
 		{"idle", "agent CPU ms/conn", nonNegative, true},
 	}
