@@ -265,11 +265,15 @@ var errAborted = errors.New("tunnel: join aborted")
 // finish within j.idle (unless it is negative); j.tap, if not nil, sees
 // what is written.
 //
-// While data comes, the source has a read deadline bigLinger ahead,
-// refreshed as it keeps coming; its expiry with nothing read gives the big
-// buffer back, and the next deadline, parkAfter ahead, means idle. A
-// source without deadlines is never declared idle: it gives its big buffer
-// back after every read that drained it instead.
+// Idleness is measured from the last read that returned data. While a
+// bigger buffer is held, nothing read for bigLinger gives it back; nothing
+// read for bigLinger+parkAfter means idle. The source's read deadline is
+// what wakes the direction to look, and it is moved only when it expires
+// (to the last read's time plus the stage's wait), not on every read: a
+// WebSocket whose messages come every few milliseconds, each a little past
+// bigLinger, costs no deadline call per message. A source without
+// deadlines is never declared idle: it gives its big buffer back after
+// every read that drained it instead.
 func (j *joiner) pipe(dir Direction) error {
 	src, dst, n := j.a, j.b, &j.counts.AToB
 	if dir == BToA {
@@ -279,11 +283,18 @@ func (j *joiner) pipe(dir Direction) error {
 	// WaitRead without any.
 	sb := smallPool.Get().(*[smallBuf]byte)
 	small := sb[:]
-	var big *[]byte        // the mid or the big buffer, once a read filled the one before
-	var lingerAt time.Time // when src's deadline was last set; zero: none is
-	var wdl time.Time      // dst's write deadline, as last set here
-	deadlines := true      // src takes read deadlines
-	quiet := false         // the deadline is parkAfter's: bigLinger passed with nothing read
+	var big *[]byte     // the mid or the big buffer, once a read filled the one before
+	var armed time.Time // src's read deadline, as last set here; zero: none is
+	var wdl time.Time   // dst's write deadline, as last set here
+	deadlines := true   // src takes read deadlines
+	last := time.Now()  // when a read last returned data (or pipe began)
+	arm := func(t time.Time) {
+		if src.SetReadDeadline(t) == nil {
+			armed = t
+		} else {
+			deadlines = false
+		}
+	}
 	release := func() {
 		if big != nil {
 			putBuf(big)
@@ -301,8 +312,8 @@ func (j *joiner) pipe(dir Direction) error {
 			putBuf(big)
 		}
 	}()
-	if j.left.Load() == 1 && src.SetReadDeadline(time.Now().Add(halfClosedPoll)) == nil {
-		lingerAt = time.Now()
+	if j.left.Load() == 1 {
+		arm(last.Add(halfClosedPoll))
 	}
 	for {
 		buf := small
@@ -310,9 +321,9 @@ func (j *joiner) pipe(dir Direction) error {
 			buf = *big
 		}
 		nr, rerr := src.Read(buf)
-		var now time.Time
 		if nr > 0 {
-			now = time.Now()
+			now := time.Now()
+			last = now
 			// The bound on the write is refreshed once a sixteenth of
 			// it has passed, not for every chunk: on a stream a new
 			// deadline allocates and wakes yamux's writer.
@@ -331,58 +342,64 @@ func (j *joiner) pipe(dir Direction) error {
 				}
 				return werr
 			}
-		}
-		if half := j.left.Load() == 1; rerr != nil && (half || !lingerAt.IsZero()) && errors.Is(rerr, os.ErrDeadlineExceeded) {
-			// Our deadline. (Join owns the read deadlines of its
-			// connections while it runs.) Nothing came for bigLinger:
-			// wait parkAfter more on the small buffer; nothing then
-			// either: idle. Half-closed, the other direction has ended,
-			// and with it the abort that a close of our destination (its
-			// source) by the owner would have caused: so this one never
-			// parks, but waits in steps of halfClosedPoll and looks
-			// whether the destination is still open.
-			next, fail := parkAfter, errIdle
-			switch {
-			case half:
-				if dst.SetWriteDeadline(wdl) != nil {
-					return errAborted
-				}
-				next, fail = halfClosedPoll, errAborted
-			case quiet:
-				src.SetReadDeadline(time.Time{})
-				return errIdle
-			}
-			release()
-			now := time.Now()
-			if src.SetReadDeadline(now.Add(next)) != nil {
-				return fail
-			}
-			lingerAt, quiet = now, !half
-			continue
-		}
-		if nr > 0 {
 			switch {
 			case nr < len(buf) || len(buf) == bigBuf:
 			case big == nil:
 				// Data is flowing faster than one small read: a
-				// bigger buffer until the source goes quiet.
+				// bigger buffer until the source goes quiet, whose
+				// first look comes bigLinger from now.
 				big = midPool.Get().(*[]byte)
+				if deadlines && (armed.IsZero() || armed.After(now.Add(bigLinger))) {
+					arm(now.Add(bigLinger))
+				}
 			default:
 				// Faster than 32 KiB a read: a stream of data.
 				midPool.Put(big)
 				big = bigPool.Get().(*[]byte)
 			}
-			if deadlines && (quiet || now.Sub(lingerAt) > bigLinger/2) {
-				quiet = false
-				if src.SetReadDeadline(now.Add(bigLinger)) == nil {
-					lingerAt = now
-				} else {
-					deadlines = false
-				}
+			if deadlines && armed.IsZero() {
+				arm(now.Add(bigLinger + parkAfter))
 			}
 			if !deadlines && nr < len(buf) {
 				release()
 			}
+		}
+		if half := j.left.Load() == 1; rerr != nil && (half || !armed.IsZero()) && errors.Is(rerr, os.ErrDeadlineExceeded) {
+			// Our deadline. (Join owns the read deadlines of its
+			// connections while it runs.) Half-closed, the other
+			// direction has ended, and with it the abort that a close
+			// of our destination (its source) by the owner would have
+			// caused: so this one never parks, but waits in steps of
+			// halfClosedPoll and looks whether the destination is
+			// still open.
+			now := time.Now()
+			quiet := now.Sub(last)
+			switch {
+			case half:
+				if dst.SetWriteDeadline(wdl) != nil {
+					return errAborted
+				}
+				release()
+				arm(now.Add(halfClosedPoll))
+			case big != nil && quiet < bigLinger:
+				arm(last.Add(bigLinger))
+			case quiet < bigLinger+parkAfter:
+				// Nothing came for bigLinger: the bigger buffer goes
+				// back (if one is held), the small one waits on.
+				release()
+				arm(last.Add(bigLinger + parkAfter))
+			default:
+				release()
+				src.SetReadDeadline(time.Time{})
+				return errIdle
+			}
+			if !deadlines {
+				if half {
+					return errAborted
+				}
+				return errIdle
+			}
+			continue
 		}
 		if rerr != nil {
 			if rerr == io.EOF {

@@ -447,3 +447,45 @@ func TestJoinQuietKeepsItsGoroutine(t *testing.T) {
 	}
 	send(chunks)
 }
+
+// deadlineCounter is a TCP connection that counts the read deadlines set
+// on it.
+type deadlineCounter struct {
+	*net.TCPConn
+	sets atomic.Int32
+}
+
+func (c *deadlineCounter) SetReadDeadline(t time.Time) error {
+	c.sets.Add(1)
+	return c.TCPConn.SetReadDeadline(t)
+}
+
+// TestJoinDeadlinesNotPerMessage: a conversation whose messages come a
+// little more than bigLinger (10 ms) apart, as on a busy relay's many
+// WebSockets, moves the source's read deadline only when it expires, about
+// once for every few messages. Moving it for each message, and having it
+// expire between every two, cost the relay and the agent a sixth of their
+// CPU per echo (tunnel bench, 100 WebSockets).
+func TestJoinDeadlinesNotPerMessage(t *testing.T) {
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	src := &deadlineCounter{TCPConn: a}
+	startJoin(t, client, src, b, server)
+	buf := make([]byte, 16)
+	const chunks = 30
+	for i := range chunks {
+		msg := fmt.Sprintf("chunk %02d", i)
+		if _, err := client.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(server, buf[:len(msg)]); err != nil || string(buf[:len(msg)]) != msg {
+			t.Fatalf("chunk %d: %q, %v", i, buf[:len(msg)], err)
+		}
+		time.Sleep(12 * time.Millisecond)
+	}
+	// About one for every three chunks; a loaded machine that stretches
+	// gaps past 40 ms parks the direction and adds a few.
+	if got := src.sets.Load(); got > chunks {
+		t.Errorf("%d read deadlines set for %d chunks 12 ms apart; want fewer than one per chunk", got, chunks)
+	}
+}
