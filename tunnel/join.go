@@ -265,15 +265,16 @@ var errAborted = errors.New("tunnel: join aborted")
 // finish within j.idle (unless it is negative); j.tap, if not nil, sees
 // what is written.
 //
-// Idleness is measured from the last read that returned data. While a
-// bigger buffer is held, nothing read for bigLinger gives it back; nothing
-// read for bigLinger+parkAfter means idle. The source's read deadline is
-// what wakes the direction to look, and it is moved only when it expires
-// (to the last read's time plus the stage's wait), not on every read: a
-// WebSocket whose messages come every few milliseconds, each a little past
-// bigLinger, costs no deadline call per message. A source without
-// deadlines is never declared idle: it gives its big buffer back after
-// every read that drained it instead.
+// Idleness is measured from the last read that returned data, or from
+// the start for a source that has sent nothing yet. While a bigger buffer
+// is held, nothing read for bigLinger gives it back; nothing read for
+// bigLinger+parkAfter means idle. The source's read deadline is what wakes
+// the direction to look: set as pipe starts, and moved only when it
+// expires (to the last read's time plus the stage's wait), not on every
+// read, so a WebSocket whose messages come every few milliseconds, each a
+// little past bigLinger, costs no deadline call per message. A source
+// without deadlines is never declared idle: it gives its big buffer back
+// after every read that drained it instead.
 func (j *joiner) pipe(dir Direction) error {
 	src, dst, n := j.a, j.b, &j.counts.AToB
 	if dir == BToA {
@@ -314,6 +315,10 @@ func (j *joiner) pipe(dir Direction) error {
 	}()
 	if j.left.Load() == 1 {
 		arm(last.Add(halfClosedPoll))
+	} else {
+		// A source that sends nothing at all (a WebSocket whose
+		// browser only listens) goes idle like one that went quiet.
+		arm(last.Add(bigLinger + parkAfter))
 	}
 	for {
 		buf := small
@@ -349,16 +354,13 @@ func (j *joiner) pipe(dir Direction) error {
 				// bigger buffer until the source goes quiet, whose
 				// first look comes bigLinger from now.
 				big = midPool.Get().(*[]byte)
-				if deadlines && (armed.IsZero() || armed.After(now.Add(bigLinger))) {
+				if deadlines && armed.After(now.Add(bigLinger)) {
 					arm(now.Add(bigLinger))
 				}
 			default:
 				// Faster than 32 KiB a read: a stream of data.
 				midPool.Put(big)
 				big = bigPool.Get().(*[]byte)
-			}
-			if deadlines && armed.IsZero() {
-				arm(now.Add(bigLinger + parkAfter))
 			}
 			if !deadlines && nr < len(buf) {
 				release()

@@ -17,20 +17,28 @@ import (
 // reports the goroutine stack and live heap per join, the figures behind
 // tunnel bench's idle rows.
 func BenchmarkJoinIdle(b *testing.B) {
-	benchJoinIdle(b, func() (client, a net.Conn) { return tcpPair(b) })
+	benchJoinIdle(b, true, func() (client, a net.Conn) { return tcpPair(b) })
+}
+
+// BenchmarkJoinSilent is BenchmarkJoinIdle for joins that never carry
+// anything (a WebSocket opened and left waiting for a first message).
+func BenchmarkJoinSilent(b *testing.B) {
+	benchJoinIdle(b, false, func() (client, a net.Conn) { return tcpPair(b) })
 }
 
 // BenchmarkJoinIdleTLS is BenchmarkJoinIdle with a TLS connection in
 // place of the TCP one (an HTTPS visitor at the relay, an HTTPS local
 // server at the agent). The heap includes crypto/tls's own buffers.
 func BenchmarkJoinIdleTLS(b *testing.B) {
-	benchJoinIdle(b, func() (client, a net.Conn) {
+	benchJoinIdle(b, true, func() (client, a net.Conn) {
 		c, s, _ := tlsPair(b)
 		return c, s
 	})
 }
 
-func benchJoinIdle(b *testing.B, newPair func() (client, a net.Conn)) {
+// benchJoinIdle measures joins of connections from newPair; each carries
+// one 32 KiB message both ways first if echo is set.
+func benchJoinIdle(b *testing.B, echo bool, newPair func() (client, a net.Conn)) {
 	const joins = 500
 	agent, relay, stop := sessionPair(b)
 	defer stop()
@@ -52,6 +60,9 @@ func benchJoinIdle(b *testing.B, newPair func() (client, a net.Conn)) {
 		}
 		buf := make([]byte, len(msg))
 		for _, p := range pairs {
+			if !echo {
+				break
+			}
 			if _, err := p.client.Write(msg); err != nil {
 				b.Fatal(err)
 			}

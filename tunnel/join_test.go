@@ -489,3 +489,26 @@ func TestJoinDeadlinesNotPerMessage(t *testing.T) {
 		t.Errorf("%d read deadlines set for %d chunks 12 ms apart; want fewer than one per chunk", got, chunks)
 	}
 }
+
+// TestJoinSilentDirectionParks: a direction whose source never sends
+// anything (a WebSocket whose browser only listens) goes idle like one that
+// has gone quiet, rather than waiting in a read for ever on a goroutine
+// and a buffer of its own; data that comes later still comes through.
+func TestJoinSilentDirectionParks(t *testing.T) {
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	src := &waitCounter{TCPConn: a}
+	startJoin(t, client, src, b, server)
+	for deadline := time.Now().Add(5 * time.Second); src.waits.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a direction that never read anything was still reading after 5 s; want it idle after 40 ms")
+		}
+	}
+	if _, err := client.Write([]byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(server, buf); err != nil || string(buf) != "late" {
+		t.Fatalf("after the wait: %q, %v", buf, err)
+	}
+}
