@@ -235,11 +235,16 @@ func (in *Inspector) addFrame(ws *wsState, dir int, fr Frame, message bool) {
 		ws.FramesDropped++
 	}
 	id := ws.ID
+	// As for requests: without a live stream the event is not made (it
+	// would cost an allocation per message, on the byte pipe).
+	live := len(in.subs) > 0
 	in.mu.Unlock()
-	in.publish("frame", struct {
-		WebSocket int64 `json:"websocket"`
-		Frame
-	}{id, fr})
+	if live {
+		in.publish("frame", struct {
+			WebSocket int64 `json:"websocket"`
+			Frame
+		}{id, fr})
+	}
 }
 
 func (in *Inspector) wsError(ws *wsState, msg string) {
