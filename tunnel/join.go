@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -288,7 +289,8 @@ func (j *joiner) pipe(dir Direction) error {
 	var armed time.Time // src's read deadline, as last set here; zero: none is
 	var wdl time.Time   // dst's write deadline, as last set here
 	deadlines := true   // src takes read deadlines
-	last := time.Now()  // when a read last returned data (or pipe began)
+	last := time.Now()  // when a write of what a read returned ended (or pipe began)
+	kicked := false     // the other direction's wake-up as it ended was seen (see run)
 	arm := func(t time.Time) {
 		if src.SetReadDeadline(t) == nil {
 			armed = t
@@ -315,7 +317,7 @@ func (j *joiner) pipe(dir Direction) error {
 	}()
 	if j.left.Load() == 1 {
 		arm(last.Add(halfClosedPoll))
-	} else {
+	} else if !handshaking(src) {
 		// A source that sends nothing at all (a WebSocket whose
 		// browser only listens) goes idle like one that went quiet.
 		arm(last.Add(bigLinger + parkAfter))
@@ -328,7 +330,6 @@ func (j *joiner) pipe(dir Direction) error {
 		nr, rerr := src.Read(buf)
 		if nr > 0 {
 			now := time.Now()
-			last = now
 			// The bound on the write is refreshed once a sixteenth of
 			// it has passed, not for every chunk: on a stream a new
 			// deadline allocates and wakes yamux's writer.
@@ -347,6 +348,9 @@ func (j *joiner) pipe(dir Direction) error {
 				}
 				return werr
 			}
+			// Quiet is counted from here: a write that waited on a
+			// slow peer is not the source's silence.
+			last = time.Now()
 			switch {
 			case nr < len(buf) || len(buf) == bigBuf:
 			case big == nil:
@@ -366,14 +370,14 @@ func (j *joiner) pipe(dir Direction) error {
 				release()
 			}
 		}
-		if half := j.left.Load() == 1; rerr != nil && (half || !armed.IsZero()) && errors.Is(rerr, os.ErrDeadlineExceeded) {
-			// Our deadline. (Join owns the read deadlines of its
-			// connections while it runs.) Half-closed, the other
-			// direction has ended, and with it the abort that a close
-			// of our destination (its source) by the owner would have
-			// caused: so this one never parks, but waits in steps of
+		if rerr != nil && errors.Is(rerr, os.ErrDeadlineExceeded) && j.ownDeadline(armed, &kicked) {
+			// Our deadline. Half-closed, the other direction has
+			// ended, and with it the abort that a close of our
+			// destination (its source) by the owner would have caused:
+			// so this one never parks, but waits in steps of
 			// halfClosedPoll and looks whether the destination is
 			// still open.
+			half := j.left.Load() == 1
 			now := time.Now()
 			quiet := now.Sub(last)
 			switch {
@@ -381,7 +385,9 @@ func (j *joiner) pipe(dir Direction) error {
 				if dst.SetWriteDeadline(wdl) != nil {
 					return errAborted
 				}
-				release()
+				if quiet >= bigLinger {
+					release()
+				}
 				arm(now.Add(halfClosedPoll))
 			case big != nil && quiet < bigLinger:
 				arm(last.Add(bigLinger))
@@ -414,6 +420,32 @@ func (j *joiner) pipe(dir Direction) error {
 			return rerr
 		}
 	}
+}
+
+// ownDeadline reports whether a read that failed on its deadline failed on
+// one Join set: armed (not zero) has passed, or, half-closed, it is the
+// past deadline the other direction set once as it ended (see run), which
+// *kicked records. Join owns its connections' read deadlines while it
+// runs; a deadline error that is none of these (a tls.Conn whose handshake
+// timed out returns its error for ever) ends the join as the error it is,
+// where taking it for a wake-up would spin.
+func (j *joiner) ownDeadline(armed time.Time, kicked *bool) bool {
+	if !armed.IsZero() && !time.Now().Before(armed) {
+		return true
+	}
+	if j.left.Load() == 1 && !*kicked {
+		*kicked = true
+		return true
+	}
+	return false
+}
+
+// handshaking reports whether c is a TLS connection whose handshake has
+// not run: its first Read runs it, and a deadline that passes meanwhile
+// fails the connection for good, so Join sets none before data comes.
+func handshaking(c net.Conn) bool {
+	tc, ok := c.(*tls.Conn)
+	return ok && !tc.ConnectionState().HandshakeComplete
 }
 
 // shrinker is a connection that can release its idle receive buffer

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -511,4 +512,121 @@ func TestJoinSilentDirectionParks(t *testing.T) {
 	if _, err := io.ReadFull(server, buf); err != nil || string(buf) != "late" {
 		t.Fatalf("after the wait: %q, %v", buf, err)
 	}
+}
+
+// TestJoinUnhandshakenTLS: a TLS connection joined before its handshake
+// ran (the handshake runs in Join's first read) waits for its client as
+// long as it takes. A read deadline passing mid-handshake fails a
+// tls.Conn for good, so Join sets none before data comes; taking the
+// failure it then returns for ever for Join's own wake-up had made the
+// direction spin.
+func TestJoinUnhandshakenTLS(t *testing.T) {
+	cert, roots := testCert()
+	c, s := tcpPair(t)
+	a := tls.Server(s, &tls.Config{Certificates: []tls.Certificate{cert}})
+	b, server := tcpPair(t)
+	client := tls.Client(c, &tls.Config{ServerName: "tunnel.test", RootCAs: roots})
+	startJoin(t, client, a, b, server)
+	time.Sleep(100 * time.Millisecond) // past Join's idle wait
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := client.Handshake(); err != nil {
+		t.Fatalf("handshake through a join that waited: %v", err)
+	}
+	if _, err := client.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(server, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+}
+
+// idleCounter is a TCP connection that counts the times Join's direction
+// reading it went idle (Join then waits on it without a buffer).
+type idleCounter struct {
+	*net.TCPConn
+	idles atomic.Int32
+}
+
+func (c *idleCounter) WaitRead() {
+	c.idles.Add(1)
+	tunnel.WaitRead(c.TCPConn)
+}
+
+// slowWriter's writes take 50 ms each, as to a peer on a slow link or a
+// stream whose window is full.
+type slowWriter struct{ *net.TCPConn }
+
+func (c *slowWriter) Write(p []byte) (int, error) {
+	time.Sleep(50 * time.Millisecond)
+	return c.TCPConn.Write(p)
+}
+
+// TestJoinSlowDestinationNotIdle: a source that always has data, copied
+// to a destination whose every write takes 50 ms, never goes idle. Quiet
+// is counted from the end of the last write, not from the read before it:
+// a write longer than the idle wait is not the source's silence.
+func TestJoinSlowDestinationNotIdle(t *testing.T) {
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	src := &idleCounter{TCPConn: a}
+	startJoin(t, client, src, &slowWriter{b}, server)
+	msg := randomBytes(t, 256<<10)
+	go client.Write(msg)
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(server, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("read %d bytes, %v", len(got), err)
+	}
+	// A loaded machine may stall a read past 40 ms once or twice.
+	if n := src.idles.Load(); n > 2 {
+		t.Errorf("the direction went idle %d times while its source had data waiting", n)
+	}
+}
+
+// smallReadCounter is a TCP connection that counts the reads Join made
+// with its small buffer.
+type smallReadCounter struct {
+	*net.TCPConn
+	smallReads atomic.Int64
+}
+
+func (c *smallReadCounter) Read(p []byte) (int, error) {
+	if len(p) < 4<<10 {
+		c.smallReads.Add(1)
+	}
+	return c.TCPConn.Read(p)
+}
+
+// TestJoinHalfClosedKeepsBigBuffer: after the other direction has ended,
+// a stream of data keeps its big buffer as it would with both open; the
+// half-closed join's one-second look at its destination gives the buffer
+// back only after bigLinger of quiet.
+func TestJoinHalfClosedKeepsBigBuffer(t *testing.T) {
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	src := &smallReadCounter{TCPConn: a}
+	f := startJoin(t, client, src, b, server)
+	server.CloseWrite()
+	if _, err := io.ReadAll(client); err != nil { // b→a has ended: half-closed
+		t.Fatal(err)
+	}
+	chunk := randomBytes(t, 256<<10)
+	const chunks = 150 // 2 ms apart: about 300 ms of data
+	go func() {
+		for range chunks {
+			client.Write(chunk)
+			time.Sleep(2 * time.Millisecond)
+		}
+		client.CloseWrite()
+	}()
+	n, err := io.Copy(io.Discard, server)
+	if err != nil || n != chunks*int64(len(chunk)) {
+		t.Fatalf("read %d bytes, %v", n, err)
+	}
+	// One small read found the stream; a loaded machine's pauses of more
+	// than bigLinger may add a few. Not one every 10 ms.
+	if n := src.smallReads.Load(); n > 10 {
+		t.Errorf("%d reads with the small buffer in a half-closed stream of %d chunks 2 ms apart; want the big buffer kept", n, chunks)
+	}
+	f.wait(t)
 }
