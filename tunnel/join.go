@@ -266,16 +266,16 @@ var errAborted = errors.New("tunnel: join aborted")
 // finish within j.idle (unless it is negative); j.tap, if not nil, sees
 // what is written.
 //
-// Idleness is measured from the last read that returned data, or from
-// the start for a source that has sent nothing yet. While a bigger buffer
-// is held, nothing read for bigLinger gives it back; nothing read for
-// bigLinger+parkAfter means idle. The source's read deadline is what wakes
-// the direction to look: set as pipe starts, and moved only when it
-// expires (to the last read's time plus the stage's wait), not on every
-// read, so a WebSocket whose messages come every few milliseconds, each a
-// little past bigLinger, costs no deadline call per message. A source
-// without deadlines is never declared idle: it gives its big buffer back
-// after every read that drained it instead.
+// Quiet is measured from the end of the write of the last data read, or
+// from the start for a source that has sent nothing yet. While a bigger
+// buffer is held, bigLinger of quiet gives it back; bigLinger+parkAfter
+// means idle. The source's read deadline is what wakes the direction to
+// look: set as pipe starts, and moved only when it expires (to the last
+// write's end plus the stage's wait), not on every read, so a WebSocket
+// whose messages come every few milliseconds, each a little past
+// bigLinger, costs no deadline call per message. A source without
+// deadlines is never declared idle: it gives its big buffer back after
+// every read that drained it instead.
 func (j *joiner) pipe(dir Direction) error {
 	src, dst, n := j.a, j.b, &j.counts.AToB
 	if dir == BToA {
@@ -430,7 +430,10 @@ func (j *joiner) pipe(dir Direction) error {
 // timed out returns its error for ever) ends the join as the error it is,
 // where taking it for a wake-up would spin.
 func (j *joiner) ownDeadline(armed time.Time, kicked *bool) bool {
-	if !armed.IsZero() && !time.Now().Before(armed) {
+	// The runtime may fire a deadline a hair before the time given (it
+	// converts it with a second reading of the clock): a millisecond's
+	// allowance, which lets a repeating error through once at most.
+	if !armed.IsZero() && !time.Now().Before(armed.Add(-time.Millisecond)) {
 		return true
 	}
 	if j.left.Load() == 1 && !*kicked {
