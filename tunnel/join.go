@@ -370,7 +370,11 @@ func (j *joiner) pipe(dir Direction) error {
 				release()
 			}
 		}
-		if rerr != nil && errors.Is(rerr, os.ErrDeadlineExceeded) && j.ownDeadline(armed, &kicked) {
+		if rerr != nil && errors.Is(rerr, os.ErrDeadlineExceeded) {
+			now := time.Now()
+			if !j.ownDeadline(now, armed, &kicked) {
+				return rerr
+			}
 			// Our deadline. Half-closed, the other direction has
 			// ended, and with it the abort that a close of our
 			// destination (its source) by the owner would have caused:
@@ -378,7 +382,6 @@ func (j *joiner) pipe(dir Direction) error {
 			// halfClosedPoll and looks whether the destination is
 			// still open.
 			half := j.left.Load() == 1
-			now := time.Now()
 			quiet := now.Sub(last)
 			switch {
 			case half:
@@ -422,18 +425,18 @@ func (j *joiner) pipe(dir Direction) error {
 	}
 }
 
-// ownDeadline reports whether a read that failed on its deadline failed on
-// one Join set: armed (not zero) has passed, or, half-closed, it is the
+// ownDeadline reports whether a read that failed on its deadline at now
+// failed on one Join set: armed (not zero) has passed, or, half-closed, it is the
 // past deadline the other direction set once as it ended (see run), which
 // *kicked records. Join owns its connections' read deadlines while it
 // runs; a deadline error that is none of these (a tls.Conn whose handshake
 // timed out returns its error for ever) ends the join as the error it is,
 // where taking it for a wake-up would spin.
-func (j *joiner) ownDeadline(armed time.Time, kicked *bool) bool {
+func (j *joiner) ownDeadline(now, armed time.Time, kicked *bool) bool {
 	// The runtime may fire a deadline a hair before the time given (it
 	// converts it with a second reading of the clock): a millisecond's
 	// allowance, which lets a repeating error through once at most.
-	if !armed.IsZero() && !time.Now().Before(armed.Add(-time.Millisecond)) {
+	if !armed.IsZero() && !now.Before(armed.Add(-time.Millisecond)) {
 		return true
 	}
 	if j.left.Load() == 1 && !*kicked {

@@ -395,16 +395,29 @@ func TestJoinKeepsBigBufferAcrossShortReads(t *testing.T) {
 	f.wait(t)
 }
 
-// waitCounter is a TCP connection that counts the times Join waits on it
-// without reading: each is a direction that went idle and parked.
-type waitCounter struct {
+// probedConn is a TCP connection that counts what Join does with it as
+// a source: waits without reading (each a direction gone idle), read
+// deadlines set, and reads into the small buffer.
+type probedConn struct {
 	*net.TCPConn
-	waits atomic.Int32
+	waits, deadlineSets, smallReads atomic.Int32
 }
 
-func (c *waitCounter) WaitRead() {
+func (c *probedConn) WaitRead() {
 	c.waits.Add(1)
 	tunnel.WaitRead(c.TCPConn)
+}
+
+func (c *probedConn) SetReadDeadline(t time.Time) error {
+	c.deadlineSets.Add(1)
+	return c.TCPConn.SetReadDeadline(t)
+}
+
+func (c *probedConn) Read(p []byte) (int, error) {
+	if len(p) < 4<<10 { // Join's small buffer is 512 bytes, its others 32 and 128 KiB
+		c.smallReads.Add(1)
+	}
+	return c.TCPConn.Read(p)
 }
 
 // TestJoinQuietKeepsItsGoroutine checks the two steps of a quiet direction:
@@ -416,7 +429,7 @@ func (c *waitCounter) WaitRead() {
 func TestJoinQuietKeepsItsGoroutine(t *testing.T) {
 	client, a := tcpPair(t)
 	b, server := tcpPair(t)
-	src := &waitCounter{TCPConn: a}
+	src := &probedConn{TCPConn: a}
 	startJoin(t, client, src, b, server)
 	buf := make([]byte, 16)
 	send := func(i int) {
@@ -449,18 +462,6 @@ func TestJoinQuietKeepsItsGoroutine(t *testing.T) {
 	send(chunks)
 }
 
-// deadlineCounter is a TCP connection that counts the read deadlines set
-// on it.
-type deadlineCounter struct {
-	*net.TCPConn
-	sets atomic.Int32
-}
-
-func (c *deadlineCounter) SetReadDeadline(t time.Time) error {
-	c.sets.Add(1)
-	return c.TCPConn.SetReadDeadline(t)
-}
-
 // TestJoinDeadlinesNotPerMessage: a conversation whose messages come a
 // little more than bigLinger (10 ms) apart, as on a busy relay's many
 // WebSockets, moves the source's read deadline only when it expires, about
@@ -470,7 +471,7 @@ func (c *deadlineCounter) SetReadDeadline(t time.Time) error {
 func TestJoinDeadlinesNotPerMessage(t *testing.T) {
 	client, a := tcpPair(t)
 	b, server := tcpPair(t)
-	src := &deadlineCounter{TCPConn: a}
+	src := &probedConn{TCPConn: a}
 	startJoin(t, client, src, b, server)
 	buf := make([]byte, 16)
 	const chunks = 30
@@ -486,7 +487,7 @@ func TestJoinDeadlinesNotPerMessage(t *testing.T) {
 	}
 	// About one for every three chunks; a loaded machine that stretches
 	// gaps past 40 ms parks the direction and adds a few.
-	if got := src.sets.Load(); got > chunks {
+	if got := src.deadlineSets.Load(); got > chunks {
 		t.Errorf("%d read deadlines set for %d chunks 12 ms apart; want fewer than one per chunk", got, chunks)
 	}
 }
@@ -498,7 +499,7 @@ func TestJoinDeadlinesNotPerMessage(t *testing.T) {
 func TestJoinSilentDirectionParks(t *testing.T) {
 	client, a := tcpPair(t)
 	b, server := tcpPair(t)
-	src := &waitCounter{TCPConn: a}
+	src := &probedConn{TCPConn: a}
 	startJoin(t, client, src, b, server)
 	for deadline := time.Now().Add(5 * time.Second); src.waits.Load() == 0; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -541,18 +542,6 @@ func TestJoinUnhandshakenTLS(t *testing.T) {
 	}
 }
 
-// idleCounter is a TCP connection that counts the times Join's direction
-// reading it went idle (Join then waits on it without a buffer).
-type idleCounter struct {
-	*net.TCPConn
-	idles atomic.Int32
-}
-
-func (c *idleCounter) WaitRead() {
-	c.idles.Add(1)
-	tunnel.WaitRead(c.TCPConn)
-}
-
 // slowWriter's writes take 50 ms each, as to a peer on a slow link or a
 // stream whose window is full.
 type slowWriter struct{ *net.TCPConn }
@@ -569,7 +558,7 @@ func (c *slowWriter) Write(p []byte) (int, error) {
 func TestJoinSlowDestinationNotIdle(t *testing.T) {
 	client, a := tcpPair(t)
 	b, server := tcpPair(t)
-	src := &idleCounter{TCPConn: a}
+	src := &probedConn{TCPConn: a}
 	startJoin(t, client, src, &slowWriter{b}, server)
 	msg := randomBytes(t, 256<<10)
 	go client.Write(msg)
@@ -578,23 +567,9 @@ func TestJoinSlowDestinationNotIdle(t *testing.T) {
 		t.Fatalf("read %d bytes, %v", len(got), err)
 	}
 	// A loaded machine may stall a read past 40 ms once or twice.
-	if n := src.idles.Load(); n > 2 {
+	if n := src.waits.Load(); n > 2 {
 		t.Errorf("the direction went idle %d times while its source had data waiting", n)
 	}
-}
-
-// smallReadCounter is a TCP connection that counts the reads Join made
-// with its small buffer.
-type smallReadCounter struct {
-	*net.TCPConn
-	smallReads atomic.Int64
-}
-
-func (c *smallReadCounter) Read(p []byte) (int, error) {
-	if len(p) < 4<<10 {
-		c.smallReads.Add(1)
-	}
-	return c.TCPConn.Read(p)
 }
 
 // TestJoinHalfClosedKeepsBigBuffer: after the other direction has ended,
@@ -604,7 +579,7 @@ func (c *smallReadCounter) Read(p []byte) (int, error) {
 func TestJoinHalfClosedKeepsBigBuffer(t *testing.T) {
 	client, a := tcpPair(t)
 	b, server := tcpPair(t)
-	src := &smallReadCounter{TCPConn: a}
+	src := &probedConn{TCPConn: a}
 	f := startJoin(t, client, src, b, server)
 	server.CloseWrite()
 	if _, err := io.ReadAll(client); err != nil { // b→a has ended: half-closed
