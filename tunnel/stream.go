@@ -59,12 +59,15 @@ type Stream struct {
 // reads it, and a refusal becomes the error of that Read and every later
 // one.
 type pendingReply struct {
-	ok       atomic.Bool // read, and the stream is served
-	ended    atomic.Bool // read, whatever it said (done, for Replied)
-	mu       sync.Mutex  // held while reading it
-	done     bool
-	err      error
-	by       time.Time // the wait for it ends then (zero: no bound)
+	ok    atomic.Bool // read, and the stream is served
+	ended atomic.Bool // read, whatever it said (done, for Replied)
+	mu    sync.Mutex  // held while reading it
+	done  bool
+	err   error
+	by    time.Time // the wait for it ends then (zero: no bound)
+	// seen is what a Read failed by its caller's deadline had read of
+	// the reply: the next Read reads it again before the stream.
+	seen     []byte
 	answered sync.Once
 	onAnswer func() // called once: reply read, or stream closed first
 	// waiting is true until the reply has been read; while it is, yamux's
@@ -87,9 +90,9 @@ var ErrNoReply = errors.New("tunnel: the agent did not answer the stream in time
 
 // awaitReply reads an early stream's reply if it has not been read yet,
 // and returns the refusal or failure it ended with, every time. A timeout
-// of the caller's own read deadline before any of the reply came is
-// returned as such and leaves the reply to a later Read, as a deadline on a
-// TCP socket would.
+// of the caller's own read deadline is returned as such and leaves the
+// reply, or the rest of it, to a later Read, as a deadline on a TCP socket
+// would.
 func (c *Stream) awaitReply() error {
 	r := c.reply
 	if r == nil || r.ok.Load() {
@@ -104,7 +107,10 @@ func (c *Stream) awaitReply() error {
 	// followed its refusal, say), the reply it buffered is still read.
 	pc := codecs.Get().(*proto.StreamCodec)
 	var rep proto.StreamReply
-	in := &countingReader{r: c.s}
+	in := &replyReader{r: c.s, seen: r.seen}
+	if in.seen == nil {
+		in.seen = in.small[:0] // an accepting reply fits: no allocation
+	}
 	err := pc.ReadStreamReply(in, &rep)
 	codecs.Put(pc)
 
@@ -117,14 +123,16 @@ func (c *Stream) awaitReply() error {
 		err = c.mapErr("read", net.ErrClosed)
 	case errors.Is(err, yamux.ErrTimeout) && !r.by.IsZero() && !time.Now().Before(r.by):
 		err = ErrNoReply
-	case errors.Is(err, yamux.ErrTimeout) && in.n == 0:
-		return c.mapErr("read", err) // the caller's deadline; the reply may still come
+	case errors.Is(err, yamux.ErrTimeout):
+		// The caller's deadline; the reply, or its rest, may still come.
+		r.seen = in.seen
+		return c.mapErr("read", err)
 	case err == io.EOF:
 		err = c.mapErr("read", fmt.Errorf("stream ended before the agent's reply: %w", io.ErrUnexpectedEOF))
 	default:
 		err = c.mapErr("read", err)
 	}
-	r.done, r.err = true, err
+	r.done, r.err, r.seen = true, err, nil
 	if err == nil {
 		r.ok.Store(true)
 	}
@@ -155,15 +163,25 @@ func (c *Stream) Replied() bool {
 	return r == nil || r.ended.Load()
 }
 
-// countingReader counts what awaitReply took of the stream.
-type countingReader struct {
-	r io.Reader
-	n int
+// replyReader is what awaitReply reads the reply through: first the bytes
+// an earlier try read (seen, from the pendingReply), then the stream,
+// keeping in seen all it has read.
+type replyReader struct {
+	r     io.Reader
+	seen  []byte
+	off   int // how much of seen this try has read
+	small [32]byte
 }
 
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += n
+func (rr *replyReader) Read(p []byte) (int, error) {
+	if rr.off < len(rr.seen) {
+		n := copy(p, rr.seen[rr.off:])
+		rr.off += n
+		return n, nil
+	}
+	n, err := rr.r.Read(p)
+	rr.seen = append(rr.seen, p[:n]...)
+	rr.off += n
 	return n, err
 }
 

@@ -1,6 +1,7 @@
 package tunnel_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -429,6 +430,38 @@ func TestOpenStreamEarlyOwnDeadline(t *testing.T) {
 	buf := make([]byte, 10)
 	if n, err := st.Read(buf); err != nil || string(buf[:n]) != "hello" {
 		t.Errorf("Read after the deadline was extended: %q, %v; want hello", buf[:n], err)
+	}
+}
+
+// The same when the deadline expires with part of the reply read (an
+// agent whose reply came in pieces): the next Read reads the rest of the
+// reply, not a deadline error for good nor a reply cut in two.
+func TestOpenStreamEarlyOwnDeadlineMidReply(t *testing.T) {
+	st, ys := earlyPair(t, tunnel.OpenOptions{ReplyBy: time.Now().Add(5 * time.Second)})
+	acceptHeader(t, ys)
+	var reply bytes.Buffer
+	var pc proto.StreamCodec
+	if err := pc.WriteStreamReply(&reply, &proto.StreamReply{}); err != nil {
+		t.Fatal(err)
+	}
+	head, rest := reply.Bytes()[:2], reply.Bytes()[2:]
+	if _, err := ys.Write(head); err != nil {
+		t.Fatal(err)
+	}
+	st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	for range 2 { // the second try reads nothing new and must wait again
+		if _, err := st.Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Read with half the reply, past its own deadline: %v, want os.ErrDeadlineExceeded", err)
+		}
+		st.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	}
+	if _, err := ys.Write(append(rest, "hello"...)); err != nil {
+		t.Fatal(err)
+	}
+	st.SetReadDeadline(time.Time{})
+	buf := make([]byte, 10)
+	if n, err := st.Read(buf); err != nil || string(buf[:n]) != "hello" {
+		t.Errorf("Read after the rest of the reply came: %q, %v; want hello", buf[:n], err)
 	}
 }
 
