@@ -263,6 +263,23 @@ func TestInspectorPageInChromium(t *testing.T) {
 	}
 	saveScreenshot(t, ctx, "inspector-requests.png")
 
+	// A binary response longer than the inspector keeps (64 KiB): the page
+	// says how much of it was kept.
+	if status, _ := get(t, c, "http://demo.localhost/bytes?n=100000"); status != 200 {
+		t.Fatal(status)
+	}
+	big := fmt.Sprintf("#req-%d", waitRequest(t, base, "GET", "/bytes?n=100000", false))
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(big)), chromedp.Click(chromedp.CSS(big))); err != nil {
+		t.Fatalf("details of the large response: %v", err)
+	}
+	waitFor(t, 5*time.Second, "the large response's details", func() bool {
+		detail, err = chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#detail")))
+		return err == nil && strings.Contains(detail, "GET /bytes?n=100000")
+	})
+	if !strings.Contains(detail, "97.7 KiB — only the first 64.0 KiB kept") {
+		t.Errorf("details of a 100,000-byte binary response %q; want it to say 97.7 KiB, the first 64.0 KiB kept", detail)
+	}
+
 	// A WebSocket session, then the WebSockets tab with its frames.
 	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

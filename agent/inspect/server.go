@@ -24,13 +24,13 @@ var page []byte
 //
 //	GET  /                          the page
 //	GET  /api/status                the agent's state (Status)
-//	GET  /api/requests              {"requests": [Summary…]}, newest first
+//	GET  /api/requests              {"requests": [Summary…], "max": N}, newest first; N kept at most
 //	DELETE /api/requests            forget every request and WebSocket
 //	GET  /api/requests/{id}         one Exchange with headers and bodies
 //	POST /api/requests/{id}/replay  send it again to the local server;
 //	                                optional JSON body of overrides
 //	                                (ReplayRequest); answers the new Exchange
-//	GET  /api/websockets            {"websockets": [WebSocket…]} without frames
+//	GET  /api/websockets            {"websockets": [WebSocket…], "max": N} without frames
 //	GET  /api/websockets/{id}       one WebSocket with its frames
 //	GET  /api/events                server-sent events: request, websocket,
 //	                                frame, status, clear; data is JSON
@@ -51,7 +51,7 @@ func (in *Inspector) Handler(loopback bool) http.Handler {
 		writeJSON(w, http.StatusOK, st)
 	})
 	mux.HandleFunc("GET /api/requests", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"requests": in.Exchanges()})
+		writeJSON(w, http.StatusOK, map[string]any{"requests": in.Exchanges(), "max": in.opts.MaxRequests})
 	})
 	mux.HandleFunc("DELETE /api/requests", func(w http.ResponseWriter, r *http.Request) {
 		in.clear()
@@ -67,7 +67,7 @@ func (in *Inspector) Handler(loopback bool) http.Handler {
 	})
 	mux.HandleFunc("POST /api/requests/{id}/replay", in.serveReplay)
 	mux.HandleFunc("GET /api/websockets", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"websockets": in.WebSockets()})
+		writeJSON(w, http.StatusOK, map[string]any{"websockets": in.WebSockets(), "max": in.opts.MaxWebSockets})
 	})
 	mux.HandleFunc("GET /api/websockets/{id}", func(w http.ResponseWriter, r *http.Request) {
 		ws, ok := in.WebSocket(pathID(r))

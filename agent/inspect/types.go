@@ -52,15 +52,23 @@ type Body struct {
 }
 
 // MarshalJSON writes the body as text when it is UTF-8, else as base64.
+// A truncated body is text also when the cap cut its last character, and
+// says how many bytes were kept.
 func (b Body) MarshalJSON() ([]byte, error) {
 	v := struct {
 		Size      int64  `json:"size"`
 		Truncated bool   `json:"truncated,omitempty"`
+		Kept      int    `json:"kept,omitempty"`
 		Text      string `json:"text,omitempty"`
 		Base64    []byte `json:"base64,omitempty"`
 	}{Size: b.Size, Truncated: b.Truncated}
+	if b.Truncated {
+		v.Kept = len(b.Data)
+	}
 	if utf8.Valid(b.Data) {
 		v.Text = string(b.Data)
+	} else if s := validPrefix(b.Data); b.Truncated && s != "" {
+		v.Text = s
 	} else {
 		v.Base64 = b.Data
 	}
