@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/tunnel-dev/tunnel/agent"
 )
@@ -204,4 +206,105 @@ func TestKeepAliveEndToEnd(t *testing.T) {
 func port(addr string) string {
 	_, p, _ := net.SplitHostPort(addr)
 	return p
+}
+
+// A local server that closes idle keep-alive connections after a short
+// time (Node's default is 5 s) must not turn a visitor's next POST on the
+// same keep-alive connection into a 502: the local server never saw it.
+func TestPostAfterLocalIdleClose(t *testing.T) {
+	rl := startRelay(t, "")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{
+		IdleTimeout: 200 * time.Millisecond,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "%s %s", r.Method, b)
+		}),
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: ln.Addr().String()}})
+
+	conn, err := net.Dial("tcp", rl.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(conn)
+	do := func(method, body string) (int, string) {
+		req, _ := http.NewRequest(method, "http://demo.localhost/", strings.NewReader(body))
+		if body == "" {
+			req.Body = nil
+		}
+		if err := req.Write(conn); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	if code, body := do("GET", ""); code != 200 {
+		t.Fatalf("first GET: %d %q", code, body)
+	}
+	time.Sleep(time.Second) // the local server closes its idle connection
+	if code, body := do("POST", "a=1"); code != 200 || body != "POST a=1" {
+		t.Fatalf("POST after the local server closed its idle connection: %d %.120q", code, body)
+	}
+}
+
+// A local server that sends bytes past the end of its response is out of
+// step with its connection: the relay does not send the visitor's next
+// request on that stream, but on a new one, to a new local connection.
+func TestLocalExtraBytesNotReused(t *testing.T) {
+	rl := startRelay(t, "")
+	var conns atomic.Int32
+	local := serveConns(t, func(c net.Conn) {
+		conns.Add(1)
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.URL.Path == "/extra" {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokJUNK")
+				continue
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nok-next")
+		}
+	})
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local}})
+	conn, err := net.Dial("tcp", rl.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	for _, c := range []struct{ path, want string }{{"/extra", "ok"}, {"/next", "ok-next"}} {
+		req, _ := http.NewRequest("GET", "http://demo.localhost"+c.path, nil)
+		if err := req.Write(conn); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatalf("GET %s: %v", c.path, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(b) != c.want {
+			t.Fatalf("GET %s: %d %q, want 200 %q", c.path, resp.StatusCode, b, c.want)
+		}
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("local connections: %d, want 2 (the one that sent extra bytes not used again)", n)
+	}
 }

@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tunnel-dev/tunnel/agent"
+	"github.com/tunnel-dev/tunnel/relay"
 )
 
 // A visitor's very long URL cannot disconnect the agent: the request event
@@ -159,5 +162,55 @@ func TestReconnectWithLocalRequestInFlight(t *testing.T) {
 	case <-ag.online:
 	case <-time.After(10 * time.Second):
 		t.Fatal("agent did not reconnect while a local request was in flight")
+	}
+}
+
+// A local server that answers with a status code below 100 ("099") gets
+// its request a 502, and the exchange frees its stream: it must neither
+// panic the relay's handler nor leak the tunnel's stream slot.
+func TestStatusBelow100FreesStream(t *testing.T) {
+	rl := startRelay(t, "", func(c *relay.Config) {
+		c.Limits.MaxStreamsPerTunnel = 2
+		c.OpenTimeout = time.Second
+	})
+	local := serveConns(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			if req.URL.Path == "/bad" {
+				io.WriteString(c, "HTTP/1.1 099 Odd\r\n\r\n")
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local}})
+	for i := range 3 {
+		c := visitorClient(rl.addr)
+		c.Timeout = 5 * time.Second
+		resp, err := c.Get("http://demo.localhost/bad")
+		if err != nil {
+			t.Fatalf("odd answer %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), "malformed status code 099") {
+			t.Errorf("odd answer %d: %d %.120q; want 502 saying the status code is malformed", i, resp.StatusCode, b)
+		}
+		c.CloseIdleConnections()
+	}
+	c := visitorClient(rl.addr)
+	c.Timeout = 5 * time.Second
+	resp, err := c.Get("http://demo.localhost/good")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "ok" {
+		t.Fatalf("after three odd answers, a normal request got %d %.100q (stream slots leaked?)", resp.StatusCode, strings.TrimSpace(string(b)))
 	}
 }

@@ -74,6 +74,14 @@ func (t *keepAliveTransport) RoundTrip(req *http.Request) (*http.Response, error
 	key := req.URL.Host
 	for {
 		e := t.get(key)
+		if e != nil {
+			if r, ok := e.c.(interface{ Readable() bool }); ok && r.Readable() {
+				// The agent's side closed it (or sent something
+				// unasked) while it was kept: never send on it.
+				e.c.Close()
+				continue
+			}
+		}
 		var c net.Conn
 		if e != nil {
 			c = e.c
@@ -175,6 +183,12 @@ func (t *keepAliveTransport) roundTrip(c net.Conn, e *idleStream, req *http.Requ
 			}
 			return fail(err)
 		}
+		if res.StatusCode < 100 {
+			// http.ReadResponse takes any three digits; net/http panics
+			// on writing such a status to the visitor.
+			b.release()
+			return fail(fmt.Errorf("malformed status code %03d", res.StatusCode))
+		}
 		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}
@@ -190,7 +204,9 @@ func (t *keepAliveTransport) roundTrip(c net.Conn, e *idleStream, req *http.Requ
 	b.lr.N = math.MaxInt64 // the body is not bounded
 	b.dl.Lock()
 	b.headerRead = true
-	c.SetReadDeadline(time.Time{})
+	if !b.canceled {
+		c.SetReadDeadline(time.Time{})
+	}
 	b.dl.Unlock()
 	b.vc, _ = ctx.Value(visitorConnKey{}).(*visitorConn)
 	b.reuse = !res.Close && !req.Close && res.StatusCode != http.StatusSwitchingProtocols
@@ -232,16 +248,22 @@ type keptBody struct {
 	timeout    time.Duration // for the response header, from the request's end
 	dl         sync.Mutex    // orders await against the header's arrival
 	headerRead bool
+	canceled   bool // the context ended: no deadline may be moved later
 }
 
 // cancel ends the exchange when the request's context ends: the visitor
 // went away, or the relay is closing.
-func (b *keptBody) cancel() { b.c.SetDeadline(time.Unix(1, 0)) }
+func (b *keptBody) cancel() {
+	b.dl.Lock()
+	b.canceled = true
+	b.c.SetDeadline(time.Unix(1, 0))
+	b.dl.Unlock()
+}
 
 // await starts the response header's timeout, unless the header is in.
 func (b *keptBody) await() {
 	b.dl.Lock()
-	if !b.headerRead && b.timeout > 0 {
+	if !b.headerRead && !b.canceled && b.timeout > 0 {
 		b.c.SetReadDeadline(time.Now().Add(b.timeout))
 	}
 	b.dl.Unlock()
@@ -289,7 +311,9 @@ func (b *keptBody) finish(eof bool) {
 }
 
 func (b *keptBody) done(eof bool) {
-	reuse := eof && b.reuse && b.stop()
+	// Bytes read past the response's end are the local server's error,
+	// and what follows them on the stream is not the next answer.
+	reuse := eof && b.reuse && b.br.Buffered() == 0 && b.stop()
 	if b.written != nil {
 		select {
 		case err := <-b.written:

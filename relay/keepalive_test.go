@@ -1,7 +1,10 @@
 package relay
 
 import (
+	"context"
+	"io"
 	"net"
+	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -99,5 +102,55 @@ func TestKeptStreamUnwatchedKey(t *testing.T) {
 	e.timer.Stop()
 	if _, ok := tr.idle["demo"]; ok {
 		t.Error("an unwatched key stayed in the pool with nothing kept")
+	}
+}
+
+// cancelOnWrite is a stream whose request write completes just as the
+// visitor goes away: its context ends, and the transport's cancellation
+// has set the stream's deadline, before Write returns.
+type cancelOnWrite struct {
+	net.Conn
+	cancel   context.CancelFunc
+	deadline chan struct{}
+	once     bool
+}
+
+func (c *cancelOnWrite) SetDeadline(t time.Time) error {
+	err := c.Conn.SetDeadline(t)
+	if t.Equal(time.Unix(1, 0)) {
+		close(c.deadline)
+	}
+	return err
+}
+
+func (c *cancelOnWrite) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if !c.once {
+		c.once = true
+		c.cancel()
+		<-c.deadline // the context's AfterFunc has run
+	}
+	return n, err
+}
+
+// A visitor that leaves once its request is written must free the
+// exchange at once, not after the response header timeout.
+func TestKeepAliveCancelNotOverwritten(t *testing.T) {
+	const rht = 3 * time.Second
+	tr := &keepAliveTransport{as: &agentSession{srv: &Server{cfg: Config{Limits: Limits{ResponseHeaderTimeout: rht}}}}}
+	relaySide, agentSide := net.Pipe()
+	defer agentSide.Close()
+	go io.Copy(io.Discard, agentSide) // a local server that never answers
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := &cancelOnWrite{Conn: relaySide, cancel: cancel, deadline: make(chan struct{})}
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://demo.7f000001-1f90/", nil)
+	start := time.Now()
+	_, err := tr.roundTrip(c, nil, req, "demo.7f000001-1f90")
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("roundTrip returned after %v (err %v): the visitor's cancellation was overwritten by the response header deadline", d.Round(time.Millisecond), err)
+	}
+	if err == nil {
+		t.Fatal("roundTrip succeeded")
 	}
 }

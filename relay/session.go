@@ -624,6 +624,7 @@ func (c *slotConn) Abort() {
 // tunnel.OpenOptions.Early).
 func (c *slotConn) AwaitReply() error { return c.Conn.(*tunnel.Stream).AwaitReply() }
 func (c *slotConn) Replied() bool     { return c.Conn.(*tunnel.Stream).Replied() }
+func (c *slotConn) Readable() bool    { return c.Conn.(*tunnel.Stream).Readable() }
 
 // roundTripErr is what a round trip on c that failed with err reports:
 // the request's own end if its context ended, and for a deadline that ran

@@ -367,6 +367,10 @@ func (c *Stream) readable() bool {
 	return !errors.Is(err, yamux.ErrTimeout)
 }
 
+// Readable reports whether a Read would return at once (data, the
+// peer's FIN, a failure): for an idle kept stream, that it is unusable.
+func (c *Stream) Readable() bool { return c.readable() }
+
 // Shrink drops the stream's receive buffer if it is empty. yamux keeps it
 // after every read, sized to the largest frame it held; a stream that goes
 // idle after a burst would pin that much memory until it closes. Join calls
