@@ -164,6 +164,17 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 		r.Body = &v.in
 	}
 	v.req = r
+	defer func() {
+		if p := recover(); p != nil {
+			// ReverseProxy aborts a response cut short (the visitor left,
+			// the local server crashed) with http.ErrAbortHandler: it is
+			// a request all the same.
+			if !v.detached {
+				v.finish()
+			}
+			panic(p)
+		}
+	}()
 	s.forward(v, r, name)
 	if v.detached {
 		return
