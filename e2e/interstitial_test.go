@@ -259,3 +259,24 @@ func wsEchoWith(t testing.TB, relayAddr, u string, hdr http.Header) string {
 	c.Close(websocket.StatusNormalClosure, "")
 	return string(msg)
 }
+
+// A phisher's own page elsewhere auto-submits a form to the tunnel: the
+// browser's top-level POST navigation (Sec-Fetch-Site cross-site, or
+// same-site from another tunnel under the relay's domain) lands the
+// visitor on the tunnel's content with the tunnel's URL in the address bar.
+// It is a first top-level visit like a link's GET and must get the warning
+// page, not the local server.
+func TestInterstitialCrossSitePostNavigation(t *testing.T) {
+	rl, local, base := startInterstitial(t)
+	c := noRedirects(visitorClient(rl.addr))
+	for _, site := range []string{"cross-site", "same-site"} {
+		before := local.hits.Load()
+		resp, body := doRequest(t, c, "POST", base+"/login", strings.NewReader("a=1"),
+			"Content-Type", "application/x-www-form-urlencoded", "Origin", "http://phish.example",
+			"Accept", "text/html,application/xhtml+xml,*/*;q=0.8",
+			"Sec-Fetch-Mode", "navigate", "Sec-Fetch-Dest", "document", "Sec-Fetch-Site", site)
+		if local.hits.Load() != before || resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "Continue to demo.localhost") {
+			t.Errorf("%s POST navigation: %d, reached the local server: %v\n%.200s", site, resp.StatusCode, local.hits.Load() != before, body)
+		}
+	}
+}

@@ -46,6 +46,11 @@ func compileAccess(name string, a *proto.Access) (*access, error) {
 				}
 				p = netip.PrefixFrom(addr, addr.BitLen())
 			}
+			if p.Addr().Is4In6() && p.Bits() >= 96 {
+				// Visitors' addresses are compared unmapped (allowsIP):
+				// so are the rules that name IPv4 addresses as IPv6.
+				p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+			}
 			*list.out = append(*list.out, p.Masked())
 		}
 	}
@@ -68,7 +73,9 @@ func (a *access) allowsIP(remote string) bool {
 	if err != nil {
 		return false
 	}
-	ip := ap.Addr().Unmap()
+	// Prefix.Contains never matches an address with a zone (a link-local
+	// visitor, "[fe80::1%eth0]:port"), which would pass every deny rule.
+	ip := ap.Addr().Unmap().WithZone("")
 	for _, p := range a.deny {
 		if p.Contains(ip) {
 			return false

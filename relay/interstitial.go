@@ -85,15 +85,23 @@ func (s *Server) interstitialCheck(w http.ResponseWriter, r *http.Request, host 
 
 // isNavigation reports whether r is a browser's top-level navigation: by
 // its Fetch Metadata when the browser sends it, otherwise (older browsers)
-// a plain GET that asks for HTML. Non-browser clients (curl, Go, Node)
+// a plain GET that asks for HTML. A POST is one only when another site's
+// form sent it (Fetch Metadata again), the way a phishing page would. Non-browser clients (curl, Go, Node)
 // send neither, and WebSocket handshakes, fetch, XHR and subresources all
 // fail one of the tests.
 func isNavigation(r *http.Request) bool {
-	if r.Method != http.MethodGet || r.Header.Get("Upgrade") != "" {
+	if r.Header.Get("Upgrade") != "" {
 		return false
 	}
-	mode, dest := r.Header.Get("Sec-Fetch-Mode"), r.Header.Get("Sec-Fetch-Dest")
-	if mode != "" || dest != "" || r.Header.Get("Sec-Fetch-Site") != "" {
+	mode, dest, site := r.Header.Get("Sec-Fetch-Mode"), r.Header.Get("Sec-Fetch-Dest"), r.Header.Get("Sec-Fetch-Site")
+	if r.Method != http.MethodGet {
+		// A form another site submits is a top-level navigation too: an
+		// auto-submitting one would otherwise skip the page. The tunnel's
+		// own forms (same-origin) pass.
+		return r.Method == http.MethodPost && strings.EqualFold(mode, "navigate") && strings.EqualFold(dest, "document") &&
+			(strings.EqualFold(site, "cross-site") || strings.EqualFold(site, "same-site"))
+	}
+	if mode != "" || dest != "" || site != "" {
 		return strings.EqualFold(mode, "navigate") && strings.EqualFold(dest, "document")
 	}
 	return strings.Contains(strings.ToLower(r.Header.Get("Accept")), "text/html")
