@@ -420,3 +420,66 @@ func TestRunRefusesOpenRelay(t *testing.T) {
 		t.Fatalf("open relay on 0.0.0.0: %v", err)
 	}
 }
+
+// An agent authenticated (at the upgrade) just before a reload that leaves
+// its token as it was, e.g. one that adds a token for someone else, and
+// sends its hello after it. Its token still owns the reserved name; the
+// claim must not refuse it as "reserved for another token", a permanent
+// error that stops the agent for good.
+func TestReloadDuringHandshakeKeepsReservedName(t *testing.T) {
+	alice := relay.Token{Name: "alice", Secret: "alice-secret-0123", Reserved: []string{"alice"}}
+	rl := startRelay(t, "", func(c *relay.Config) { c.Tokens = []relay.Token{alice} })
+	u, _ := url.Parse(rl.url())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := tunnel.DialControl(ctx, u, tunnel.DialOptions{Token: alice.Secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := tunnel.Client(conn, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	// The reload: alice's token unchanged, bob's added.
+	if err := rl.SetTokens([]relay.Token{alice, {Name: "bob", Secret: "bob-secret-01234"}}); err != nil {
+		t.Fatal(err)
+	}
+	ctrl, err := sess.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl.SetDeadline(time.Now().Add(10 * time.Second))
+	hello := &proto.Hello{Version: proto.Version, Tunnels: []proto.TunnelRequest{{Name: "alice"}}}
+	if err := proto.WriteMessage(ctrl, hello); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := proto.ReadAs[*proto.Welcome](ctrl); err != nil {
+		t.Fatalf("alice's agent claiming its reserved name after a reload: %v", err)
+	}
+}
+
+// An open relay locked down by a reload (the config file gains its first
+// tokens): the agents that connected without a token have no token in the
+// new set, so they are disconnected like agents whose token was removed,
+// rather than keeping their names for as long as they stay connected.
+func TestFirstTokensDisconnectAnonymousAgents(t *testing.T) {
+	rl := startRelay(t, "")
+	local := startLocal(t)
+	anon, _ := startAgent(t, rl.url(), []agent.Tunnel{{Name: "squat", Local: local.addr}})
+	if err := rl.SetTokens([]relay.Token{{Name: "alice", Secret: "alice-secret-0123"}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-anon.done:
+		anon.done <- err
+		if !errors.Is(err, proto.ErrUnauthorized) {
+			t.Fatalf("anonymous agent after the lock-down: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the anonymous agent kept running after the relay required tokens")
+	}
+	if status, _ := get(t, visitorClient(rl.addr), "http://squat.localhost/"); status != http.StatusNotFound {
+		t.Fatalf("the anonymous agent's name answers %d after the lock-down", status)
+	}
+}

@@ -71,7 +71,8 @@ func newTokenSet(tokens []Token) (*tokenSet, error) {
 			if len(strings.TrimSpace(t.Secret)) < 8 {
 				return nil, fmt.Errorf("token %q is shorter than 8 characters; use a long random token (e.g. openssl rand -hex 24)", t.Name)
 			}
-			tk.hash = sha256.Sum256([]byte(t.Secret))
+			// authenticate trims what agents present; so is the token.
+			tk.hash = sha256.Sum256([]byte(strings.TrimSpace(t.Secret)))
 		case t.SHA256 != "":
 			b, err := hex.DecodeString(t.SHA256)
 			if err != nil || len(b) != sha256.Size {
@@ -115,6 +116,21 @@ func (ts *tokenSet) match(secret string) *token {
 		}
 	}
 	return found
+}
+
+// current returns ts's token for tok, one of an earlier set: the same name
+// and hash. ok is false when the token is gone or changed, and for a nil
+// tok (auth was off) once ts has tokens.
+func (ts *tokenSet) current(tok *token) (cur *token, ok bool) {
+	if tok == nil {
+		return nil, len(ts.tokens) == 0
+	}
+	for _, t := range ts.tokens {
+		if t.Name == tok.Name && t.hash == tok.hash {
+			return t, true
+		}
+	}
+	return nil, false
 }
 
 // mayClaim checks that tok may claim name: names reserved for another token

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -295,4 +296,26 @@ func FuzzLoadConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A token written in the file with surrounding spaces ("token: ' abc…  '",
+// a paste) is accepted by the parser and the length check trims it, but
+// authenticate trims what the agent presents, so the untrimmed hash never
+// matches and the agent gets "token not accepted" for ever.
+func TestTokenWithSpacesInFileAuthenticates(t *testing.T) {
+	cfg, err := ParseConfig("relay.yaml", []byte("tokens:\n  - name: alice\n    token: \"alice-secret-0123 \"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Domain: "localhost", Tokens: cfg.Tokens})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, presented := range []string{"alice-secret-0123", "alice-secret-0123 "} {
+		r := httptest.NewRequest("GET", "/_tunnel/connect", nil)
+		r.Header.Set("Authorization", "Bearer "+presented)
+		if tok, err := s.authenticate(r); tok == nil || err != nil {
+			t.Errorf("presenting %q: %v", presented, err)
+		}
+	}
 }

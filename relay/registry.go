@@ -225,7 +225,7 @@ func (r *registry) sessionsWithout(keep func(owner string) bool) []*agentSession
 	var out []*agentSession
 	seen := map[*agentSession]bool{}
 	for name, e := range r.names {
-		if e.owner == "" || keep(e.owner) {
+		if keep(e.owner) {
 			continue
 		}
 		if e.sess != nil && !seen[e.sess] {

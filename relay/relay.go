@@ -298,7 +298,8 @@ func (s *Server) AuthOn() bool { return len(s.tokens.Load().tokens) > 0 }
 
 // SetTokens replaces the agent tokens, e.g. after the configuration file
 // changed. Agents whose token is gone are disconnected and their names
-// freed; the others keep running, and every later claim is checked against
+// freed, as are agents without a token once there are tokens; the others
+// keep running, and every later claim is checked against
 // the new tokens. An invalid set is refused and the old one stays.
 func (s *Server) SetTokens(tokens []Token) error {
 	ts, err := newTokenSet(tokens)
@@ -313,20 +314,23 @@ func (s *Server) SetTokens(tokens []Token) error {
 	for _, t := range ts.tokens {
 		current[t.Name] = t.hash
 	}
+	// Agents that connected while auth was off have no token: once there
+	// are tokens, theirs is gone too.
 	gone := s.reg.sessionsWithout(func(owner string) bool {
 		_, ok := current[owner]
-		return ok
+		return ok || (owner == "" && len(current) == 0)
 	})
 	s.mu.Lock()
 	for as := range s.sessions {
-		if as.tok != nil && current[as.tok.Name] != as.tok.hash && !slices.Contains(gone, as) {
+		stale := as.tok == nil && len(current) > 0 || as.tok != nil && current[as.tok.Name] != as.tok.hash
+		if stale && !slices.Contains(gone, as) {
 			gone = append(gone, as)
 		}
 	}
 	s.mu.Unlock()
 	for _, as := range gone {
-		as.log.Info("token removed or changed; disconnecting agent")
-		as.revokeWith(proto.Errorf(proto.CodeUnauthorized, "this agent's token was removed from the relay"))
+		as.log.Info("token removed or changed, or now required; disconnecting agent")
+		as.revokeWith(as.tokenGone())
 	}
 	s.log.Info("tokens reloaded", "tokens", len(ts.tokens))
 	return nil

@@ -351,6 +351,15 @@ func (as *agentSession) refuse(err error) {
 	as.sess.Close()
 }
 
+// tokenGone is the error of an agent whose token is no longer in the
+// relay's set: removed or changed, or none while the relay now needs one.
+func (as *agentSession) tokenGone() *proto.Error {
+	if as.tok == nil {
+		return proto.Errorf(proto.CodeUnauthorized, "the relay now requires an agent token; give one with --token")
+	}
+	return proto.Errorf(proto.CodeUnauthorized, "this agent's token was removed from the relay")
+}
+
 func newSecret() string {
 	var b [24]byte
 	rand.Read(b[:])
@@ -673,11 +682,18 @@ func (as *agentSession) claim(secret string, maxTunnels int, reqs []proto.Tunnel
 			pinged[s] = true
 		}
 		as.since = time.Now()
+		// A reload since the upgrade replaced every token object, changed
+		// or not: claim with the current one, and not at all if it is gone.
+		ts := as.srv.tokens.Load()
+		tok, ok := ts.current(as.tok)
+		if !ok {
+			return nil, nil, false, as.tokenGone()
+		}
 		names, replaced, reconnect, err = as.srv.reg.claim(claimant{
 			sess:       as,
 			secret:     secret,
-			tokens:     as.srv.tokens.Load(),
-			tok:        as.tok,
+			tokens:     ts,
+			tok:        tok,
 			maxTunnels: maxTunnels,
 			pinged:     pinged,
 			answering:  answering,
