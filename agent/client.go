@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -65,7 +67,18 @@ func newClient(cfg Config, u *url.URL, handle func(context.Context, *tunnel.Stre
 	for i, t := range cfg.Tunnels {
 		names[i] = t.Name
 	}
-	return &client{cfg: cfg, u: u, log: cfg.Logger.With("relay", u.Host), handle: handle, names: names}
+	return &client{cfg: cfg, u: u, log: cfg.Logger.With("relay", u.Host), handle: handle, names: names, secret: newSecret()}
+}
+
+// newSecret makes the agent's reconnect secret, sent from its first Hello
+// on: if that handshake's Welcome is lost (the connection drops after the
+// relay claimed the names), the names the relay holds are still the
+// agent's to reclaim. A secret the relay made would have been lost with
+// the Welcome, and the retry refused as name-taken for the grace period.
+func newSecret() string {
+	var b [24]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func (c *client) emit(ev Event) {

@@ -6,10 +6,13 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/agent"
+	"github.com/tunnel-dev/tunnel/proto"
+	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
 // cutProxy forwards TCP connections to target and can sever all of them at
@@ -199,5 +202,91 @@ func TestRelayRestart(t *testing.T) {
 		if status, _ := get(t, visitorClient(rl2.addr), a.urls[0]+"/"); status != 200 {
 			t.Fatalf("%s after restart: %d", a.urls[0], status)
 		}
+	}
+}
+
+// An agent sends a reconnect secret of its own from its first hello, and
+// the same one when it retries. If the first handshake's welcome is lost
+// (the connection drops after the relay claimed the names), the relay
+// holds the names for that secret, and the retry reclaims them; with a
+// secret the relay made up, lost with the welcome, the retry would be
+// refused as name-taken for the grace period, and the agent would stop.
+func TestAgentSecretFromFirstHello(t *testing.T) {
+	hellos := make(chan *proto.Hello, 2)
+	var handlers sync.WaitGroup
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var attempts atomic.Int32
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		handlers.Add(1)
+		defer handlers.Done()
+		conn, err := tunnel.AcceptControl(w, r)
+		if err != nil {
+			return
+		}
+		sess, err := tunnel.Server(conn, testLogger(t))
+		if err != nil {
+			conn.Close()
+			return
+		}
+		defer sess.Close()
+		ctrl, err := sess.Accept()
+		if err != nil {
+			return
+		}
+		ctrl.SetDeadline(time.Now().Add(10 * time.Second))
+		hello, err := proto.ReadAs[*proto.Hello](ctrl)
+		if err != nil {
+			return
+		}
+		hellos <- hello
+		if attempts.Add(1) == 1 {
+			return // the first welcome is lost: the connection drops
+		}
+		welcome := &proto.Welcome{Secret: hello.Secret, Grace: time.Minute, Server: "tunnel/test"}
+		for _, tr := range hello.Tunnels {
+			welcome.Tunnels = append(welcome.Tunnels, proto.Granted{Name: tr.Name, URL: "http://" + tr.Name + ".localhost"})
+		}
+		if proto.WriteMessage(ctrl, welcome) != nil {
+			return
+		}
+		proto.ReadMessage(ctrl) // until the agent leaves
+	})}
+	go srv.Serve(ln)
+	defer func() {
+		srv.Close()
+		handlers.Wait() // hijacked: Close does not wait for them
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- agent.Run(ctx, agent.Config{
+			Relay:      "http://" + ln.Addr().String(),
+			Tunnels:    []agent.Tunnel{{Name: "demo", Local: "127.0.0.1:1"}},
+			Logger:     testLogger(t),
+			MinBackoff: 10 * time.Millisecond,
+		})
+	}()
+	var first, retry *proto.Hello
+	for _, h := range []**proto.Hello{&first, &retry} {
+		select {
+		case *h = <-hellos:
+		case err := <-done:
+			t.Fatalf("agent stopped: %v", err)
+		case <-ctx.Done():
+			t.Fatal("no hello within 20 s")
+		}
+	}
+	cancel()
+	<-done
+	if len(first.Secret) < 16 || len(first.Secret) > 128 {
+		t.Fatalf("first hello's secret %q: want one of the agent's own, 16 to 128 characters", first.Secret)
+	}
+	if retry.Secret != first.Secret {
+		t.Errorf("retry's secret %q, want the first hello's %q", retry.Secret, first.Secret)
 	}
 }

@@ -110,8 +110,12 @@ type Hello struct {
 	// Tunnels lists the names the agent asks for; an empty Name asks the relay
 	// to pick a random one.
 	Tunnels []TunnelRequest `json:"tunnels"`
-	// Secret is the reconnect secret from an earlier Welcome, if any. It lets
-	// the agent reclaim names the relay holds for it after a disconnect.
+	// Secret is the reconnect secret: the one an earlier Welcome gave, or
+	// one the agent made (16 to 128 characters; an agent sends its own
+	// from the first Hello, so that names held after a first handshake
+	// whose Welcome was lost are still its to reclaim). It lets the agent
+	// reclaim names the relay holds for it after a disconnect. Empty: the
+	// relay makes one.
 	Secret string `json:"secret,omitempty"`
 	// Events asks the relay to send an Event per proxied request.
 	Events bool `json:"events,omitempty"`
