@@ -87,6 +87,11 @@ func newTokenSet(tokens []Token) (*tokenSet, error) {
 			if _, err := path.Match(p, "x"); err != nil {
 				return nil, fmt.Errorf("token %q: name pattern %q: %v", t.Name, p, err)
 			}
+			if strings.ContainsFunc(p, func(c rune) bool { return !strings.ContainsRune(patternChars, c) }) {
+				// A name is one lower-case label: a pattern with capitals
+				// or dots would match no name a visitor can reach.
+				return nil, fmt.Errorf("token %q: name pattern %q can match no tunnel name: names are lower-case letters, digits and '-' (with * ? [ ] as wildcards)", t.Name, p)
+			}
 		}
 		for _, n := range t.Reserved {
 			if err := proto.ValidateName(n); err != nil {
@@ -151,6 +156,10 @@ func (ts *tokenSet) mayClaim(tok *token, name string) error {
 	return proto.Errorf(proto.CodeNameNotAllowed, "this token may not claim %q; it may claim %s", name, strings.Join(append(append([]string{}, tok.Reserved...), tok.Names...), ", "))
 }
 
+// patternChars are those of a name pattern: a name's, and path.Match's
+// wildcards and classes.
+const patternChars = "abcdefghijklmnopqrstuvwxyz0123456789-*?[]^"
+
 // randomName returns a random name tok may claim: a readable random name,
 // prefixed to fit a pattern like "alice-*" when the token has patterns.
 func (ts *tokenSet) randomName(tok *token) (string, error) {
@@ -160,7 +169,7 @@ func (ts *tokenSet) randomName(tok *token) (string, error) {
 	for _, p := range tok.Names {
 		if prefix, ok := strings.CutSuffix(p, "*"); ok && !strings.ContainsAny(prefix, "*?[\\") {
 			n := prefix + proto.RandomName()
-			if len(n) <= proto.MaxNameLength && ts.mayClaim(tok, n) == nil {
+			if proto.ValidateName(n) == nil && ts.mayClaim(tok, n) == nil {
 				return n, nil
 			}
 		}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tunnel-dev/tunnel/proto"
 )
 
 // testSHA is the SHA-256 of "test".
@@ -136,6 +138,12 @@ func TestParseConfigErrors(t *testing.T) {
 			`relay.yaml:2: token "a": reserved name "Bad_Name" `},
 		{"bad pattern", "tokens:\n  - name: a\n    token: " + secret + "\n    names: [\"[a\"]\n",
 			`relay.yaml:2: token "a": name pattern "[a": syntax error in pattern`},
+		// A name is one lower-case label: such patterns would grant names
+		// that no visitor can reach (random names like Alice-sunny-fox-16).
+		{"pattern with capitals", "tokens:\n  - name: a\n    token: " + secret + "\n    names: [\"Alice-*\"]\n",
+			`relay.yaml:2: token "a": name pattern "Alice-*" can match no tunnel name: names are lower-case letters, digits and '-' (with * ? [ ] as wildcards)`},
+		{"pattern with a dot", "tokens:\n  - name: a\n    token: " + secret + "\n    names: [\"dev.*\"]\n",
+			`relay.yaml:2: token "a": name pattern "dev.*" can match no tunnel name`},
 		{"negative max_tunnels", "tokens:\n  - name: a\n    token: " + secret + "\n    max_tunnels: -1\n",
 			`relay.yaml:4: token "a": max_tunnels: must be at least 0, got -1`},
 		{"max_tunnels not a number", "tokens:\n  - name: a\n    token: " + secret + "\n    max_tunnels: many\n",
@@ -317,5 +325,21 @@ func TestTokenWithSpacesInFileAuthenticates(t *testing.T) {
 		if tok, err := s.authenticate(r); tok == nil || err != nil {
 			t.Errorf("presenting %q: %v", presented, err)
 		}
+	}
+}
+
+// A token's random name is a valid name: a pattern whose prefix cannot
+// start one ("-*") gives no random name rather than an invalid one.
+func TestRandomNameValid(t *testing.T) {
+	ts, err := newTokenSet([]Token{{Name: "a", Secret: "aaaaaaaaaa", Names: []string{"-*"}}, {Name: "b", Secret: "bbbbbbbbbb", Names: []string{"team-*"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ts.randomName(ts.tokens[0]); err == nil {
+		t.Errorf(`pattern "-*": random name %q, want an error`, n)
+	}
+	n, err := ts.randomName(ts.tokens[1])
+	if err != nil || !strings.HasPrefix(n, "team-") || proto.ValidateName(n) != nil {
+		t.Errorf(`pattern "team-*": random name %q, %v`, n, err)
 	}
 }
