@@ -279,6 +279,15 @@ func TestRelayOpenNeedsFlag(t *testing.T) {
 			strings.Contains(s, "--allow-no-auth")
 	})
 
+	// An address that is not one says so, not that it is beyond loopback.
+	bad := startTunnel(t, "bad-addr", nil, "relay", "--domain", "localhost", "--addr", "foo")
+	if code := bad.exitCode(t); code != 1 {
+		t.Fatalf("relay --addr foo exited %d, want 1", code)
+	}
+	bad.stderr.find(t, "the bad-address error", func(s string) bool {
+		return s == `tunnel: relay: listen address "foo" is not HOST:PORT (e.g. :443, 127.0.0.1:8000)`
+	})
+
 	open := startTunnel(t, "open", nil, append(args, "--allow-no-auth")...)
 	open.stderr.find(t, "the open-relay warning", func(s string) bool {
 		return strings.Contains(s, "level=WARN") && strings.Contains(s, "OPEN relay")

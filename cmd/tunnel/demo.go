@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -48,13 +49,19 @@ server, and an agent that exposes the app through the relay; then print the
 app's public URL. Open it in a browser to watch a WebSocket go through the
 tunnel. Ctrl-C stops everything.
 
-With --tls-cert and --tls-key (a certificate for localhost and *.localhost)
-the relay serves HTTPS and the page uses wss; --ca-file names the CA that
+With --tls-cert and --tls-key (a certificate for localhost and NAME.localhost,
+e.g. mkcert localhost demo.localhost: browsers and curl refuse a wildcard
+*.localhost) the relay serves HTTPS and the page uses wss; --ca-file names the CA that
 issued it, if the system does not trust it already.`,
 		Example: `  tunnel demo
   tunnel demo --tls-cert localhost.pem --tls-key localhost-key.pem --ca-file ca.pem`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if host, _, err := net.SplitHostPort(opts.Addr); err != nil {
+				return usageErrorf(cmd, "--addr %q is not HOST:PORT, e.g. 127.0.0.1:8000", opts.Addr)
+			} else if ip, err := netip.ParseAddr(host); host != "localhost" && (err != nil || !ip.IsLoopback()) {
+				return usageErrorf(cmd, "--addr %q is not a loopback address: the demo's relay has no tokens and serves this machine only; use 127.0.0.1:PORT", opts.Addr)
+			}
 			if (opts.TLSCert == "") != (opts.TLSKey == "") {
 				return usageErrorf(cmd, "--tls-cert and --tls-key go together: pass both, the certificate chain and its private key")
 			}
@@ -78,7 +85,7 @@ issued it, if the system does not trust it already.`,
 	fl := cmd.Flags()
 	fl.StringVar(&opts.Addr, "addr", "127.0.0.1:0", "the relay's listen `address` (port 0 picks a free one)")
 	fl.StringVarP(&opts.Name, "subdomain", "s", "demo", "tunnel `name`: the page is at http(s)://NAME.localhost:PORT")
-	fl.StringVar(&opts.TLSCert, "tls-cert", "", "certificate `file` (PEM) for localhost and *.localhost: serve the demo over HTTPS")
+	fl.StringVar(&opts.TLSCert, "tls-cert", "", "certificate `file` (PEM) for localhost and NAME.localhost: serve the demo over HTTPS")
 	fl.StringVar(&opts.TLSKey, "tls-key", "", "private key `file` (PEM) of --tls-cert")
 	fl.StringVar(&opts.CAFile, "ca-file", "", "PEM `file` of the CA that issued --tls-cert, if the system does not trust it")
 	return cmd

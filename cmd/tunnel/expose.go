@@ -139,6 +139,9 @@ fixes it instead.
 			if !cmd.Flags().Changed("port") {
 				return usageErrorf(cmd, "no local port: pass -p PORT, the port your local server listens on")
 			}
+			if !validLocalHost(opts.LocalHost) {
+				return usageErrorf(cmd, "--local-host %q is not a host name or IP address: give the host alone (the port is -p), e.g. localhost, 127.0.0.1 or ::1", opts.LocalHost)
+			}
 			if opts.CAFile != "" {
 				cfg, err := tlsConfigTrusting(opts.CAFile)
 				if err != nil {
@@ -150,8 +153,11 @@ fixes it instead.
 				if strings.TrimSpace(opts.Token) == "" {
 					return usageErrorf(cmd, "--token is empty: pass the relay's token, or leave --token out for a relay without tokens")
 				}
-			} else {
-				opts.Token = os.Getenv("TUNNEL_TOKEN")
+			} else if v := os.Getenv("TUNNEL_TOKEN"); v != "" {
+				if strings.TrimSpace(v) == "" {
+					return usageErrorf(cmd, "TUNNEL_TOKEN is only spaces: set it to the relay's token, or unset it for a relay without tokens")
+				}
+				opts.Token = v
 			}
 			opts.Token = strings.TrimSpace(opts.Token)
 			access, err := visitorRules(opts)
@@ -356,4 +362,21 @@ func (p *portFlag) Set(s string) error {
 	}
 	*p = portFlag(n)
 	return nil
+}
+
+// validLocalHost reports whether h can be --local-host: a host name or an
+// IP address, without a port, scheme or path.
+func validLocalHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, c := range h {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
 }

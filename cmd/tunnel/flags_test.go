@@ -78,6 +78,16 @@ func TestExposeFlags(t *testing.T) {
 		{name: "negative port", args: []string{"-p", "-1"}, wantErr: "want a TCP port from 1 to 65535"},
 		{name: "port not a number", args: []string{"-p", "http"}, wantErr: "want a TCP port from 1 to 65535"},
 		{name: "stray argument", args: []string{"-p", "80", "8080"}, wantErr: "takes no arguments"},
+		{
+			name: "IPv6 local host",
+			args: []string{"-p", "8080", "--local-host", "::1"},
+			want: ExposeOptions{Port: 8080, LocalHost: "::1", Relay: "http://localhost:8000"},
+		},
+		// The port is -p's: a host with one, a URL or nothing is refused
+		// here, not found out as a 502 by the first visitor.
+		{name: "local host with a port", args: []string{"-p", "8080", "--local-host", "localhost:8080"}, wantErr: `--local-host "localhost:8080" is not a host name or IP address`},
+		{name: "local host as a URL", args: []string{"-p", "8080", "--local-host", "http://localhost"}, wantErr: `--local-host "http://localhost" is not a host name`},
+		{name: "empty local host", args: []string{"-p", "8080", "--local-host", ""}, wantErr: `--local-host "" is not a host name`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -632,6 +642,9 @@ func TestDemoTLSFlags(t *testing.T) {
 		{[]string{"--tls-cert", "c.pem"}, "--tls-cert and --tls-key go together"},
 		{[]string{"--tls-key", "k.pem"}, "--tls-cert and --tls-key go together"},
 		{[]string{"--ca-file", "ca.pem"}, "--ca-file is the CA of --tls-cert"},
+		{[]string{"--addr", "foo"}, `--addr "foo" is not HOST:PORT`},
+		// The demo's relay has no tokens: it never listens beyond loopback.
+		{[]string{"--addr", "0.0.0.0:0"}, `--addr "0.0.0.0:0" is not a loopback address`},
 	} {
 		ran := false
 		err := execute(NewCmdDemo(testFactory(), func(*DemoOptions) error { ran = true; return nil }), tt.args...)
@@ -639,5 +652,18 @@ func TestDemoTLSFlags(t *testing.T) {
 		if ran {
 			t.Errorf("%q: runF ran despite the error", tt.args)
 		}
+	}
+}
+
+// TestExposeBlankTokenEnv checks that a TUNNEL_TOKEN of only spaces is
+// refused, like an empty --token, rather than taken for no token (the
+// relay would then ask for a token the user believes they gave).
+func TestExposeBlankTokenEnv(t *testing.T) {
+	t.Setenv("TUNNEL_TOKEN", "   ")
+	ran := false
+	err := execute(NewCmdExpose(testFactory(), func(*ExposeOptions) error { ran = true; return nil }), "-p", "8080")
+	checkUsageError(t, err, "TUNNEL_TOKEN is only spaces")
+	if ran {
+		t.Error("runF ran despite the error")
 	}
 }

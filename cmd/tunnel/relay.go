@@ -102,7 +102,7 @@ relay on which anyone can claim names.
       max_tunnels: 3               # default limits.max_tunnels_per_token
   limits:
     max_tunnels_per_token: 10      # names one token holds at once
-    max_streams_per_tunnel: 200    # open connections per tunnel (503 beyond)
+    max_streams_per_tunnel: 1000   # open connections per tunnel (503 beyond)
     conn_rate_per_ip: 50           # new connections per second; -1: no limit
     conn_rate_loopback: false      # limit loopback addresses too
     response_header_timeout: 60s   # wait for the local server (504 beyond)
