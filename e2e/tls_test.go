@@ -261,3 +261,21 @@ func TestHTTPRedirectsToHTTPS(t *testing.T) {
 		t.Fatalf("ServeRedirect: %v", err)
 	}
 }
+
+// A certificate file for another domain would fail every handshake, with
+// nothing in the relay's log above debug: the relay refuses to start, and
+// says why in one line.
+func TestTLSCertFileForAnotherDomain(t *testing.T) {
+	ca := newTestCA(t)
+	certPath, keyPath := ca.issue(t, t.TempDir(), "localhost", "*.localhost")
+	_, err := relay.New(relay.Config{Domain: "example.com", TLSCertFile: certPath, TLSKeyFile: keyPath, Logger: testLogger(t)})
+	want := "relay: --tls-cert " + certPath + " covers localhost, *.localhost, neither example.com nor a name under it: use a certificate for example.com and *.example.com, or the --domain it was made for"
+	if err == nil || err.Error() != want {
+		t.Fatalf("New = %v\nwant %s", err, want)
+	}
+	// A certificate for some names under the domain is enough.
+	certPath, keyPath = ca.issue(t, t.TempDir(), "demo.example.com")
+	if _, err := relay.New(relay.Config{Domain: "example.com", TLSCertFile: certPath, TLSKeyFile: keyPath, Logger: testLogger(t)}); err != nil {
+		t.Fatalf("a certificate for demo.example.com: %v", err)
+	}
+}

@@ -69,6 +69,14 @@ func newCerts(cfg *Config, reg *registry) (*certs, error) {
 			return nil, err
 		}
 		c.files = f
+		if !coversDomain(f.cert.Leaf, cfg.Domain) {
+			msg := fmt.Sprintf("--tls-cert %s covers %s, neither %s nor a name under it", cfg.TLSCertFile, strings.Join(f.cert.Leaf.DNSNames, ", "), cfg.Domain)
+			if cfg.ACME == nil {
+				// Every handshake would fail, and only a debug log would say why.
+				return nil, fmt.Errorf("relay: %s: use a certificate for %s and *.%s, or the --domain it was made for", msg, cfg.Domain, cfg.Domain)
+			}
+			cfg.Logger.Warn(msg + "; ACME serves every name")
+		}
 	}
 	if a := cfg.ACME; a != nil {
 		if !a.AcceptTOS {
@@ -97,6 +105,20 @@ func newCerts(cfg *Config, reg *registry) (*certs, error) {
 		}
 	}
 	return c, nil
+}
+
+// coversDomain reports whether leaf serves domain or a name under it (one
+// label, as tunnel names are).
+func coversDomain(leaf *x509.Certificate, domain string) bool {
+	if leaf.VerifyHostname(domain) == nil {
+		return true
+	}
+	for _, n := range leaf.DNSNames {
+		if label, ok := strings.CutSuffix(strings.ToLower(n), "."+domain); ok && label != "" && !strings.Contains(label, ".") {
+			return true
+		}
+	}
+	return false
 }
 
 // known reports whether name may have a certificate: the apex, or a tunnel
