@@ -203,6 +203,18 @@ func TestACMEStrangersCauseNoOrders(t *testing.T) {
 	if n := rl.ca.NewOrders(); n != before {
 		t.Fatalf("random server names caused %d ACME orders", n-before)
 	}
+	// Nor does a client that offers only RSA for a certified name: the
+	// relay's certificates are ECDSA, and autocert would order an RSA one.
+	conn, err := tls.DialWithDialer(d, "tcp", rl.addr, &tls.Config{
+		ServerName: "demo." + acmeDomain, RootCAs: rl.ca.Roots, MaxVersion: tls.VersionTLS12,
+		CipherSuites: []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256},
+	})
+	if err == nil {
+		conn.Close()
+	}
+	if n := rl.ca.NewOrders(); n != before {
+		t.Fatalf("an RSA-only handshake for a certified name caused %d ACME orders", n-before)
+	}
 }
 
 // A name whose order fails is reported to the agent in one line, and its

@@ -169,7 +169,22 @@ func (c *certs) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, er
 	if c.acme == nil {
 		return nil, fmt.Errorf("no certificate covers %q; the certificate file has other names and ACME is off", name)
 	}
-	return c.obtain(name, hello)
+	// Always the ECDSA certificate: autocert would order an RSA one for a
+	// client that offers only RSA, and anyone could make the relay place a
+	// second order for every name it serves. Every client of the last
+	// decade supports ECDSA.
+	return c.obtain(name, ecdsaHello(name))
+}
+
+// ecdsaHello is a modern client's hello for name, as far as autocert looks:
+// it picks the ECDSA certificate.
+func ecdsaHello(name string) *tls.ClientHelloInfo {
+	return &tls.ClientHelloInfo{
+		ServerName:       name,
+		CipherSuites:     []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
+		SignatureSchemes: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256},
+		SupportedCurves:  []tls.CurveID{tls.CurveP256},
+	}
 }
 
 // obtain asks autocert for name's certificate unless a recent order for it
@@ -207,12 +222,7 @@ func (c *certs) needsACME(name string) bool {
 // prefetch obtains name's certificate now, as a modern client's handshake
 // would (ECDSA), so the first visitor does not wait for the CA.
 func (c *certs) prefetch(name string) error {
-	_, err := c.obtain(name, &tls.ClientHelloInfo{
-		ServerName:       name,
-		CipherSuites:     []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
-		SignatureSchemes: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256},
-		SupportedCurves:  []tls.CurveID{tls.CurveP256},
-	})
+	_, err := c.obtain(name, ecdsaHello(name))
 	return err
 }
 
