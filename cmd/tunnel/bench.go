@@ -148,7 +148,10 @@ streams per tunnel (limits.max_streams_per_tunnel in a --config file).`,
 			if err := checkBenchOptions(opts); err != nil {
 				return usageErrorf(cmd, "%v", err)
 			}
-			if !fl.Changed("token") {
+			if fl.Changed("token") && opts.Relay == "" {
+				return usageErrorf(cmd, "--token is the agent token for --relay; the relay the bench starts itself needs none: drop --token, or add --relay URL")
+			}
+			if !fl.Changed("token") && opts.Relay != "" {
 				opts.Token = os.Getenv("TUNNEL_TOKEN")
 			}
 			if runF != nil {

@@ -292,6 +292,7 @@ func TestBenchFlags(t *testing.T) {
 		{name: "zero runs", args: []string{"--bulk-runs", "0"}, wantErr: "--bulk-runs must be"},
 		{name: "relay not a URL", args: []string{"--relay", "example.com"}, wantErr: "--relay wants an http:// or https:// URL"},
 		{name: "argument", args: []string{"now"}, wantErr: "takes no arguments"},
+		{name: "token without --relay", args: []string{"--token", "abc"}, wantErr: "--token is the agent token for --relay"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

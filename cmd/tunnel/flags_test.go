@@ -174,6 +174,7 @@ func TestRelayFlags(t *testing.T) {
 		{name: "no domain", wantErr: "no domain: pass --domain"},
 		{name: "zero drain timeout", args: []string{"--domain", "localhost", "--drain-timeout", "0"}, wantErr: "--drain-timeout must be positive"},
 		{name: "bad duration", args: []string{"--domain", "localhost", "--grace", "soon"}, wantErr: `invalid argument "soon"`},
+		{name: "state dir without ACME", args: []string{"--domain", "localhost", "--state-dir", "/s"}, wantErr: "--state-dir holds ACME keys and certificates, and nothing without --acme-accept-tos"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -310,6 +310,9 @@ func checkRelayMode(cmd *cobra.Command, opts *RelayOptions) error {
 				return usageErrorf(cmd, "--%s needs --acme-accept-tos: read the CA's terms of service (Let's Encrypt's: %s) and add --acme-accept-tos", name, letsEncryptTerms)
 			}
 		}
+		if fl.Changed("state-dir") {
+			return usageErrorf(cmd, "--state-dir holds ACME keys and certificates, and nothing without --acme-accept-tos: drop it, or add --acme-accept-tos")
+		}
 	}
 	domain := normDomain(opts.Domain)
 	if !opts.TLS() {
