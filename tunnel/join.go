@@ -168,8 +168,12 @@ var errIdle = errors.New("tunnel: join direction idle")
 // deep) and the runtime shrinks it only when a quarter of it is in use, so
 // a goroutine that has copied anything would keep 4-8 KiB through an idle
 // WebSocket's whole life; a fresh one waits on the smallest stack.
-func (j *joiner) run(dir Direction) {
-	err := j.pipe(dir)
+func (j *joiner) run(dir Direction) { j.runFrom(dir, false) }
+
+// runFrom is run; waited says that the direction comes from an idle wait
+// in resume (see pipe).
+func (j *joiner) runFrom(dir Direction, waited bool) {
+	err := j.pipe(dir, waited)
 	if err == errIdle {
 		j.idleWait(dir)
 		return
@@ -242,7 +246,7 @@ func (j *joiner) resume(dir Direction) {
 	if j.left.Load() == 2 {
 		WaitRead(j.src(dir))
 	}
-	j.run(dir)
+	j.runFrom(dir, true)
 }
 
 // aborter is a connection that can end with an error instead of a clean
@@ -276,7 +280,13 @@ var errAborted = errors.New("tunnel: join aborted")
 // bigLinger, costs no deadline call per message. A source without
 // deadlines is never declared idle: it gives its big buffer back after
 // every read that drained it instead.
-func (j *joiner) pipe(dir Direction) error {
+//
+// waited says that pipe follows resume's WaitRead. If its source then has
+// nothing to read for the whole idle wait, WaitRead could not wait for it
+// (a TCP connection outside Linux, a TLS connection or a wrapper that
+// cannot park): the direction waits in its small read, with no deadline
+// until data comes, instead of waking every bigLinger+parkAfter.
+func (j *joiner) pipe(dir Direction, waited bool) error {
 	src, dst, n := j.a, j.b, &j.counts.AToB
 	if dir == BToA {
 		src, dst, n = j.b, j.a, &j.counts.BToA
@@ -291,6 +301,7 @@ func (j *joiner) pipe(dir Direction) error {
 	deadlines := true   // src takes read deadlines
 	last := time.Now()  // when a write of what a read returned ended (or pipe began)
 	kicked := false     // the other direction's wake-up as it ended was seen (see run)
+	got := false        // a read has returned data
 	arm := func(t time.Time) {
 		if src.SetReadDeadline(t) == nil {
 			armed = t
@@ -351,6 +362,12 @@ func (j *joiner) pipe(dir Direction) error {
 			// Quiet is counted from here: a write that waited on a
 			// slow peer is not the source's silence.
 			last = time.Now()
+			got = true
+			if deadlines && armed.IsZero() {
+				// No deadline yet (a TLS handshake, a wait in the
+				// read): this direction must still go idle.
+				arm(last.Add(bigLinger + parkAfter))
+			}
 			switch {
 			case nr < len(buf) || len(buf) == bigBuf:
 			case big == nil:
@@ -399,6 +416,9 @@ func (j *joiner) pipe(dir Direction) error {
 				// back (if one is held), the small one waits on.
 				release()
 				arm(last.Add(bigLinger + parkAfter))
+			case waited && !got:
+				release()
+				arm(time.Time{})
 			default:
 				release()
 				src.SetReadDeadline(time.Time{})

@@ -2,6 +2,7 @@ package tunnel_test
 
 import (
 	"bytes"
+	"crypto/tls"
 	"io"
 	"net"
 	"testing"
@@ -185,5 +186,37 @@ func TestParkedTLSWakes(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Join did not return")
+	}
+}
+
+// TestJoinUnhandshakenTLSGoesIdle: a TLS connection joined before its
+// handshake gets no read deadline until data comes (TestJoinUnhandshakenTLS);
+// once data has come, the direction must still go idle like any other: give
+// its bigger buffer back and park on the socket. Without a deadline armed
+// after the first data it never does, and keeps its 32/128 KiB buffer and
+// its goroutine for the connection's whole life.
+func TestJoinUnhandshakenTLSGoesIdle(t *testing.T) {
+	cert, roots := testCert()
+	c, s := tcpPair(t)
+	a := tls.Server(s, &tls.Config{Certificates: []tls.Certificate{cert}})
+	b, server := tcpPair(t)
+	client := tls.Client(c, &tls.Config{ServerName: "tunnel.test", RootCAs: roots})
+	startJoin(t, client, a, b, server)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	msg := bytes.Repeat([]byte("x"), 64<<10) // fills the small buffer: takes a bigger one
+	go client.Write(msg)
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(server, make([]byte, len(msg))); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for !tunnel.TCPParked(s) {
+		if time.Now().After(deadline) {
+			t.Fatal("a TLS direction quiet for 2 s after its first data never parked (it holds its buffer and goroutine)")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
