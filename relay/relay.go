@@ -630,6 +630,9 @@ func Run(ctx context.Context, cfg Config, ready func(s *Server, addr net.Addr)) 
 	if err != nil {
 		return err
 	}
+	if _, _, err := net.SplitHostPort(s.cfg.Addr); err != nil {
+		return fmt.Errorf("relay: listen address %q is not HOST:PORT (e.g. :443, 127.0.0.1:8000)", s.cfg.Addr)
+	}
 	if !s.AuthOn() {
 		if !loopbackOnly(s.cfg.Addr) && !s.cfg.AllowNoAuth {
 			return errNoAuthOnPublic
