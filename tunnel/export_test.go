@@ -1,6 +1,10 @@
 package tunnel
 
-import "github.com/hashicorp/yamux"
+import (
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
 
 // ParkedStreams is how many of sess's streams have a Join direction parked
 // (for tests: a parked direction is otherwise invisible).
@@ -13,4 +17,12 @@ func ParkedStreams(sess *yamux.Session) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return len(w.parked)
+}
+
+// SetStreamCloseTimeout sets yamux's StreamCloseTimeout for the sessions
+// made from now on, and returns a func that restores it.
+func SetStreamCloseTimeout(d time.Duration) (restore func()) {
+	old := streamCloseTimeout
+	streamCloseTimeout = d
+	return func() { streamCloseTimeout = old }
 }

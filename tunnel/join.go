@@ -253,9 +253,26 @@ func (j *joiner) resume(dir Direction) {
 // close (Stream.Abort, and the relay's wrappers of a stream).
 type aborter interface{ Abort() }
 
+// abortConn ends c after an error so that its peer sees an error, not the
+// clean end of the data: a stream-reset for a stream, a TCP reset for a
+// TCP connection.
 func abortConn(c net.Conn) {
 	if a, ok := c.(aborter); ok {
 		a.Abort()
+		return
+	}
+	// A TCP connection (under TLS too, without its close_notify) ends
+	// with a reset: a FIN would tell its peer the data had all come.
+	raw := c
+	if tc, ok := c.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	if tcp, ok := raw.(*net.TCPConn); ok {
+		tcp.SetLinger(0)
+		tcp.Close()
+		if raw != c {
+			c.Close() // marks the tls.Conn closed; its alert cannot go out
+		}
 		return
 	}
 	c.Close()

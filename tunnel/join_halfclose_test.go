@@ -1,8 +1,10 @@
 package tunnel_test
 
 import (
+	"errors"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -85,4 +87,38 @@ func TestJoinHalfClosedOwnerClose(t *testing.T) {
 		f.st.Close()                       // as Resets.Reset does
 		joinEnds(t, f, "the owner closed the stream")
 	})
+}
+
+// A visitor that shut its write side and waits for the rest of the answer:
+// if yamux cuts the stream at its close timeout, the visitor sees its
+// connection reset, not a clean end that would pass a cut answer for a
+// whole one.
+func TestJoinHalfClosedCutIsReset(t *testing.T) {
+	t.Cleanup(tunnel.SetStreamCloseTimeout(300 * time.Millisecond)) // first: restored after everything else ends
+	client, a := tcpPair(t)
+	agent, relay, stop := sessionPair(t)
+	t.Cleanup(stop)
+	opened, accepted := rawStreamPair(t, relay, agent)
+	b, server := tunnel.NewStream(opened, nil), tunnel.NewStream(accepted, nil)
+	startJoin(t, client, a, b, server)
+
+	client.CloseWrite()
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := server.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("agent read %d, %v; want EOF", n, err)
+	}
+	go func() {
+		for range 10 {
+			if _, err := server.Write([]byte("x")); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		server.CloseWrite()
+	}()
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(client)
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("visitor read %d of 10 bytes, then %v; want the connection reset", len(got), err)
+	}
 }

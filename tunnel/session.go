@@ -44,6 +44,14 @@ func YamuxConfig(logger *slog.Logger) *yamux.Config {
 	return c
 }
 
+// streamCloseTimeout is yamux's StreamCloseTimeout: a stream whose write
+// side we closed (CloseWrite) is cut this long after, if the peer has not
+// closed its side by then, even while the peer is still sending. It bounds
+// what a peer that never finishes can pin (see DefaultGuardLimits); a
+// Stream reports such a cut as an error, not as the peer's end (Read).
+// A variable for tests.
+var streamCloseTimeout = time.Minute
+
 func yamuxConfig(logger *slog.Logger) (*yamux.Config, *logLimiter) {
 	c := yamux.DefaultConfig()
 	c.AcceptBacklog = 256
@@ -55,7 +63,7 @@ func yamuxConfig(logger *slog.Logger) (*yamux.Config, *logLimiter) {
 	// yamux's StreamOpenTimeout would close the whole session instead.
 	c.StreamOpenTimeout = 0
 	// A stream we closed whose peer never closes its side is freed after this.
-	c.StreamCloseTimeout = time.Minute
+	c.StreamCloseTimeout = streamCloseTimeout
 	c.LogOutput = nil
 	logs := &logLimiter{l: logger}
 	c.Logger = log.New(logs, "", 0)

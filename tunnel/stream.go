@@ -41,10 +41,14 @@ type Stream struct {
 	readTimer *time.Timer
 	yamuxRD   time.Time // the read deadline yamux has
 
-	sawEOF  atomic.Bool  // the peer finished writing
-	aborted atomic.Bool  // Abort ended it
-	readers atomic.Int32 // Reads inside yamux's Read
-	onClose func(c *Stream, peerDone bool)
+	sawEOF atomic.Bool // the peer finished writing
+	// closedWrite is when CloseWrite ran (UnixNano; 0: not yet). yamux
+	// cuts the stream streamCloseTimeout later if the peer has not
+	// finished, and its Read then returns io.EOF like the peer's FIN.
+	closedWrite atomic.Int64
+	aborted     atomic.Bool  // Abort ended it
+	readers     atomic.Int32 // Reads inside yamux's Read
+	onClose     func(c *Stream, peerDone bool)
 
 	// waker is the session's streamWaker, if it has one: Park needs it.
 	waker *streamWaker
@@ -83,6 +87,11 @@ func (r *pendingReply) answer() {
 		}
 	})
 }
+
+// ErrCloseTimeout is the error of a Read on a stream whose write side was
+// closed streamCloseTimeout (a minute) ago without the peer finishing its
+// own: yamux cut it, and what the peer sent since is lost.
+var ErrCloseTimeout = errors.New("tunnel: stream cut a minute after its write side closed, before the peer finished")
 
 // ErrNoReply is the error of an early stream whose agent did not answer
 // by OpenOptions.ReplyBy.
@@ -306,6 +315,12 @@ func (c *Stream) Read(b []byte) (int, error) {
 		return 0, c.mapErr("read", net.ErrClosed)
 	}
 	if err == io.EOF {
+		if t := c.closedWrite.Load(); t != 0 && time.Since(time.Unix(0, t)) >= streamCloseTimeout {
+			// yamux's close timeout, not the peer's end: a clean EOF
+			// would pass a cut-off answer for a complete one. (A FIN
+			// that comes later is dropped: it cannot be one.)
+			return n, c.mapErr("read", ErrCloseTimeout)
+		}
 		c.sawEOF.Store(true)
 	}
 	return n, c.mapErr("read", err)
@@ -410,6 +425,7 @@ func (c *Stream) Write(b []byte) (int, error) {
 
 // CloseWrite sends a FIN: the peer reads EOF, this side can still read.
 func (c *Stream) CloseWrite() error {
+	c.closedWrite.CompareAndSwap(0, time.Now().UnixNano())
 	return c.s.Close()
 }
 

@@ -551,3 +551,32 @@ func TestStreamReadDeadlineMoved(t *testing.T) {
 		t.Errorf("timed out after %v, before its 30 ms deadline", d)
 	}
 }
+
+// yamux cuts a stream StreamCloseTimeout after its write side closed, if
+// the peer has not finished by then, even while the peer still sends. The
+// Read that meets the cut fails with ErrCloseTimeout: a clean io.EOF would
+// pass what arrived for the whole of the peer's data.
+func TestStreamCloseTimeoutIsNotEOF(t *testing.T) {
+	t.Cleanup(tunnel.SetStreamCloseTimeout(300 * time.Millisecond)) // first: restored after everything else ends
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	opened, accepted := rawStreamPair(t, relay, agent)
+	st := tunnel.NewStream(opened, nil)
+	if err := st.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { // the peer answers slowly, for longer than the timeout
+		for range 10 {
+			if _, err := accepted.Write([]byte("x")); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		accepted.Close()
+	}()
+	st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(st)
+	if !errors.Is(err, tunnel.ErrCloseTimeout) {
+		t.Fatalf("read %d bytes, then %v; want tunnel.ErrCloseTimeout", len(got), err)
+	}
+}
