@@ -208,6 +208,9 @@ func (c *Config) check(needLocal bool) (*url.URL, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("relay %q is not a URL like http://localhost:8000 or https://example.com", c.Relay)
 	}
+	if !bareRelayURL(u) {
+		return nil, fmt.Errorf("relay %q has more than a scheme and a host, which the agent would ignore: give it as %s://%s", c.Relay, u.Scheme, u.Host)
+	}
 	seen := map[string]bool{}
 	for _, t := range c.Tunnels {
 		if t.Name != "" {
@@ -405,3 +408,9 @@ func (t *Tunnel) localTLSConfig() *tls.Config {
 func ValidateHostHeader(v string) error { return proto.ValidateHostHeader(v) }
 
 // checkDNSName accepts labels of letters, digits, '-' and '_', 1 to 63
+
+// bareRelayURL reports whether u is a relay's URL with nothing the agent
+// would drop: no path but "/", no query, fragment or user.
+func bareRelayURL(u *url.URL) bool {
+	return (u.Path == "" || u.Path == "/") && u.RawQuery == "" && u.Fragment == "" && u.User == nil && !u.ForceQuery
+}

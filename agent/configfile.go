@@ -123,6 +123,9 @@ func (p *configParser) parseRoot(n *yaml.Node, cfg *Config) error {
 			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 				return p.Errorf(v, "relay %q is not a URL like https://example.com or http://localhost:8000", cfg.Relay)
 			}
+			if !bareRelayURL(u) {
+				return p.Errorf(v, "relay %q has more than a scheme and a host, which the agent would ignore: give it as %s://%s", cfg.Relay, u.Scheme, u.Host)
+			}
 		case "token", "token_file":
 			if tokenKey != nil {
 				return p.Errorf(k, "token and token_file do not go together (the other is at line %d); keep one", tokenKey.Line)

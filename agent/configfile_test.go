@@ -156,6 +156,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"two documents", "tunnels:\n  - port: 1\n---\ntunnels:\n  - port: 2\n", "t.yaml:3: a second YAML document"},
 		{"relay not a URL", "relay: example.com\ntunnels:\n  - port: 1\n", `t.yaml:1: relay "example.com" is not a URL`},
 		{"relay ftp", "relay: ftp://example.com\ntunnels:\n  - port: 1\n", `t.yaml:1: relay "ftp://example.com" is not a URL`},
+		{"relay with a path", "relay: https://example.com/tunnel?x=1\ntunnels:\n  - port: 1\n", `t.yaml:1: relay "https://example.com/tunnel?x=1" has more than a scheme and a host, which the agent would ignore: give it as https://example.com`},
 		{"port 0", "tunnels:\n  - port: 0\n", `t.yaml:2: tunnel 1: port: want a TCP port from 1 to 65535, got "0"`},
 		{"port word", "tunnels:\n  - port: http\n", `t.yaml:2: tunnel 1: port: want a TCP port from 1 to 65535, got "http"`},
 		{"port too big", "tunnels:\n  - port: 70000\n", `want a TCP port from 1 to 65535, got "70000"`},

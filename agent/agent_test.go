@@ -1,0 +1,30 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+)
+
+// A relay URL is its scheme and host: a path, query, fragment or user,
+// which the agent would drop without a word, is refused in one line.
+func TestConfigRelayURL(t *testing.T) {
+	for relay, want := range map[string]string{
+		"https://example.com":             "",
+		"https://example.com/":            "",
+		"http://localhost:8000":           "",
+		"example.com":                     `relay "example.com" is not a URL like http://localhost:8000 or https://example.com`,
+		"https://example.com/tunnel?x=1":  `relay "https://example.com/tunnel?x=1" has more than a scheme and a host, which the agent would ignore: give it as https://example.com`,
+		"https://user:pw@example.com":     `has more than a scheme and a host`,
+		"https://example.com/#fragment":   `has more than a scheme and a host`,
+		"http://localhost:8000/some/path": `give it as http://localhost:8000`,
+	} {
+		c := Config{Relay: relay, Tunnels: []Tunnel{{Name: "demo", Local: "127.0.0.1:8080"}}}
+		_, err := c.check(true)
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("%s: %v", relay, err)
+		case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+			t.Errorf("%s: %v, want an error containing %q", relay, err, want)
+		}
+	}
+}
