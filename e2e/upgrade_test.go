@@ -2,11 +2,15 @@ package e2e
 
 import (
 	"bufio"
+	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -126,5 +130,106 @@ func TestUpgradeResponseHeaderTimeout(t *testing.T) {
 	}
 	if resp.StatusCode != http.StatusGatewayTimeout {
 		t.Fatalf("status %d, want 504", resp.StatusCode)
+	}
+}
+
+// a local WebSocket server that crashes (RST) mid-stream: the visitor
+// must see a reset, not a clean FIN (architecture.md: "An error in either
+// direction aborts both ... a TCP connection a TCP reset").
+func TestUpgradeLocalCrashResetsVisitor(t *testing.T) {
+	local := serveConns(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\npartial-frame")
+		time.Sleep(100 * time.Millisecond)
+		c.(*net.TCPConn).SetLinger(0) // crash: RST
+	})
+	rl := startRelay(t, "")
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "up", Local: local}})
+	c := abuseDial(t, rl.addr, nil)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, upgradeRequest)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("handshake: %v %v", resp, err)
+	}
+	rest, err := io.ReadAll(br)
+	t.Logf("visitor read %q, err %v", rest, err)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("visitor's WebSocket ended with %v after the local server crashed; want a connection reset, not a clean close", err)
+	}
+}
+
+// the body of an upgrade request is bytes from the visitor to the
+// agent, but it is not counted in bytes_in (access log, metrics, event).
+func TestUpgradeBodyCounted(t *testing.T) {
+	var logBuf lockedBuffer
+	local := serveConns(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		// then close: the WebSocket ends
+	})
+	rl := startRelay(t, "", func(c *relay.Config) { c.AccessLog = slog.New(slog.NewTextHandler(&logBuf, nil)) })
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "up", Local: local}})
+	c := abuseDial(t, rl.addr, nil)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	body := strings.Repeat("b", 1000)
+	fmt.Fprintf(c, "POST /ws HTTP/1.1\r\nHost: up.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("handshake: %v %v", resp, err)
+	}
+	io.ReadAll(br)
+	c.Close()
+	waitFor(t, 10*time.Second, "access line", func() bool { return strings.Contains(logBuf.String(), "msg=access") })
+	line := logBuf.String()
+	t.Log(line)
+	if !strings.Contains(line, "bytes_in=1000") {
+		t.Fatalf("access line for an upgrade with a 1000-byte body: %s; want bytes_in=1000", line)
+	}
+}
+
+// an upgrade request whose body takes longer than ResponseHeaderTimeout
+// to arrive gets a 504 "Local server did not answer", although the local
+// server answers at once once it has the body: the timeout runs from the
+// start of the request, not from its end as for other requests.
+func TestUpgradeSlowBodyNotTimedOut(t *testing.T) {
+	local := serveConns(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		io.Copy(io.Discard, br)
+	})
+	rl := startRelay(t, "", func(c *relay.Config) { c.Limits.ResponseHeaderTimeout = 500 * time.Millisecond })
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "up", Local: local}})
+	c := abuseDial(t, rl.addr, nil)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "POST /ws HTTP/1.1\r\nHost: up.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 4\r\n\r\n")
+	for i := 0; i < 4; i++ { // 4 bytes over 1.2 s
+		time.Sleep(300 * time.Millisecond)
+		io.WriteString(c, "x")
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade whose body took 1.2 s, local server answering at once after it: status %d, want 101", resp.StatusCode)
 	}
 }

@@ -197,7 +197,8 @@ func (s *Server) account(v *visitReq, r *http.Request, name string) {
 	in, out := v.in.n.Load(), v.rec.bytes.Load()
 	ws := v.rec.hijacked != nil
 	if ws && v.up != nil {
-		in, out = v.up.counts.AToB.Load(), v.up.counts.BToA.Load()
+		// The upgrade request's body, then the WebSocket's data.
+		in, out = in+v.up.counts.AToB.Load(), v.up.counts.BToA.Load()
 	}
 	s.metrics.request(status)
 	s.accessLog(r, status, d, in, out, ws)
@@ -478,6 +479,14 @@ func (c *trackedConn) Park(resume func()) bool { return tunnel.Park(c.Conn, resu
 
 // Unpark passes Join's wake-up on to the visitor's connection.
 func (c *trackedConn) Unpark() { tunnel.Unpark(c.Conn) }
+
+// Abort ends the visitor's connection after an error with a TCP reset
+// (under TLS too, without close_notify), as tunnel.Join does for a bare
+// connection: the visitor must not take the end for a clean close.
+func (c *trackedConn) Abort() {
+	tunnel.ResetConn(c.Conn)
+	c.Close() // untracks it
+}
 
 // CloseWrite keeps half-close working through the wrapper.
 func (c *trackedConn) CloseWrite() error {

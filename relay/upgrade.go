@@ -134,23 +134,39 @@ func (t upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Until the response header is in, the request's context and the
-	// response header timeout bound every read and write on the stream;
-	// the timeout first, so that a cancellation cannot be overwritten.
-	if d := t.as.srv.cfg.Limits.ResponseHeaderTimeout; d > 0 {
-		st.SetDeadline(time.Now().Add(d))
+	// Until the response header is in, the request's context bounds every
+	// read and write on the stream, and the response header timeout runs
+	// from the end of the request (its body included), as for other
+	// requests; the timeout is set first, so that a cancellation cannot
+	// be overwritten.
+	rht := t.as.srv.cfg.Limits.ResponseHeaderTimeout
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	if rht > 0 && !hasBody {
+		st.SetDeadline(time.Now().Add(rht))
 	}
-	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Unix(1, 0)) })
+	cancel := func() { st.SetDeadline(time.Unix(1, 0)) }
+	stop := context.AfterFunc(ctx, cancel)
 	var res *http.Response
 	var br *bufio.Reader
-	if a, ok := st.(interface{ AwaitReply() error }); ok && req.Body != nil && req.Body != http.NoBody {
+	if a, ok := st.(interface{ AwaitReply() error }); ok && hasBody {
 		// A body may trickle in for as long as the request's deadline
 		// allows; the agent's answer, and the opening slot it frees,
 		// must not wait for it.
 		err = a.AwaitReply()
 	}
 	if err == nil {
-		res, br, err = roundTripOn(st, req)
+		var written func() error
+		if rht > 0 && hasBody {
+			written = func() error {
+				if !stop() {
+					return ctx.Err()
+				}
+				st.SetDeadline(time.Now().Add(rht))
+				stop = context.AfterFunc(ctx, cancel)
+				return nil
+			}
+		}
+		res, br, err = roundTripOn(st, req, written)
 	}
 	if err != nil || ctx.Err() != nil {
 		stop()
@@ -180,12 +196,17 @@ func (t upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // the keep-alive transport's MaxResponseHeaderBytes bounds the others.
 const maxUpgradeResponseHeader = 64 << 10
 
-// roundTripOn writes req on c and reads the response, skipping interim
-// (1xx) responses other than 101. The header, interim ones included, may
-// be at most maxUpgradeResponseHeader bytes.
-func roundTripOn(c net.Conn, req *http.Request) (*http.Response, *bufio.Reader, error) {
+// roundTripOn writes req on c, calls written (if not nil), and reads the
+// response, skipping interim (1xx) responses other than 101. The header,
+// interim ones included, may be at most maxUpgradeResponseHeader bytes.
+func roundTripOn(c net.Conn, req *http.Request, written func() error) (*http.Response, *bufio.Reader, error) {
 	if err := req.Write(c); err != nil {
 		return nil, nil, err
+	}
+	if written != nil {
+		if err := written(); err != nil {
+			return nil, nil, err
+		}
 	}
 	lr := &io.LimitedReader{R: c, N: maxUpgradeResponseHeader}
 	br := bufio.NewReaderSize(lr, upgradeReadBuf)
@@ -315,6 +336,15 @@ func (c *bufferedVisitor) Park(resume func()) bool {
 
 // Unpark passes Join's wake-up on to the visitor's connection.
 func (c *bufferedVisitor) Unpark() { tunnel.Unpark(c.Conn) }
+
+// Abort lets Join's abort reach the visitor's connection as a reset.
+func (c *bufferedVisitor) Abort() {
+	if a, ok := c.Conn.(interface{ Abort() }); ok {
+		a.Abort()
+		return
+	}
+	c.Conn.Close()
+}
 
 func (c *bufferedVisitor) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {

@@ -261,21 +261,23 @@ func abortConn(c net.Conn) {
 		a.Abort()
 		return
 	}
-	// A TCP connection (under TLS too, without its close_notify) ends
-	// with a reset: a FIN would tell its peer the data had all come.
-	raw := c
+	ResetConn(c)
+	c.Close() // after a reset, only marks a tls.Conn closed
+}
+
+// ResetConn closes c with a TCP reset if it is a TCP connection, or TLS
+// over one (without its close_notify), and reports whether it was: a FIN
+// or a close_notify would tell the peer that the data had all come.
+func ResetConn(c net.Conn) bool {
 	if tc, ok := c.(*tls.Conn); ok {
-		raw = tc.NetConn()
+		c = tc.NetConn()
 	}
-	if tcp, ok := raw.(*net.TCPConn); ok {
+	tcp, ok := c.(*net.TCPConn)
+	if ok {
 		tcp.SetLinger(0)
 		tcp.Close()
-		if raw != c {
-			c.Close() // marks the tls.Conn closed; its alert cannot go out
-		}
-		return
 	}
-	c.Close()
+	return ok
 }
 
 // errAborted is pipe's result when a connection was closed under it, by the
