@@ -3,8 +3,11 @@ package agent
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/tunnel-dev/tunnel/proto"
 	"github.com/tunnel-dev/tunnel/tunnel"
@@ -20,6 +23,12 @@ type Listener struct {
 	done   chan struct{} // closed when the reconnect loop has ended
 	err    error         // why it ended, set before done is closed
 	once   sync.Once
+
+	closed  chan struct{} // closed by Close: Accept fails, new streams are refused
+	mu      sync.Mutex
+	closing bool // Close was called
+	live    int  // accepted connections not closed yet
+	drains  sync.WaitGroup
 }
 
 // Listen claims a public name on the relay and returns a Listener for it. It
@@ -39,15 +48,17 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	l := &Listener{conns: make(chan net.Conn), cancel: cancel, done: make(chan struct{})}
+	l := &Listener{conns: make(chan net.Conn), cancel: cancel, done: make(chan struct{}), closed: make(chan struct{})}
 	c := newClient(cfg, u, func(ctx context.Context, st *tunnel.Stream, _ string, _ int, _ *sync.WaitGroup) {
 		if err := st.Accept(); err != nil {
 			st.Close()
 			return
 		}
 		select {
-		case l.conns <- st:
+		case l.conns <- &listenConn{Stream: st, l: l}:
 		case <-ctx.Done():
+			st.Close()
+		case <-l.closed:
 			st.Close()
 		}
 	})
@@ -89,8 +100,23 @@ func (l *Listener) URL() string { return l.url }
 // visitor's address as the relay saw it.
 func (l *Listener) Accept() (net.Conn, error) {
 	select {
+	case <-l.closed:
+		return nil, net.ErrClosed
+	default:
+	}
+	select {
 	case c := <-l.conns:
+		l.mu.Lock()
+		if l.closing {
+			l.mu.Unlock()
+			c.(*listenConn).Stream.Close()
+			return nil, net.ErrClosed
+		}
+		l.live++
+		l.mu.Unlock()
 		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
 	case <-l.done:
 		if l.err != nil {
 			return nil, l.err
@@ -99,12 +125,93 @@ func (l *Listener) Accept() (net.Conn, error) {
 	}
 }
 
-// Close releases the name at the relay and stops reconnecting. It returns
-// once the connection to the relay is closed.
+// Close stops accepting, as closing a TCP listener does: Accept returns
+// net.ErrClosed at once, and connections it returned go on until they are
+// closed (http.Server.Shutdown closes the listener first, then waits for
+// the requests in flight). Once none is open, the name is released at the
+// relay and reconnecting stops; if none is open when Close is called, it
+// returns once the connection to the relay is closed.
 func (l *Listener) Close() error {
 	l.once.Do(func() {
+		l.mu.Lock()
+		l.closing = true
+		live := l.live
+		l.mu.Unlock()
+		close(l.closed)
+		if live == 0 {
+			l.cancel()
+			<-l.done
+			l.drains.Wait()
+		}
+	})
+	return nil
+}
+
+// connClosed counts a closed connection, and releases the name when it
+// was the last one of a closed Listener.
+func (l *Listener) connClosed() {
+	l.mu.Lock()
+	l.live--
+	last := l.closing && l.live == 0
+	l.mu.Unlock()
+	if last {
 		l.cancel()
-		<-l.done
+	}
+}
+
+// closeLinger bounds how long a closed connection waits for the relay to
+// finish with it before it is reset.
+const closeLinger = 10 * time.Second
+
+// listenConn is a visitor connection Accept returned. Its Close is a TCP
+// close: what was written reaches the visitor. A Stream's own Close resets
+// the stream when the relay has not finished with it yet, and the relay
+// then drops what it had not forwarded; this one sends a FIN and waits for
+// the relay's end (at most closeLinger) before it closes the stream.
+type listenConn struct {
+	*tunnel.Stream
+	l       *Listener
+	once    sync.Once
+	closed  atomic.Bool
+	readers atomic.Int32
+}
+
+func (c *listenConn) Read(p []byte) (int, error) {
+	if c.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	c.readers.Add(1)
+	n, err := c.Stream.Read(p)
+	c.readers.Add(-1)
+	if err != nil && c.closed.Load() {
+		err = net.ErrClosed
+	}
+	return n, err
+}
+
+func (c *listenConn) Write(p []byte) (int, error) {
+	if c.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	return c.Stream.Write(p)
+}
+
+func (c *listenConn) Close() error {
+	c.once.Do(func() {
+		c.closed.Store(true)
+		c.Stream.CloseWrite()                     // a FIN after everything written
+		c.Stream.SetReadDeadline(time.Unix(1, 0)) // wake a blocked Read
+		c.l.drains.Add(1)
+		go func() {
+			defer c.l.drains.Done()
+			for i := 0; c.readers.Load() > 0 && i < 1000; i++ {
+				time.Sleep(time.Millisecond)
+			}
+			c.Stream.SetReadDeadline(time.Now().Add(closeLinger))
+			io.Copy(io.Discard, c.Stream) // until the relay's FIN, the session's end, or the linger
+			c.Stream.Close()              // a stream-reset only if the relay has not finished
+		}()
+		c.l.connClosed()
 	})
 	return nil
 }

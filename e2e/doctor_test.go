@@ -269,3 +269,17 @@ func TestDoctorACMEFails(t *testing.T) {
 	expectText(t, rep, doctor.CheckHTTP, "GET https://", "see TLS tunnel")
 	expectText(t, rep, doctor.CheckWebSocket, "wss://", "see TLS tunnel")
 }
+
+// A relay that asks no token never checked the one the doctor was given:
+// the agent check must not report it "accepted".
+func TestDoctorTokenNotChecked(t *testing.T) {
+	rl := startRelay(t, "") // no tokens
+	rep := runDoctor(t, doctor.Config{Relay: rl.url(), Token: "a-token-with-a-typo", LookupHost: doctorDNS("localhost", true)})
+	c, ok := rep.Find(doctor.CheckAgent)
+	if !ok {
+		t.Fatal("no agent check")
+	}
+	if strings.Contains(c.Detail, "token accepted") {
+		t.Fatalf("agent check %s: %q, but this relay checks no token", c.Status, c.Detail)
+	}
+}

@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -87,5 +89,144 @@ func TestListenNameTaken(t *testing.T) {
 	_, err = agent.Listen(context.Background(), agent.Config{Relay: rl.url(), Tunnels: []agent.Tunnel{{Name: "dup"}}, Logger: testLogger(t)})
 	if err == nil || !strings.Contains(err.Error(), "in use by another agent") {
 		t.Fatalf("second Listen: %v", err)
+	}
+}
+
+// A program that serves a Listener connection the way it would a TCP one —
+// write the whole answer, then Close — must have all of it delivered, as
+// TCP delivers everything written before close.
+func TestListenWriteThenClose(t *testing.T) {
+	rl := startRelay(t, "")
+	ln, err := agent.Listen(context.Background(), agent.Config{Relay: rl.url(), Tunnels: []agent.Tunnel{{Name: "wc"}}, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const size = 4 << 20
+	body := strings.Repeat("x", size)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		br := bufio.NewReader(c)
+		for { // read the request head
+			line, err := br.ReadString('\n')
+			if err != nil || line == "\r\n" {
+				break
+			}
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", size, body)
+		c.Close()
+	}()
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", rl.addr)
+	}}
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", ln.URL()+"/", nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // a visitor that reads a little later
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	<-served
+	if n != size || err != nil {
+		t.Fatalf("visitor got %d of %d bytes, err %v", n, size, err)
+	}
+}
+
+// The same through http.Serve: a response with Connection: close to a
+// visitor that reads it within a couple of seconds.
+func TestListenHTTPConnectionClose(t *testing.T) {
+	rl := startRelay(t, "")
+	ln, err := agent.Listen(context.Background(), agent.Config{Relay: rl.url(), Tunnels: []agent.Tunnel{{Name: "hc"}}, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const size = 4 << 20
+	body := strings.Repeat("x", size)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		io.WriteString(w, body)
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", rl.addr)
+	}}
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", ln.URL()+"/", nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // a visitor on a slow link
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if n != size || err != nil {
+		t.Fatalf("visitor got %d of %d bytes, err %v", n, size, err)
+	}
+}
+
+// http.Server.Shutdown on an agent.Listener must let the request in flight
+// finish, as it does on a TCP listener: Shutdown closes the listener first,
+// then waits for active connections.
+func TestListenGracefulShutdown(t *testing.T) {
+	rl := startRelay(t, "")
+	ln, err := agent.Listen(context.Background(), agent.Config{Relay: rl.url(), Tunnels: []agent.Tunnel{{Name: "gs"}}, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	entered := make(chan struct{})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		time.Sleep(500 * time.Millisecond) // a request in flight
+		io.WriteString(w, "finished")
+	})}
+	go srv.Serve(ln)
+	type result struct {
+		status int
+		body   string
+		err    error
+	}
+	res := make(chan result, 1)
+	go func() {
+		c := visitorClient(rl.addr)
+		resp, err := c.Get(ln.URL() + "/")
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		res <- result{resp.StatusCode, string(b), err}
+	}()
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("request did not arrive")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	select {
+	case r := <-res:
+		if r.err != nil || r.status != 200 || r.body != "finished" {
+			t.Fatalf("request in flight during Shutdown: status %d body %q err %v; want 200 \"finished\"", r.status, r.body, r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer")
 	}
 }

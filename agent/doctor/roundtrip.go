@@ -106,10 +106,20 @@ func (d *doctor) connect(ctx context.Context) (*tempTunnel, Check) {
 	tt.serve(ctx)
 
 	auth := "no token needed"
+	c.Status = Pass
 	if d.cfg.Token != "" {
 		auth = "token accepted"
+		// A relay without tokens lets any agent in: the token was not
+		// checked, and a wrong one would pass too.
+		pctx, pcancel := d.timeout(ctx)
+		if conn, err := tunnel.DialControl(pctx, d.u, tunnel.DialOptions{TLSConfig: &tls.Config{RootCAs: d.cfg.RootCAs}, DialContext: d.dial}); err == nil {
+			conn.Close()
+			auth = "the relay asks no token, so the one given was not checked"
+			c.Status = Warn
+			c.Fix = "anyone who reaches this relay can claim names: give it agent tokens (tunnel relay --token or its --config)"
+		}
+		pcancel()
 	}
-	c.Status = Pass
 	c.Detail = fmt.Sprintf("connected to %s (%s) and got the temporary tunnel %s in %s", d.hostPort(), auth, u, roundLatency(c.Latency))
 	return tt, c
 }
