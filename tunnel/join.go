@@ -302,9 +302,9 @@ var errAborted = errors.New("tunnel: join aborted")
 //
 // waited says that pipe follows resume's WaitRead. If its source then has
 // nothing to read for the whole idle wait, WaitRead could not wait for it
-// (a TCP connection outside Linux, a TLS connection or a wrapper that
-// cannot park): the direction waits in its small read, with no deadline
-// until data comes, instead of waking every bigLinger+parkAfter.
+// (a TCP or TLS connection outside Linux, a wrapper that cannot park): the
+// direction waits in its small read, with no deadline until data comes,
+// instead of waking every bigLinger+parkAfter.
 func (j *joiner) pipe(dir Direction, waited bool) error {
 	src, dst, n := j.a, j.b, &j.counts.AToB
 	if dir == BToA {
