@@ -441,3 +441,58 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// fakeRelay serves the control connection the way a relay does up to the
+// agent's hello, which it hands to answer with the control stream; the
+// session ends when answer returns. It returns the relay's URL. A test
+// plays relays that are old, or that lose a welcome, with it.
+func fakeRelay(t *testing.T, answer func(hello *proto.Hello, ctrl net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var handlers sync.WaitGroup
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		handlers.Add(1)
+		defer handlers.Done()
+		conn, err := tunnel.AcceptControl(w, r)
+		if err != nil {
+			return
+		}
+		sess, err := tunnel.Server(conn, testLogger(t))
+		if err != nil {
+			conn.Close()
+			return
+		}
+		defer sess.Close()
+		ctrl, err := sess.Accept()
+		if err != nil {
+			return
+		}
+		ctrl.SetDeadline(time.Now().Add(10 * time.Second))
+		hello, err := proto.ReadAs[*proto.Hello](ctrl)
+		if err != nil {
+			return
+		}
+		answer(hello, ctrl)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		srv.Close()
+		handlers.Wait() // hijacked: Close does not wait for them
+	})
+	return "http://" + ln.Addr().String()
+}
+
+// grantAll is the Welcome of a relay that grants every name hello asks for.
+func grantAll(hello *proto.Hello, server string) *proto.Welcome {
+	w := &proto.Welcome{Secret: hello.Secret, Grace: time.Minute, Server: server}
+	if w.Secret == "" {
+		w.Secret = strings.Repeat("5", 48)
+	}
+	for _, tr := range hello.Tunnels {
+		w.Tunnels = append(w.Tunnels, proto.Granted{Name: tr.Name, URL: "http://" + tr.Name + ".localhost"})
+	}
+	return w
+}

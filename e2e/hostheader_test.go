@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,7 +14,6 @@ import (
 
 	"github.com/tunnel-dev/tunnel/agent"
 	"github.com/tunnel-dev/tunnel/proto"
-	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
 // startHostLocal is a local server that reports the Host and
@@ -111,39 +109,9 @@ func TestHostHeaderRefusedByRelay(t *testing.T) {
 // the public host name.
 func TestHostHeaderOldRelay(t *testing.T) {
 	goodbye := make(chan bool, 1)
-	var handlers sync.WaitGroup
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		handlers.Add(1)
-		defer handlers.Done()
-		conn, err := tunnel.AcceptControl(w, r)
-		if err != nil {
-			return
-		}
-		sess, err := tunnel.Server(conn, testLogger(t))
-		if err != nil {
-			conn.Close()
-			return
-		}
-		defer sess.Close()
-		ctrl, err := sess.Accept()
-		if err != nil {
-			return
-		}
-		ctrl.SetDeadline(time.Now().Add(10 * time.Second))
-		hello, err := proto.ReadAs[*proto.Hello](ctrl)
-		if err != nil {
-			return
-		}
+	relayURL := fakeRelay(t, func(hello *proto.Hello, ctrl net.Conn) {
 		// Welcome as a relay without the field: no host_header echoed.
-		welcome := &proto.Welcome{Secret: strings.Repeat("5", 48), Grace: time.Minute, Server: "tunnel/old"}
-		for _, tr := range hello.Tunnels {
-			welcome.Tunnels = append(welcome.Tunnels, proto.Granted{Name: tr.Name, URL: "http://" + tr.Name + ".localhost"})
-		}
-		if proto.WriteMessage(ctrl, welcome) != nil {
+		if proto.WriteMessage(ctrl, grantAll(hello, "tunnel/old")) != nil {
 			return
 		}
 		m, err := proto.ReadMessage(ctrl)
@@ -152,18 +120,13 @@ func TestHostHeaderOldRelay(t *testing.T) {
 		case goodbye <- ok && err == nil:
 		default:
 		}
-	})}
-	go srv.Serve(ln)
-	defer func() {
-		srv.Close()
-		handlers.Wait() // hijacked: Close does not wait for it
-	}()
+	})
 
 	local := startHostLocal(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	err = agent.Run(ctx, agent.Config{
-		Relay:      "http://" + ln.Addr().String(),
+	err := agent.Run(ctx, agent.Config{
+		Relay:      relayURL,
 		Tunnels:    []agent.Tunnel{{Name: "legacy", Local: local, HostHeader: agent.HostRewrite}},
 		Logger:     testLogger(t),
 		MinBackoff: 10 * time.Millisecond,
@@ -172,7 +135,7 @@ func TestHostHeaderOldRelay(t *testing.T) {
 	if !errors.As(err, &perm) {
 		t.Fatalf("Run = %v, want a PermanentError", err)
 	}
-	want := fmt.Sprintf("relay %s ignored the Host header %q asked for http://legacy.localhost: it is older than this agent; update the relay, or run without the host header", ln.Addr(), local)
+	want := fmt.Sprintf("relay %s ignored the Host header %q asked for http://legacy.localhost: it is older than this agent; update the relay, or run without the host header", strings.TrimPrefix(relayURL, "http://"), local)
 	if err.Error() != want {
 		t.Errorf("Run = %q\nwant  %q", err, want)
 	}

@@ -92,22 +92,49 @@ func TestListenNameTaken(t *testing.T) {
 	}
 }
 
-// A program that serves a Listener connection the way it would a TCP one —
-// write the whole answer, then Close — must have all of it delivered, as
-// TCP delivers everything written before close.
-func TestListenWriteThenClose(t *testing.T) {
-	rl := startRelay(t, "")
-	ln, err := agent.Listen(context.Background(), agent.Config{Relay: rl.url(), Tunnels: []agent.Tunnel{{Name: "wc"}}, Logger: testLogger(t)})
+// listenAs claims name on rl with agent.Listen; the listener is closed at
+// the test's end.
+func listenAs(t *testing.T, rl *testRelay, name string) *agent.Listener {
+	t.Helper()
+	ln, err := agent.Listen(context.Background(), agent.Config{Relay: rl.url(), Tunnels: []agent.Tunnel{{Name: name}}, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// getLate GETs url through the relay at relayAddr, as a visitor on a slow
+// link: the body is read only wait after the header came. It returns how
+// many bytes of the body arrived.
+func getLate(t *testing.T, relayAddr, url string, wait time.Duration) (int64, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tr := visitorTransport(relayAddr, nil)
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	time.Sleep(wait)
+	return io.Copy(io.Discard, resp.Body)
+}
+
+// A program that serves a Listener connection the way it would a TCP one
+// (write the whole answer, then Close) has all of it delivered, as TCP
+// delivers everything written before close; so has http.Serve's answer
+// with Connection: close. A visitor reading late gets every byte.
+func TestListenWriteThenClose(t *testing.T) {
+	rl := startRelay(t, "")
 	const size = 4 << 20
 	body := strings.Repeat("x", size)
-	served := make(chan struct{})
+
+	raw := listenAs(t, rl, "wc")
 	go func() {
-		defer close(served)
-		c, err := ln.Accept()
+		c, err := raw.Accept()
 		if err != nil {
 			return
 		}
@@ -121,59 +148,19 @@ func TestListenWriteThenClose(t *testing.T) {
 		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", size, body)
 		c.Close()
 	}()
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "tcp", rl.addr)
-	}}
-	defer tr.CloseIdleConnections()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", ln.URL()+"/", nil)
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
+	if n, err := getLate(t, rl.addr, raw.URL()+"/", 300*time.Millisecond); n != size || err != nil {
+		t.Errorf("written, then closed: visitor got %d of %d bytes, err %v", n, size, err)
 	}
-	time.Sleep(300 * time.Millisecond) // a visitor that reads a little later
-	n, err := io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	<-served
-	if n != size || err != nil {
-		t.Fatalf("visitor got %d of %d bytes, err %v", n, size, err)
-	}
-}
 
-// The same through http.Serve: a response with Connection: close to a
-// visitor that reads it within a couple of seconds.
-func TestListenHTTPConnectionClose(t *testing.T) {
-	rl := startRelay(t, "")
-	ln, err := agent.Listen(context.Background(), agent.Config{Relay: rl.url(), Tunnels: []agent.Tunnel{{Name: "hc"}}, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	const size = 4 << 20
-	body := strings.Repeat("x", size)
+	served := listenAs(t, rl, "hc")
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 		io.WriteString(w, body)
 	})}
-	go srv.Serve(ln)
+	go srv.Serve(served)
 	defer srv.Close()
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "tcp", rl.addr)
-	}}
-	defer tr.CloseIdleConnections()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", ln.URL()+"/", nil)
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(time.Second) // a visitor on a slow link
-	n, err := io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if n != size || err != nil {
-		t.Fatalf("visitor got %d of %d bytes, err %v", n, size, err)
+	if n, err := getLate(t, rl.addr, served.URL()+"/", time.Second); n != size || err != nil {
+		t.Errorf("http.Serve, Connection: close: visitor got %d of %d bytes, err %v", n, size, err)
 	}
 }
 
@@ -182,11 +169,7 @@ func TestListenHTTPConnectionClose(t *testing.T) {
 // then waits for active connections.
 func TestListenGracefulShutdown(t *testing.T) {
 	rl := startRelay(t, "")
-	ln, err := agent.Listen(context.Background(), agent.Config{Relay: rl.url(), Tunnels: []agent.Tunnel{{Name: "gs"}}, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := listenAs(t, rl, "gs")
 	entered := make(chan struct{})
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		close(entered)

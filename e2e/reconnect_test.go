@@ -12,7 +12,6 @@ import (
 
 	"github.com/tunnel-dev/tunnel/agent"
 	"github.com/tunnel-dev/tunnel/proto"
-	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
 // cutProxy forwards TCP connections to target and can sever all of them at
@@ -213,59 +212,24 @@ func TestRelayRestart(t *testing.T) {
 // refused as name-taken for the grace period, and the agent would stop.
 func TestAgentSecretFromFirstHello(t *testing.T) {
 	hellos := make(chan *proto.Hello, 2)
-	var handlers sync.WaitGroup
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var attempts atomic.Int32
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		handlers.Add(1)
-		defer handlers.Done()
-		conn, err := tunnel.AcceptControl(w, r)
-		if err != nil {
-			return
-		}
-		sess, err := tunnel.Server(conn, testLogger(t))
-		if err != nil {
-			conn.Close()
-			return
-		}
-		defer sess.Close()
-		ctrl, err := sess.Accept()
-		if err != nil {
-			return
-		}
-		ctrl.SetDeadline(time.Now().Add(10 * time.Second))
-		hello, err := proto.ReadAs[*proto.Hello](ctrl)
-		if err != nil {
-			return
-		}
+	relayURL := fakeRelay(t, func(hello *proto.Hello, ctrl net.Conn) {
 		hellos <- hello
 		if attempts.Add(1) == 1 {
 			return // the first welcome is lost: the connection drops
 		}
-		welcome := &proto.Welcome{Secret: hello.Secret, Grace: time.Minute, Server: "tunnel/test"}
-		for _, tr := range hello.Tunnels {
-			welcome.Tunnels = append(welcome.Tunnels, proto.Granted{Name: tr.Name, URL: "http://" + tr.Name + ".localhost"})
-		}
-		if proto.WriteMessage(ctrl, welcome) != nil {
+		if proto.WriteMessage(ctrl, grantAll(hello, "tunnel/test")) != nil {
 			return
 		}
 		proto.ReadMessage(ctrl) // until the agent leaves
-	})}
-	go srv.Serve(ln)
-	defer func() {
-		srv.Close()
-		handlers.Wait() // hijacked: Close does not wait for them
-	}()
+	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
 		done <- agent.Run(ctx, agent.Config{
-			Relay:      "http://" + ln.Addr().String(),
+			Relay:      relayURL,
 			Tunnels:    []agent.Tunnel{{Name: "demo", Local: "127.0.0.1:1"}},
 			Logger:     testLogger(t),
 			MinBackoff: 10 * time.Millisecond,

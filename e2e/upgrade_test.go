@@ -133,9 +133,8 @@ func TestUpgradeResponseHeaderTimeout(t *testing.T) {
 	}
 }
 
-// a local WebSocket server that crashes (RST) mid-stream: the visitor
-// must see a reset, not a clean FIN (architecture.md: "An error in either
-// direction aborts both ... a TCP connection a TCP reset").
+// A local WebSocket server that crashes (a TCP reset) mid-stream: the
+// visitor sees its connection reset too, not a clean end.
 func TestUpgradeLocalCrashResetsVisitor(t *testing.T) {
 	local := serveConns(t, func(c net.Conn) {
 		br := bufio.NewReader(c)
@@ -164,11 +163,11 @@ func TestUpgradeLocalCrashResetsVisitor(t *testing.T) {
 	}
 }
 
-// the body of an upgrade request is bytes from the visitor to the
-// agent, but it is not counted in bytes_in (access log, metrics, event).
-func TestUpgradeBodyCounted(t *testing.T) {
-	var logBuf lockedBuffer
-	local := serveConns(t, func(c net.Conn) {
+// upgradeAfterBody is a local server that reads an upgrade request with
+// its body, then switches to a WebSocket and reads until the visitor
+// leaves.
+func upgradeAfterBody(t *testing.T) string {
+	return serveConns(t, func(c net.Conn) {
 		br := bufio.NewReader(c)
 		req, err := http.ReadRequest(br)
 		if err != nil {
@@ -176,8 +175,15 @@ func TestUpgradeBodyCounted(t *testing.T) {
 		}
 		io.Copy(io.Discard, req.Body)
 		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-		// then close: the WebSocket ends
+		io.Copy(io.Discard, br)
 	})
+}
+
+// The body of an upgrade request is bytes from the visitor to the agent:
+// it counts in bytes_in (access log, metrics, event) with the WebSocket's.
+func TestUpgradeBodyCounted(t *testing.T) {
+	var logBuf lockedBuffer
+	local := upgradeAfterBody(t)
 	rl := startRelay(t, "", func(c *relay.Config) { c.AccessLog = slog.New(slog.NewTextHandler(&logBuf, nil)) })
 	startAgent(t, rl.url(), []agent.Tunnel{{Name: "up", Local: local}})
 	c := abuseDial(t, rl.addr, nil)
@@ -193,28 +199,17 @@ func TestUpgradeBodyCounted(t *testing.T) {
 	io.ReadAll(br)
 	c.Close()
 	waitFor(t, 10*time.Second, "access line", func() bool { return strings.Contains(logBuf.String(), "msg=access") })
-	line := logBuf.String()
-	t.Log(line)
-	if !strings.Contains(line, "bytes_in=1000") {
+	if line := logBuf.String(); !strings.Contains(line, "bytes_in=1000") {
 		t.Fatalf("access line for an upgrade with a 1000-byte body: %s; want bytes_in=1000", line)
 	}
 }
 
-// an upgrade request whose body takes longer than ResponseHeaderTimeout
-// to arrive gets a 504 "Local server did not answer", although the local
-// server answers at once once it has the body: the timeout runs from the
-// start of the request, not from its end as for other requests.
+// The response header timeout of an upgrade runs from the end of its
+// request, as for other requests: a body that takes longer than the
+// timeout to arrive, answered at once, is a 101, not a 504 "Local server
+// did not answer".
 func TestUpgradeSlowBodyNotTimedOut(t *testing.T) {
-	local := serveConns(t, func(c net.Conn) {
-		br := bufio.NewReader(c)
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			return
-		}
-		io.Copy(io.Discard, req.Body)
-		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-		io.Copy(io.Discard, br)
-	})
+	local := upgradeAfterBody(t)
 	rl := startRelay(t, "", func(c *relay.Config) { c.Limits.ResponseHeaderTimeout = 500 * time.Millisecond })
 	startAgent(t, rl.url(), []agent.Tunnel{{Name: "up", Local: local}})
 	c := abuseDial(t, rl.addr, nil)

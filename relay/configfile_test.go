@@ -306,10 +306,9 @@ func FuzzLoadConfig(f *testing.F) {
 	})
 }
 
-// A token written in the file with surrounding spaces ("token: ' abc…  '",
-// a paste) is accepted by the parser and the length check trims it, but
-// authenticate trims what the agent presents, so the untrimmed hash never
-// matches and the agent gets "token not accepted" for ever.
+// A token written in the file with spaces around it (a paste) is the
+// token without them, as what an agent presents is: the agent is let in
+// whether or not it sends the spaces too.
 func TestTokenWithSpacesInFileAuthenticates(t *testing.T) {
 	cfg, err := ParseConfig("relay.yaml", []byte("tokens:\n  - name: alice\n    token: \"alice-secret-0123 \"\n"))
 	if err != nil {

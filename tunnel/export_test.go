@@ -26,3 +26,11 @@ func SetStreamCloseTimeout(d time.Duration) (restore func()) {
 	streamCloseTimeout = d
 	return func() { streamCloseTimeout = old }
 }
+
+// WithoutTCPWaits makes TCP connections neither park nor wait without a
+// read, as on every OS but Linux, until restore is called.
+func WithoutTCPWaits() (restore func()) {
+	w, p, u := waitTCP, parkTCP, unparkTCP
+	waitTCP, parkTCP, unparkTCP = nil, nil, nil
+	return func() { waitTCP, parkTCP, unparkTCP = w, p, u }
+}

@@ -515,6 +515,20 @@ func TestJoinSilentDirectionParks(t *testing.T) {
 	}
 }
 
+// joinUnhandshakenTLS joins a TLS server connection before its handshake
+// with a TCP one: client is the TLS client at its other end, s the socket
+// under the joined tls.Conn, server the far end of the TCP side.
+func joinUnhandshakenTLS(t *testing.T) (client *tls.Conn, s, server *net.TCPConn) {
+	t.Helper()
+	cert, roots := testCert()
+	c, s := tcpPair(t)
+	a := tls.Server(s, &tls.Config{Certificates: []tls.Certificate{cert}})
+	b, server := tcpPair(t)
+	client = tls.Client(c, &tls.Config{ServerName: "tunnel.test", RootCAs: roots})
+	startJoin(t, client, a, b, server)
+	return client, s, server
+}
+
 // TestJoinUnhandshakenTLS: a TLS connection joined before its handshake
 // ran (the handshake runs in Join's first read) waits for its client as
 // long as it takes. A read deadline passing mid-handshake fails a
@@ -522,12 +536,7 @@ func TestJoinSilentDirectionParks(t *testing.T) {
 // failure it then returns for ever for Join's own wake-up had made the
 // direction spin.
 func TestJoinUnhandshakenTLS(t *testing.T) {
-	cert, roots := testCert()
-	c, s := tcpPair(t)
-	a := tls.Server(s, &tls.Config{Certificates: []tls.Certificate{cert}})
-	b, server := tcpPair(t)
-	client := tls.Client(c, &tls.Config{ServerName: "tunnel.test", RootCAs: roots})
-	startJoin(t, client, a, b, server)
+	client, _, server := joinUnhandshakenTLS(t)
 	time.Sleep(100 * time.Millisecond) // past Join's idle wait
 	client.SetDeadline(time.Now().Add(10 * time.Second))
 	if err := client.Handshake(); err != nil {
@@ -604,4 +613,31 @@ func TestJoinHalfClosedKeepsBigBuffer(t *testing.T) {
 		t.Errorf("%d reads with the small buffer in a half-closed stream of %d chunks 2 ms apart; want the big buffer kept", n, chunks)
 	}
 	f.wait(t)
+}
+
+// Where a TCP connection can neither park nor be waited on without a read
+// (every OS but Linux), an idle direction waits in one blocking read, not
+// waking every 40 ms (bigLinger+parkAfter) to start a goroutine, take a
+// buffer, arm a deadline and read again; data after it still comes.
+func TestJoinIdleNoPollWithoutWaitRead(t *testing.T) {
+	t.Cleanup(tunnel.WithoutTCPWaits()) // first: restored after the join ends
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	src := &probedConn{TCPConn: a}
+	startJoin(t, client, src, b, server)
+
+	time.Sleep(100 * time.Millisecond) // past the first idle wait
+	before := src.smallReads.Load()
+	time.Sleep(time.Second)
+	if n := src.smallReads.Load() - before; n > 2 {
+		t.Errorf("an idle direction read its source %d times in 1 s (polling), want at most 2", n)
+	}
+	if _, err := client.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(server, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
 }

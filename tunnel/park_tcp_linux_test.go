@@ -2,7 +2,6 @@ package tunnel_test
 
 import (
 	"bytes"
-	"crypto/tls"
 	"io"
 	"net"
 	"testing"
@@ -191,17 +190,11 @@ func TestParkedTLSWakes(t *testing.T) {
 
 // TestJoinUnhandshakenTLSGoesIdle: a TLS connection joined before its
 // handshake gets no read deadline until data comes (TestJoinUnhandshakenTLS);
-// once data has come, the direction must still go idle like any other: give
-// its bigger buffer back and park on the socket. Without a deadline armed
-// after the first data it never does, and keeps its 32/128 KiB buffer and
-// its goroutine for the connection's whole life.
+// once data has come, the direction goes idle like any other: it gives its
+// bigger buffer back and parks on the socket, rather than keeping a 32/128
+// KiB buffer and a goroutine for the connection's whole life.
 func TestJoinUnhandshakenTLSGoesIdle(t *testing.T) {
-	cert, roots := testCert()
-	c, s := tcpPair(t)
-	a := tls.Server(s, &tls.Config{Certificates: []tls.Certificate{cert}})
-	b, server := tcpPair(t)
-	client := tls.Client(c, &tls.Config{ServerName: "tunnel.test", RootCAs: roots})
-	startJoin(t, client, a, b, server)
+	client, s, server := joinUnhandshakenTLS(t)
 	client.SetDeadline(time.Now().Add(10 * time.Second))
 	if err := client.Handshake(); err != nil {
 		t.Fatal(err)
