@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -314,6 +315,45 @@ func TestVisitorRules(t *testing.T) {
 		t.Fatalf("WebSocket from an allowed address: %v", err)
 	}
 	ws.Close(websocket.StatusNormalClosure, "")
+}
+
+// Wrong Basic auth credentials are limited per visitor address like token
+// guesses: over the limit the address gets 429 even with the right
+// password, while a browser's first request without credentials does not
+// count and another address is not slowed.
+func TestVisitorPasswordGuessesRateLimited(t *testing.T) {
+	rl := startRelay(t, "", func(c *relay.Config) { c.Limits.AuthFailuresPerMinute = 3 })
+	local := startLocal(t)
+	startAgent(t, rl.url(), []agent.Tunnel{
+		{Name: "private", Local: local.addr, Access: &agent.Access{BasicAuth: []agent.Credential{agent.BasicUser("tester", "pa55word")}}},
+	})
+	from := func(ip string) *http.Client {
+		return &http.Client{Transport: visitorTransport(rl.addr, &net.TCPAddr{IP: net.ParseIP(ip)})}
+	}
+	right := basicAuth("tester", "pa55word")
+	guesser := from("127.0.0.2")
+	for range 5 {
+		if status, _ := get(t, guesser, "http://private.localhost/"); status != 401 {
+			t.Fatalf("no credentials: %d", status)
+		}
+	}
+	for i := range 3 {
+		if status, _ := get(t, guesser, "http://private.localhost/", "Authorization", basicAuth("tester", fmt.Sprint("guess-", i))); status != 401 {
+			t.Fatalf("wrong credentials %d: %d", i, status)
+		}
+	}
+	status, body := get(t, guesser, "http://private.localhost/", "Authorization", right)
+	if status != 429 || !strings.Contains(body, "Too many wrong user names or passwords for private.localhost") {
+		t.Fatalf("right credentials after 3 wrong ones: %d %q", status, body)
+	}
+	if status, body := get(t, from("127.0.0.3"), "http://private.localhost/", "Authorization", right); status != 200 || body != "GET /" {
+		t.Fatalf("right credentials from another address: %d %q", status, body)
+	}
+}
+
+// basicAuth is an Authorization header's value for user and password.
+func basicAuth(user, password string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+password))
 }
 
 // Bad visitor rules are refused by the relay with the rule named.

@@ -111,8 +111,11 @@ func (a *access) allowsUser(r *http.Request) bool {
 }
 
 // check enforces the rules on r and answers it if refused, returning the
-// reason (rejectAccessDenied*), or "" when the request may go on.
-func (a *access) check(w http.ResponseWriter, r *http.Request, host string) (refused string) {
+// reason (rejectAccessDenied*), or "" when the request may go on. Wrong
+// passwords count against the visitor's address in fails: once over its
+// limit every attempt from there gets 429, the right password too, so that
+// guessing stays at the limit's pace.
+func (a *access) check(w http.ResponseWriter, r *http.Request, host string, fails failLimiter) (refused string) {
 	if a == nil {
 		return ""
 	}
@@ -121,7 +124,18 @@ func (a *access) check(w http.ResponseWriter, r *http.Request, host string) (ref
 			fmt.Sprintf("The owner of %s does not admit visitors from your address (%s).", host, remoteIP(r.RemoteAddr)))
 		return rejectAccessDeniedIP
 	}
+	ip := remoteIP(r.RemoteAddr)
+	if len(a.users) > 0 && !fails.ok(ip) {
+		w.Header().Set("Retry-After", "60")
+		writePage(w, r, http.StatusTooManyRequests, "Too many wrong passwords",
+			fmt.Sprintf("Too many wrong user names or passwords for %s came from your address; wait a minute, then check them.", host))
+		return rejectAccessRateLimited
+	}
 	if !a.allowsUser(r) {
+		if r.Header.Get("Authorization") != "" {
+			// No credentials is a browser's first request, not a guess.
+			fails.fail(ip)
+		}
 		w.Header().Set("WWW-Authenticate", fmt.Sprintf("Basic realm=%q, charset=\"UTF-8\"", host))
 		writePage(w, r, http.StatusUnauthorized, "Authentication required",
 			fmt.Sprintf("%s needs a user name and password from its owner.", host))

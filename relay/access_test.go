@@ -2,6 +2,7 @@ package relay
 
 import (
 	"testing"
+	"time"
 
 	"github.com/tunnel-dev/tunnel/proto"
 )
@@ -33,5 +34,28 @@ func TestDenyRulesMatchMappedAndZonedAddresses(t *testing.T) {
 	}
 	if !acc.allowsIP("203.0.113.7:5555") {
 		t.Error("allow ::ffff:203.0.113.0/120: visitor 203.0.113.7 refused")
+	}
+}
+
+// Failures from one IPv6 /64 share a budget: a host that holds a /64 (most
+// do) cannot rotate through its addresses for fresh ones. An IPv4 address
+// counts the same however it is written.
+func TestFailLimiterKeysIPv6ByPrefix(t *testing.T) {
+	l := failLimiter{newIPLimiter(time.Hour, 2)}
+	l.fail("2001:db8:0:7::1")
+	l.fail("2001:db8:0:7::2")
+	if l.ok("2001:db8:0:7:ffff::9") {
+		t.Error("a third address of the same /64 still had failures left")
+	}
+	if !l.ok("fe80::1%eth0") || !l.ok("2001:db8:0:8::1") {
+		t.Error("another /64 was limited")
+	}
+	l.fail("203.0.113.7")
+	l.fail("::ffff:203.0.113.7")
+	if l.ok("203.0.113.7") {
+		t.Error("an IPv4 address written IPv4-mapped had a budget of its own")
+	}
+	if !l.ok("203.0.113.8") {
+		t.Error("the next IPv4 address was limited")
 	}
 }

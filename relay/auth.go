@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"path"
 	"strings"
 	"sync"
@@ -218,7 +219,10 @@ func remoteIP(addr string) string {
 }
 
 // ipLimiter keeps a token bucket per IP address, bounded in size: when it
-// grows past max entries, buckets idle for a while are dropped.
+// grows past max entries, buckets idle for a while are dropped. An IPv6
+// address counts as its /64: one subscriber or host usually holds a whole
+// /64, so keying on single addresses would give it 2^64 fresh buckets (and
+// let it push everyone else's out of a full map).
 type ipLimiter struct {
 	every time.Duration
 	burst int
@@ -237,7 +241,23 @@ func newIPLimiter(every time.Duration, burst int) *ipLimiter {
 	return &ipLimiter{every: every, burst: burst, max: 10000, m: make(map[string]*ipBucket)}
 }
 
+// limiterKey is the bucket an address counts against: an IPv4 address
+// (also written IPv4-mapped) itself, an IPv6 address its /64.
+func limiterKey(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	a = a.Unmap().WithZone("")
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.String()
+	}
+	return a.String()
+}
+
 func (l *ipLimiter) bucket(ip string, now time.Time) *ipBucket {
+	ip = limiterKey(ip)
 	b := l.m[ip]
 	if b == nil {
 		if len(l.m) >= l.max {
@@ -276,7 +296,7 @@ type failLimiter struct{ *ipLimiter }
 func (l failLimiter) ok(ip string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b := l.m[ip]
+	b := l.m[limiterKey(ip)]
 	return b == nil || b.lim.TokensAt(time.Now()) >= 1
 }
 

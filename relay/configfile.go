@@ -31,7 +31,7 @@ import (
 //	  conn_rate_per_ip: 50          # new connections per second; -1: no limit
 //	  conn_rate_loopback: false
 //	  response_header_timeout: 60s
-//	  auth_failures_per_minute: 10
+//	  auth_failures_per_minute: 10  # wrong tokens, and apart from them wrong visitor passwords
 //
 // Every key is optional; omitted limits take Limits' defaults.
 type FileConfig struct {

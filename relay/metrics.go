@@ -26,6 +26,7 @@ const (
 	rejectAdminAuthFailed   = "admin_auth_failed"   // a wrong admin API token (401, 429 once rate limited)
 	rejectAccessDeniedIP    = "access_denied_ip"    // the tunnel's allow/deny rules refused the visitor's address (403)
 	rejectAccessDeniedBasic = "access_denied_basic" // the tunnel's Basic auth was missing or wrong (401)
+	rejectAccessRateLimited = "access_rate_limited" // an address gave too many wrong Basic auth credentials (429)
 	rejectTooManyStreams    = "too_many_streams"    // the tunnel's stream slots stayed full (503)
 	rejectAgentTimeout      = "agent_timeout"       // the agent did not answer a new stream in time (504)
 	rejectResponseTimeout   = "response_timeout"    // the local server sent no response headers in time (504)
@@ -39,7 +40,7 @@ const (
 
 var rejectReasons = []string{
 	rejectNoTunnel, rejectTunnelOffline, rejectLocalDown, rejectAuthFailed, rejectAuthRateLimited,
-	rejectAdminAuthFailed, rejectAccessDeniedIP, rejectAccessDeniedBasic, rejectTooManyStreams,
+	rejectAdminAuthFailed, rejectAccessDeniedIP, rejectAccessDeniedBasic, rejectAccessRateLimited, rejectTooManyStreams,
 	rejectAgentTimeout, rejectResponseTimeout, rejectNotAProxy, rejectMisdirected, rejectDraining,
 	rejectInterstitial, rejectClaimRefused, rejectBadGateway,
 }

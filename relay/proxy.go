@@ -257,7 +257,7 @@ func (s *Server) forward(v *visitReq, r *http.Request, name string) {
 		refused(rejectNoTunnel)
 		return
 	}
-	if reason := acc.check(w, r, host); reason != "" {
+	if reason := acc.check(w, r, host, s.visitorFails); reason != "" {
 		refused(reason)
 		return
 	}

@@ -115,7 +115,9 @@ type Limits struct {
 	// headers; then the visitor gets 504. Default 60 s.
 	ResponseHeaderTimeout time.Duration
 	// AuthFailuresPerMinute is how many failed token attempts one address
-	// may make before it gets 429 for a while. Default 10.
+	// may make before it gets 429 for a while, and likewise how many wrong
+	// Basic auth credentials for tunnels (counted apart). An IPv6 address
+	// counts as its /64. Default 10.
 	AuthFailuresPerMinute int
 	// WriteIdleTimeout ends a response or WebSocket whose visitor reads
 	// nothing for this long, so a stalled reader cannot hold a stream and
@@ -210,7 +212,9 @@ type Server struct {
 	inter     *interstitial // nil when off
 	tokens    atomic.Pointer[tokenSet]
 	authFails failLimiter
-	connLimit *ipLimiter // nil: no limit
+	// visitorFails counts wrong Basic auth credentials of visitors.
+	visitorFails failLimiter
+	connLimit    *ipLimiter // nil: no limit
 
 	mu      sync.Mutex
 	closed  bool
@@ -258,6 +262,7 @@ func New(cfg Config) (*Server, error) {
 	s.tokens.Store(ts)
 	s.cfg.Tokens = nil // the token set holds only hashes
 	s.authFails = failLimiter{newIPLimiter(time.Minute/time.Duration(cfg.Limits.AuthFailuresPerMinute), cfg.Limits.AuthFailuresPerMinute)}
+	s.visitorFails = failLimiter{newIPLimiter(time.Minute/time.Duration(cfg.Limits.AuthFailuresPerMinute), cfg.Limits.AuthFailuresPerMinute)}
 	s.adminFails = failLimiter{newIPLimiter(time.Minute/10, 10)}
 	s.metrics = newMetrics(s)
 	if cfg.Interstitial > 0 {

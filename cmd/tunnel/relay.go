@@ -106,7 +106,7 @@ relay on which anyone can claim names.
     conn_rate_per_ip: 50           # new connections per second; -1: no limit
     conn_rate_loopback: false      # limit loopback addresses too
     response_header_timeout: 60s   # wait for the local server (504 beyond)
-    auth_failures_per_minute: 10   # wrong tokens per address (429 beyond)
+    auth_failures_per_minute: 10   # wrong tokens, and wrong visitor passwords, per address (429 beyond)
 
 The file is read again on SIGHUP and when it changes: new tokens apply at
 once and agents whose token is gone are disconnected; limits apply at the
