@@ -118,6 +118,34 @@ func noRedirects(c *http.Client) *http.Client {
 	return c
 }
 
+// confirmPage submits the Continue form of the warning page body as the page
+// itself would, and returns the relay's answer with the form's fields.
+func confirmPage(t testing.TB, c *http.Client, base, body string) (*http.Response, url.Values) {
+	t.Helper()
+	form := url.Values{}
+	for _, m := range regexp.MustCompile(`name="(\w+)" value="([^"]*)"`).FindAllStringSubmatch(body, -1) {
+		form.Set(m[1], html.UnescapeString(m[2]))
+	}
+	action := regexp.MustCompile(`action="([^"]+)"`).FindStringSubmatch(body)
+	if action == nil || action[1] != "/_tunnel/continue" {
+		t.Fatalf("form action %v, fields %v", action, form)
+	}
+	resp, _ := doRequest(t, c, "POST", base+action[1], strings.NewReader(form.Encode()),
+		"Content-Type", "application/x-www-form-urlencoded", "Origin", base,
+		"Sec-Fetch-Site", "same-origin", "Sec-Fetch-Mode", "navigate", "Sec-Fetch-Dest", "document")
+	return resp, form
+}
+
+// ackOf returns the acknowledgement cookie resp sets, or nil.
+func ackOf(resp *http.Response) *http.Cookie {
+	for _, ck := range resp.Cookies() {
+		if ck.Name == "tunnel_ack" {
+			return ck
+		}
+	}
+	return nil
+}
+
 // TestInterstitialBrowserFlow walks a browser's first visit through the
 // relay and agent: the page, the confirm form, the redirect to the
 // original path and query, and the acknowledged navigation, which reaches
@@ -137,26 +165,14 @@ func TestInterstitialBrowserFlow(t *testing.T) {
 		t.Fatalf("the local server saw %d requests before the visitor confirmed", n)
 	}
 
-	form := url.Values{}
-	for _, m := range regexp.MustCompile(`name="(\w+)" value="([^"]*)"`).FindAllStringSubmatch(body, -1) {
-		form.Set(m[1], html.UnescapeString(m[2]))
+	resp, form := confirmPage(t, c, base, body)
+	if form.Get("to") != "/page?x=1" {
+		t.Fatalf("form fields %v", form)
 	}
-	action := regexp.MustCompile(`action="([^"]+)"`).FindStringSubmatch(body)
-	if action == nil || action[1] != "/_tunnel/continue" || form.Get("to") != "/page?x=1" {
-		t.Fatalf("form action %v, fields %v", action, form)
-	}
-	resp, body = doRequest(t, c, "POST", base+action[1], strings.NewReader(form.Encode()),
-		"Content-Type", "application/x-www-form-urlencoded", "Origin", base,
-		"Sec-Fetch-Site", "same-origin", "Sec-Fetch-Mode", "navigate", "Sec-Fetch-Dest", "document")
 	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/page?x=1" {
-		t.Fatalf("confirm: %d Location %q\n%s", resp.StatusCode, resp.Header.Get("Location"), body)
+		t.Fatalf("confirm: %d Location %q", resp.StatusCode, resp.Header.Get("Location"))
 	}
-	var ack *http.Cookie
-	for _, ck := range resp.Cookies() {
-		if ck.Name == "tunnel_ack" {
-			ack = ck
-		}
-	}
+	ack := ackOf(resp)
 	if ack == nil || !ack.HttpOnly || ack.SameSite != http.SameSiteLaxMode || ack.MaxAge != 7*24*3600 {
 		t.Fatalf("confirm set cookies %v", resp.Cookies())
 	}
@@ -279,4 +295,56 @@ func TestInterstitialCrossSitePostNavigation(t *testing.T) {
 			t.Errorf("%s POST navigation: %d, reached the local server: %v\n%.200s", site, resp.StatusCode, local.hits.Load() != before, body)
 		}
 	}
+}
+
+// A visitor's acknowledgement is for whoever held the name when it was
+// given: once the name passes to someone else (here another agent of an
+// open relay, after the first released it) the warning shows again. The
+// same owner coming back keeps it: on a relay with tokens that is the
+// token, so a restarted agent does not make its visitors confirm again.
+func TestInterstitialAckBelongsToHolder(t *testing.T) {
+	local := startCookieLocal(t)
+	acknowledged := func(t *testing.T, rl *testRelay, mod ...func(*agent.Config)) (first *testAgent, nav func() int) {
+		first, urls := startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}}, mod...)
+		c := noRedirects(visitorClient(rl.addr))
+		_, body := doRequest(t, c, "GET", urls[0]+"/", nil, browserNav...)
+		resp, _ := confirmPage(t, c, urls[0], body)
+		ack := ackOf(resp)
+		if ack == nil {
+			t.Fatalf("confirm set cookies %v", resp.Cookies())
+		}
+		nav = func() int {
+			resp, _ := doRequest(t, c, "GET", urls[0]+"/", nil, append([]string{"Cookie", ack.Name + "=" + ack.Value}, browserNav...)...)
+			return resp.StatusCode
+		}
+		if status := nav(); status != http.StatusOK {
+			t.Fatalf("acknowledged navigation: %d", status)
+		}
+		return first, nav
+	}
+	withInterstitial := func(c *relay.Config) { c.Interstitial = time.Hour }
+
+	t.Run("open relay, another agent", func(t *testing.T) {
+		rl := startRelay(t, "", withInterstitial)
+		first, nav := acknowledged(t, rl)
+		first.stop()
+		startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
+		if status := nav(); status != http.StatusForbidden {
+			t.Fatalf("navigation to the name's next holder with the old acknowledgement: %d, want the page (403)", status)
+		}
+	})
+	t.Run("tokens, same token again", func(t *testing.T) {
+		rl := startRelay(t, "", withInterstitial, withTokens(relay.Token{Name: "alice", Secret: "alice-secret-1"}, relay.Token{Name: "bob", Secret: "bob-secret-1"}))
+		first, nav := acknowledged(t, rl, withToken("alice-secret-1"))
+		first.stop()
+		second, _ := startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}}, withToken("alice-secret-1"))
+		if status := nav(); status != http.StatusOK {
+			t.Fatalf("navigation after the same token's agent restarted: %d, want 200", status)
+		}
+		second.stop()
+		startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}}, withToken("bob-secret-1"))
+		if status := nav(); status != http.StatusForbidden {
+			t.Fatalf("navigation after another token took the name: %d, want the page (403)", status)
+		}
+	})
 }

@@ -63,20 +63,20 @@ func newInterstitial(d time.Duration) *interstitial {
 	return in
 }
 
-// interstitialCheck runs for each visitor request to host after the
-// tunnel's access rules passed. It answers the confirm action and shows the
+// interstitialCheck runs for each visitor request to host, which holder
+// holds (holderID), after the tunnel's access rules passed. It answers the confirm action and shows the
 // warning page to a top-level navigation without a valid acknowledgement,
 // reporting handled=true when it wrote a response. Otherwise it removes the
 // acknowledgement cookie, which is the relay's, not the local server's, and
 // the request goes on to the agent.
-func (s *Server) interstitialCheck(w http.ResponseWriter, r *http.Request, host string) (handled bool) {
+func (s *Server) interstitialCheck(w http.ResponseWriter, r *http.Request, host, holder string) (handled bool) {
 	in := s.inter
 	if r.URL.Path == continuePath {
-		in.serveContinue(w, r, host)
+		in.serveContinue(w, r, host, holder)
 		return true
 	}
-	if isNavigation(r) && !in.acknowledged(r, host) {
-		in.servePage(w, r, host)
+	if isNavigation(r) && !in.acknowledged(r, host, holder) {
+		in.servePage(w, r, host, holder)
 		return true
 	}
 	stripCookie(r.Header, ackCookie, ackCookieTLS)
@@ -108,16 +108,17 @@ func isNavigation(r *http.Request) bool {
 }
 
 // acknowledged reports whether r carries a valid, unexpired
-// acknowledgement for host. Every cookie of the name counts, so a stale or
-// planted one does not hide a good one.
-func (in *interstitial) acknowledged(r *http.Request, host string) bool {
+// acknowledgement for host while holder holds it: a visitor trusted whoever
+// held the name then, not whoever holds it next. Every cookie of the name
+// counts, so a stale or planted one does not hide a good one.
+func (in *interstitial) acknowledged(r *http.Request, host, holder string) bool {
 	name := ackCookie
 	if r.TLS != nil {
 		name = ackCookieTLS
 	}
 	for _, c := range r.CookiesNamed(name) {
 		exp, mac, _ := strings.Cut(c.Value, ".")
-		if until, ok := in.verify(mac, exp, "ack", host); ok && time.Now().Before(until) {
+		if until, ok := in.verify(mac, exp, "ack", host, holder); ok && time.Now().Before(until) {
 			return true
 		}
 	}
@@ -152,7 +153,7 @@ func (in *interstitial) verify(mac, exp string, fields ...string) (time.Time, bo
 // 200's, while crawlers, link unfurlers, uptime checks and caches learn
 // that the URL's content was not served, rather than indexing, previewing
 // or reporting as "up" the same warning for every tunnel.
-func (in *interstitial) servePage(w http.ResponseWriter, r *http.Request, host string) {
+func (in *interstitial) servePage(w http.ResponseWriter, r *http.Request, host, holder string) {
 	target := r.URL.RequestURI()
 	if !localTarget(target) {
 		// Only a path that starts with "//" gets here; no browser sends
@@ -172,18 +173,19 @@ func (in *interstitial) servePage(w http.ResponseWriter, r *http.Request, host s
 	w.WriteHeader(http.StatusForbidden)
 	interstitialTmpl.Execute(w, struct {
 		Host, Action, Target, Exp, Token, For string
-	}{host, continuePath, target, exp, in.sign("continue", host, target, exp), humanDuration(in.ttl)})
+	}{host, continuePath, target, exp, in.sign("continue", host, holder, target, exp), humanDuration(in.ttl)})
 }
 
 // serveContinue is the confirm action: it checks that the form came from
 // this host's own page (the browser's Fetch Metadata or Origin, then the
-// token bound to host and target), sets the acknowledgement cookie and
-// redirects to the target.
+// token bound to host, its holder and target), sets the acknowledgement
+// cookie and redirects to the target. A page shown for one holder confirms
+// nothing once the name has passed to another.
 //
 // The token alone would not stop cross-site request forgery: anyone can
 // fetch the page and copy a token. The cross-origin check refuses a form
 // another site makes the visitor's browser submit.
-func (in *interstitial) serveContinue(w http.ResponseWriter, r *http.Request, host string) {
+func (in *interstitial) serveContinue(w http.ResponseWriter, r *http.Request, host, holder string) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		writePage(w, r, http.StatusMethodNotAllowed, "Method not allowed",
@@ -201,7 +203,7 @@ func (in *interstitial) serveContinue(w http.ResponseWriter, r *http.Request, ho
 		return
 	}
 	target, exp, token := r.PostForm.Get("to"), r.PostForm.Get("exp"), r.PostForm.Get("token")
-	until, ok := in.verify(token, exp, "continue", host, target)
+	until, ok := in.verify(token, exp, "continue", host, holder, target)
 	if !ok || !localTarget(target) {
 		writePage(w, r, http.StatusBadRequest, "Invalid confirmation",
 			fmt.Sprintf("This confirmation was not made by the warning page of %s. Open the link again.", host))
@@ -212,7 +214,7 @@ func (in *interstitial) serveContinue(w http.ResponseWriter, r *http.Request, ho
 		ackExp := strconv.FormatInt(time.Now().Add(in.ttl).Unix(), 10)
 		c := &http.Cookie{
 			Name:     ackCookie,
-			Value:    ackExp + "." + in.sign("ack", host, ackExp),
+			Value:    ackExp + "." + in.sign("ack", host, holder, ackExp),
 			Path:     "/",
 			MaxAge:   int(in.ttl / time.Second),
 			HttpOnly: true,

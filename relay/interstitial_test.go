@@ -15,7 +15,10 @@ import (
 	"time"
 )
 
-const testHost = "demo.localhost"
+const (
+	testHost   = "demo.localhost"
+	testHolder = "holder-of-demo" // as holderID gives it
+)
 
 // Header sets as browsers and other clients send them.
 var (
@@ -40,7 +43,7 @@ func visit(method, target string, hdr ...string) *http.Request {
 // the recorded response.
 func check(s *Server, r *http.Request) (bool, *httptest.ResponseRecorder) {
 	w := httptest.NewRecorder()
-	handled := s.interstitialCheck(w, r, canonicalHost(r.Host))
+	handled := s.interstitialCheck(w, r, canonicalHost(r.Host), testHolder)
 	return handled, w
 }
 
@@ -256,15 +259,16 @@ func TestInterstitialForgedCookies(t *testing.T) {
 	other := newInterstitial(time.Hour)
 	exp := time.Now().Add(time.Hour).Unix()
 	e := func(d int64) string { return strconv.FormatInt(exp+d, 10) }
-	good := e(0) + "." + s.inter.sign("ack", testHost, e(0))
+	good := e(0) + "." + s.inter.sign("ack", testHost, testHolder, e(0))
 	for name, v := range map[string]string{
 		"constant":          "1",
 		"empty":             "",
-		"other relay's key": e(0) + "." + other.sign("ack", testHost, e(0)),
-		"other host":        e(0) + "." + s.inter.sign("ack", "other.localhost", e(0)),
+		"other relay's key": e(0) + "." + other.sign("ack", testHost, testHolder, e(0)),
+		"other host":        e(0) + "." + s.inter.sign("ack", "other.localhost", testHolder, e(0)),
+		"other holder":      e(0) + "." + s.inter.sign("ack", testHost, "holder-before", e(0)),
 		"longer expiry":     e(3600) + "." + strings.SplitN(good, ".", 2)[1],
-		"form token":        e(0) + "." + s.inter.sign("continue", testHost, "/", e(0)),
-		"expired":           e(-7200) + "." + s.inter.sign("ack", testHost, e(-7200)),
+		"form token":        e(0) + "." + s.inter.sign("continue", testHost, testHolder, "/", e(0)),
+		"expired":           e(-7200) + "." + s.inter.sign("ack", testHost, testHolder, e(-7200)),
 	} {
 		r := visit("GET", "/", chromeNav...)
 		r.Header.Set("Cookie", ackCookie+"="+v)
@@ -332,12 +336,13 @@ func TestInterstitialContinueRefused(t *testing.T) {
 		{"same-site form from another tunnel", v, []string{"Sec-Fetch-Site", "same-site", "Origin", "http://other.localhost:8000"}, http.StatusForbidden},
 		{"foreign Origin, no metadata", v, []string{"Origin", "https://evil.example"}, http.StatusForbidden},
 		{"other target", with("/admin", v.Get("token")), nil, http.StatusBadRequest},
-		{"other host's token", with("/page", s.inter.sign("continue", "other.localhost", "/page", exp)), nil, http.StatusBadRequest},
+		{"other host's token", with("/page", s.inter.sign("continue", "other.localhost", testHolder, "/page", exp)), nil, http.StatusBadRequest},
+		{"page shown for the name's previous holder", with("/page", s.inter.sign("continue", testHost, "holder-before", "/page", exp)), nil, http.StatusBadRequest},
 		{"no token", with("/page", ""), nil, http.StatusBadRequest},
-		{"scheme-relative target", with("//evil.example/", s.inter.sign("continue", testHost, "//evil.example/", exp)), nil, http.StatusBadRequest},
-		{"backslash target", with(`/\evil.example/`, s.inter.sign("continue", testHost, `/\evil.example/`, exp)), nil, http.StatusBadRequest},
-		{"absolute target", with("https://evil.example/", s.inter.sign("continue", testHost, "https://evil.example/", exp)), nil, http.StatusBadRequest},
-		{"control character", with("/\t/evil.example", s.inter.sign("continue", testHost, "/\t/evil.example", exp)), nil, http.StatusBadRequest},
+		{"scheme-relative target", with("//evil.example/", s.inter.sign("continue", testHost, testHolder, "//evil.example/", exp)), nil, http.StatusBadRequest},
+		{"backslash target", with(`/\evil.example/`, s.inter.sign("continue", testHost, testHolder, `/\evil.example/`, exp)), nil, http.StatusBadRequest},
+		{"absolute target", with("https://evil.example/", s.inter.sign("continue", testHost, testHolder, "https://evil.example/", exp)), nil, http.StatusBadRequest},
+		{"control character", with("/\t/evil.example", s.inter.sign("continue", testHost, testHolder, "/\t/evil.example", exp)), nil, http.StatusBadRequest},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			handled, w := confirm(s, tc.v, tc.hdr...)

@@ -243,7 +243,7 @@ func (s *Server) forward(v *visitReq, r *http.Request, name string) {
 		refused(rejectNoTunnel)
 		return
 	}
-	as, acc, heldUntil := s.reg.lookup(name)
+	as, acc, holder, heldUntil := s.reg.lookupHolder(name)
 	if as == nil {
 		if !heldUntil.IsZero() {
 			writePage(w, r, http.StatusBadGateway, "Tunnel offline",
@@ -268,7 +268,7 @@ func (s *Server) forward(v *visitReq, r *http.Request, name string) {
 		refused(rejectDraining)
 		return
 	}
-	if s.inter != nil && s.interstitialCheck(w, r, host) {
+	if s.inter != nil && s.interstitialCheck(w, r, host, holder) {
 		if r.URL.Path != continuePath {
 			refused(rejectInterstitial)
 		}

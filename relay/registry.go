@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -26,6 +28,7 @@ type entry struct {
 	last      *agentSession // while held, the session that held it, for the admin API
 	secret    string
 	owner     string  // the token's name; "" without auth
+	holder    string  // who holds the name, as visitors acknowledge it (holderID)
 	access    *access // the owner's visitor rules; nil allows everyone
 	heldUntil time.Time
 	timer     *time.Timer // frees a held name when the grace period ends
@@ -38,13 +41,34 @@ func newRegistry(grace time.Duration) *registry {
 // lookup returns the live session for name with its visitor rules, or
 // whether the name is held for a disconnected agent (and until when).
 func (r *registry) lookup(name string) (sess *agentSession, acc *access, heldUntil time.Time) {
+	sess, acc, _, heldUntil = r.lookupHolder(name)
+	return sess, acc, heldUntil
+}
+
+// lookupHolder is lookup that also returns who holds the name (holderID).
+func (r *registry) lookupHolder(name string) (sess *agentSession, acc *access, holder string, heldUntil time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.names[name]
 	if e == nil {
-		return nil, nil, time.Time{}
+		return nil, nil, "", time.Time{}
 	}
-	return e.sess, e.access, e.heldUntil
+	return e.sess, e.access, e.holder, e.heldUntil
+}
+
+// holderID identifies who holds a name, for the interstitial's
+// acknowledgements: with auth the token (teammates sharing one are one
+// owner; a restarted agent is the same one), without auth the agent's
+// reconnect secret. A name that passes to someone else thus shows its
+// visitors the warning again. It is a hash: the secret is a credential.
+func holderID(owner, secret string) string {
+	var h [sha256.Size]byte
+	if owner != "" {
+		h = sha256.Sum256([]byte("token\x00" + owner))
+	} else {
+		h = sha256.Sum256([]byte("agent\x00" + secret))
+	}
+	return hex.EncodeToString(h[:16])
 }
 
 // claimant is who asks for names: a session, its reconnect secret, and
@@ -182,7 +206,7 @@ func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access
 				e.timer.Stop()
 			}
 		}
-		r.names[name] = &entry{sess: c.sess, secret: c.secret, owner: c.owner(), access: rules[i]}
+		r.names[name] = &entry{sess: c.sess, secret: c.secret, owner: c.owner(), holder: holderID(c.owner(), c.secret), access: rules[i]}
 		names = append(names, name)
 	}
 	return names, replaced, reconnect, nil
