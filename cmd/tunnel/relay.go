@@ -108,9 +108,11 @@ relay on which anyone can claim names.
     response_header_timeout: 60s   # wait for the local server (504 beyond)
     auth_failures_per_minute: 10   # wrong tokens, and wrong visitor passwords, per address (429 beyond)
 
-The file is read again on SIGHUP and when it changes: new tokens apply at
-once and agents whose token is gone are disconnected; limits apply at the
-next start. A file with a mistake is logged and the running tokens stay.
+The file is read again on SIGHUP and when it changes (a saved file is
+applied once it has stayed unchanged for 2 s, so that a half-written one is
+never read): new tokens apply then and agents whose token is gone are
+disconnected; limits apply at the next start. A file with a mistake is
+logged and the running tokens stay.
 Keep the file private (chmod 600) when it holds tokens in clear.
 
 The admin listener (--admin-addr, default 127.0.0.1:9090; empty turns it off)
@@ -374,7 +376,7 @@ func relayRun(ctx context.Context, opts *RelayOptions) error {
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
 		reloader = &configReloader{path: opts.ConfigFile, fixed: opts.Tokens, log: opts.Logger, hup: hup, every: configPollInterval}
-		file, err := reloader.load()
+		file, err := reloader.load(stampOf(opts.ConfigFile))
 		if err != nil {
 			return err
 		}

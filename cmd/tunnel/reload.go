@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"time"
@@ -15,8 +16,15 @@ import (
 const configPollInterval = 2 * time.Second
 
 // configReloader applies a changed --config file to a running relay: on
-// SIGHUP, and when the file's size, modification time or identity changes.
-// Only tokens change at run time; limits apply at the next start.
+// SIGHUP, and when the file's size, modification time or identity changes
+// and then stays as it is for one more poll. Only tokens change at run
+// time; limits apply at the next start.
+//
+// A file an editor writes in place is empty or half there for a moment,
+// and half a token list is a valid one: applied, it would disconnect every
+// agent whose token is in the other half, for good. So a change is applied
+// once it has settled, and a read during which the file changed is not
+// applied at all.
 type configReloader struct {
 	path   string
 	fixed  []relay.Token // from --token and TUNNEL_TOKEN, kept in every reload
@@ -25,7 +33,9 @@ type configReloader struct {
 	hup    <-chan os.Signal
 	every  time.Duration
 
-	seen fileStamp // the file as it was at the last load attempt
+	seen     fileStamp // the file as it was at the last load attempt
+	settling fileStamp // if pending, a change seen at the last poll, not applied yet
+	pending  bool
 }
 
 // fileStamp is what polling compares to notice a change.
@@ -48,13 +58,18 @@ func (a fileStamp) same(b fileStamp) bool {
 	return os.SameFile(a.info, b.info) && a.info.Size() == b.info.Size() && a.info.ModTime().Equal(b.info.ModTime())
 }
 
-// load reads the file, logs its warnings and remembers its stamp. The stamp
-// is taken first, so that a write during the read is seen by the next poll.
-func (r *configReloader) load() (*relay.FileConfig, error) {
-	r.seen = stampOf(r.path)
+// load reads the file, logs its warnings and remembers its stamp. It fails
+// if the file is no longer as before, the stamp taken before the read: it
+// changed meanwhile and may have been read half-written. The next poll
+// sees the change and reads it again.
+func (r *configReloader) load(before fileStamp) (*relay.FileConfig, error) {
+	r.seen = before
 	file, err := relay.LoadConfigFile(r.path)
 	if err != nil {
 		return nil, err
+	}
+	if !stampOf(r.path).same(before) {
+		return nil, fmt.Errorf("config: %s changed while it was read; it is read again once it stops changing", r.path)
 	}
 	for _, w := range file.Warnings {
 		r.log.Warn(w)
@@ -71,19 +86,37 @@ func (r *configReloader) run(ctx context.Context, s *relay.Server) {
 		case <-ctx.Done():
 			return
 		case <-r.hup:
-			r.reload(s, "SIGHUP")
+			r.reload(s, "SIGHUP", stampOf(r.path))
 		case <-t.C:
-			if !stampOf(r.path).same(r.seen) {
-				r.reload(s, "file changed")
+			if now, ok := r.settled(); ok {
+				r.reload(s, "file changed", now)
 			}
 		}
 	}
 }
 
+// settled is the poll: it reports whether the file differs from what was
+// last loaded and is as it was at the previous poll, with its stamp.
+func (r *configReloader) settled() (fileStamp, bool) {
+	now := stampOf(r.path)
+	if now.same(r.seen) {
+		r.pending = false
+		return now, false
+	}
+	if !r.pending || !now.same(r.settling) {
+		// Changed since the last look: give the writer one more interval
+		// to finish.
+		r.settling, r.pending = now, true
+		return now, false
+	}
+	r.pending = false
+	return now, true
+}
+
 // reload applies the file's tokens, or logs in one line why it cannot and
 // keeps the running ones.
-func (r *configReloader) reload(s *relay.Server, trigger string) {
-	file, err := r.load()
+func (r *configReloader) reload(s *relay.Server, trigger string, before fileStamp) {
+	file, err := r.load(before)
 	if err == nil {
 		err = s.SetTokens(append(append([]relay.Token{}, r.fixed...), file.Tokens...))
 	}
