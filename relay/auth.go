@@ -144,7 +144,7 @@ func (ts *tokenSet) current(tok *token) (cur *token, ok bool) {
 // tok is nil when auth is off.
 func (ts *tokenSet) mayClaim(tok *token, name string) error {
 	if owner := ts.reservedBy[name]; owner != nil && owner != tok {
-		return proto.Errorf(proto.CodeNameNotAllowed, "name %q is reserved for another token; choose another with -s", name)
+		return proto.Errorf(proto.CodeNameNotAllowed, "name %q is reserved for another token; choose another name", name)
 	}
 	if tok == nil || len(tok.Names) == 0 || ts.reservedBy[name] == tok {
 		return nil
@@ -175,7 +175,7 @@ func (ts *tokenSet) randomName(tok *token) (string, error) {
 			}
 		}
 	}
-	return "", proto.Errorf(proto.CodeNameNotAllowed, "this token cannot get a random name; ask for one of %s with -s", strings.Join(append(append([]string{}, tok.Reserved...), tok.Names...), ", "))
+	return "", proto.Errorf(proto.CodeNameNotAllowed, "this token cannot get a random name; ask for one of %s by name", strings.Join(append(append([]string{}, tok.Reserved...), tok.Names...), ", "))
 }
 
 // authError is a refusal of the control-connection upgrade.

@@ -169,12 +169,12 @@ func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access
 		case e == nil || c.mine(e):
 			// Free, or ours: live on a stale session or held for us.
 		case e.sess != nil && c.tok != nil && e.owner == c.tok.Name:
-			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "name %q is in use by another agent with this token, connected from %s, which still answers; stop it first, or choose another name with -s", name, e.sess.remote)
+			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "name %q is in use by another agent with this token, connected from %s, which still answers; stop it first, or choose another name", name, e.sess.remote)
 		case e.sess != nil:
-			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "name %q is in use by another agent; choose another with -s", name)
+			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "name %q is in use by another agent; choose another name", name)
 		default:
 			left := time.Until(e.heldUntil).Round(time.Second)
-			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "name %q is held for its disconnected agent for another %v; choose another with -s", name, left)
+			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "name %q is held for its disconnected agent for another %v; choose another name", name, left)
 		}
 	}
 	if c.tok != nil && c.maxTunnels > 0 {
@@ -222,7 +222,7 @@ func (r *registry) randomNameLocked(c claimant, taken map[string]bool) (string, 
 			return n, nil
 		}
 	}
-	return "", proto.Errorf(proto.CodeInternal, "could not find a free random name; ask for one with -s")
+	return "", proto.Errorf(proto.CodeInternal, "could not find a free random name; ask for one by name")
 }
 
 // revoke frees name at once: its session, if any, is returned so the caller

@@ -702,7 +702,7 @@ func (as *agentSession) claim(secret string, maxTunnels int, reqs []proto.Tunnel
 			return names, replaced, reconnect, err
 		}
 		if round == claimRetries {
-			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "another agent with this token keeps claiming the same name at the same moment; stop it, or choose another name with -s")
+			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "another agent with this token keeps claiming the same name at the same moment; stop it, or choose another name")
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tunnel-dev/tunnel/agent"
+	"github.com/tunnel-dev/tunnel/proto"
 )
 
 // defaultRelay pairs with `tunnel relay --domain localhost`, which listens
@@ -293,7 +294,7 @@ func exposeRun(ctx context.Context, opts *ExposeOptions) error {
 		Relay: opts.Relay,
 	})
 	defer p.close()
-	return agent.Run(ctx, agent.Config{
+	err := agent.Run(ctx, agent.Config{
 		Relay: opts.Relay,
 		Token: opts.Token,
 		Tunnels: []agent.Tunnel{{
@@ -306,6 +307,16 @@ func exposeRun(ctx context.Context, opts *ExposeOptions) error {
 		InspectAddr: inspectAddr,
 		Logger:      opts.Logger,
 	})
+	return nameAdvice(err, "-s NAME")
+}
+
+// nameAdvice says where the user sets the name the relay refused (the
+// relay's message cannot: it serves the Go API too).
+func nameAdvice(err error, where string) error {
+	if errors.Is(err, proto.ErrNameTaken) || errors.Is(err, proto.ErrNameNotAllowed) {
+		return fmt.Errorf("%w (%s)", err, where)
+	}
+	return err
 }
 
 // useColor reports whether output to w may carry ANSI colours: only on a

@@ -120,5 +120,5 @@ func startRun(ctx context.Context, opts *StartOptions) error {
 	defer p.close()
 	cfg.OnEvent = p.onEvent
 	cfg.Logger = opts.Logger
-	return agent.Run(ctx, cfg)
+	return nameAdvice(agent.Run(ctx, cfg), "the tunnel's name: in "+opts.ConfigFile)
 }

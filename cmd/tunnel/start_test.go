@@ -157,3 +157,17 @@ func TestStartTwoTunnels(t *testing.T) {
 		t.Fatalf("start exited %d after SIGINT, want 0", code)
 	}
 }
+
+// A name the relay refuses is reported with where the user sets it: -s for
+// expose, the tunnel's name: key in the file for start.
+func TestNameRefusalSaysWhereTheNameIsSet(t *testing.T) {
+	local := startLocalServer(t)
+	_, relayAddr := startRelay(t)
+	expectServing(t, exposeWith(t, "holder", noToken, relayAddr, "-p", local.port(), "-s", "dup", "--no-inspect"), relayAddr)
+
+	expectRefused(t, exposeWith(t, "expose", noToken, relayAddr, "-p", local.port(), "-s", "dup", "--no-inspect"),
+		`tunnel: name "dup" is in use by another agent; choose another name (-s NAME)`)
+	path := writeTunnelsFile(t, "relay: http://"+relayAddr+"\ntunnels:\n  - name: dup\n    port: "+local.port()+"\n")
+	expectRefused(t, startTunnel(t, "start", noToken, "start", "--config", path),
+		`tunnel: name "dup" is in use by another agent; choose another name (the tunnel's name: in `+path+`)`)
+}
