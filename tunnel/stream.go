@@ -42,7 +42,7 @@ type Stream struct {
 	yamuxRD   time.Time // the read deadline yamux has
 
 	sawEOF atomic.Bool // the peer finished writing
-	// closedWrite is when CloseWrite ran (UnixNano; 0: not yet). yamux
+	// closedWrite is when CloseWrite ran (monoNow; 0: not yet). yamux
 	// cuts the stream streamCloseTimeout later if the peer has not
 	// finished, and its Read then returns io.EOF like the peer's FIN.
 	closedWrite atomic.Int64
@@ -315,7 +315,7 @@ func (c *Stream) Read(b []byte) (int, error) {
 		return 0, c.mapErr("read", net.ErrClosed)
 	}
 	if err == io.EOF {
-		if t := c.closedWrite.Load(); t != 0 && time.Since(time.Unix(0, t)) >= streamCloseTimeout {
+		if t := c.closedWrite.Load(); t != 0 && monoNow()-t >= int64(streamCloseTimeout) {
 			// yamux's close timeout, not the peer's end: a clean EOF
 			// would pass a cut-off answer for a complete one. (A FIN
 			// that comes later is dropped: it cannot be one.)
@@ -423,9 +423,18 @@ func (c *Stream) Write(b []byte) (int, error) {
 	return n, c.mapErr("write", err)
 }
 
+// monoStart anchors monoNow to the monotonic clock.
+var monoStart = time.Now()
+
+// monoNow is the monotonic time in nanoseconds since monoStart, plus one
+// (never 0). closedWrite is compared with yamux's close timer, which runs
+// on the monotonic clock: a stamp of the wall clock would move with NTP
+// steps and date changes.
+func monoNow() int64 { return int64(time.Since(monoStart)) + 1 }
+
 // CloseWrite sends a FIN: the peer reads EOF, this side can still read.
 func (c *Stream) CloseWrite() error {
-	c.closedWrite.CompareAndSwap(0, time.Now().UnixNano())
+	c.closedWrite.CompareAndSwap(0, monoNow())
 	return c.s.Close()
 }
 
