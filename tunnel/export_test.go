@@ -27,6 +27,14 @@ func SetStreamCloseTimeout(d time.Duration) (restore func()) {
 	return func() { streamCloseTimeout = old }
 }
 
+// SetKeepAlive sets the ping interval and the write and ping-answer timeout
+// for the sessions made from now on, and returns a func that restores them.
+func SetKeepAlive(every, timeout time.Duration) (restore func()) {
+	e, w := keepAliveInterval, writeTimeout
+	keepAliveInterval, writeTimeout = every, timeout
+	return func() { keepAliveInterval, writeTimeout = e, w }
+}
+
 // WithoutTCPWaits makes TCP connections neither park nor wait without a
 // read, as on every OS but Linux, until restore is called.
 func WithoutTCPWaits() (restore func()) {

@@ -44,7 +44,7 @@ const (
 // GuardLimits are the rates and sizes the frame guard enforces.
 type GuardLimits struct {
 	// PingsPerSecond and PingBurst bound the ping requests the peer sends
-	// (a token bucket). yamux's keepalive sends one per KeepAliveInterval.
+	// (a token bucket). keepalive sends one per KeepAliveInterval.
 	PingsPerSecond float64
 	PingBurst      int
 	// StreamsPerSecond and StreamBurst bound the streams the peer opens

@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/yamux"
 )
@@ -99,6 +100,8 @@ type streamWaker struct {
 	seen    []uint32 // streams woken by frames of the current Read
 	fire    []func() // their parked directions, started after unlocking
 
+	received atomic.Uint64 // bytes read from the peer (keepalive)
+
 	mu       sync.Mutex
 	inflight []uint32          // streams with a frame yamux may not have delivered yet
 	parked   map[uint32]func() // stream ID → how its direction goes on
@@ -144,6 +147,7 @@ func (w *streamWaker) Read(p []byte) (int, error) {
 	if n <= 0 {
 		return n, err
 	}
+	w.received.Add(uint64(n))
 	b := p[:n]
 	for {
 		var h []byte

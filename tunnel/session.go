@@ -21,8 +21,8 @@ import (
 const (
 	// KeepAliveInterval is how often each side pings the other.
 	KeepAliveInterval = 9 * time.Second
-	// WriteTimeout bounds one frame write on the shared connection; a ping
-	// that cannot be written in this time closes the session.
+	// WriteTimeout bounds one frame write on the shared connection, and the
+	// wait for a ping's answer (see keepalive).
 	WriteTimeout = 10 * time.Second
 	// StreamWindow is the most one stream may have in flight unacknowledged,
 	// and so the most a slow reader can make the other side buffer for it.
@@ -44,6 +44,13 @@ func YamuxConfig(logger *slog.Logger) *yamux.Config {
 	return c
 }
 
+// keepAliveInterval and writeTimeout are KeepAliveInterval and
+// WriteTimeout, as variables for tests.
+var (
+	keepAliveInterval = KeepAliveInterval
+	writeTimeout      = WriteTimeout
+)
+
 // streamCloseTimeout is yamux's StreamCloseTimeout: a stream whose write
 // side we closed (CloseWrite) is cut this long after, if the peer has not
 // closed its side by then, even while the peer is still sending. It bounds
@@ -55,9 +62,10 @@ var streamCloseTimeout = time.Minute
 func yamuxConfig(logger *slog.Logger) (*yamux.Config, *logLimiter) {
 	c := yamux.DefaultConfig()
 	c.AcceptBacklog = 256
-	c.EnableKeepAlive = true
-	c.KeepAliveInterval = KeepAliveInterval
-	c.ConnectionWriteTimeout = WriteTimeout
+	// Client and Server run keepalive instead of yamux's own.
+	c.EnableKeepAlive = false
+	c.KeepAliveInterval = keepAliveInterval
+	c.ConnectionWriteTimeout = writeTimeout
 	c.MaxStreamWindowSize = StreamWindow
 	// Opening a stream is bounded by our own deadlines (OpenStream below);
 	// yamux's StreamOpenTimeout would close the whole session instead.
@@ -145,6 +153,7 @@ func Client(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
 	sess, err := yamux.Client(newFrameWriter(w, conn), YamuxConfig(logger))
 	if err == nil {
 		w.attach(sess)
+		go keepalive(sess, w, logger, "relay")
 	}
 	return sess, err
 }
@@ -161,8 +170,45 @@ func Server(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
 	sess, err := yamux.Server(newFrameWriter(w, conn), cfg)
 	if err == nil {
 		w.attach(sess)
+		go keepalive(sess, w, logger, "agent")
 	}
 	return sess, err
+}
+
+// keepalive pings the peer every KeepAliveInterval and closes the session
+// once a ping has gone unanswered for WriteTimeout while nothing at all came
+// from the peer. yamux's own keepalive closes it on the unanswered ping
+// alone, and on a slow link that is wrong: pings and their answers queue
+// behind the data in flight (a stream's window is 2 MiB, 20 s at 100 KB/s
+// on a laptop's uplink), so a session carrying an upload was cut every
+// 19 s with every stream and WebSocket on it.
+//
+// Each ping runs on its own, not one after the other as yamux's do: the
+// peer's pings, then, arrive every KeepAliveInterval whatever happens to
+// ours, and so inside every ping's wait (WriteTimeout is longer). A side
+// that only sends, and so receives neither data nor window updates, still
+// hears its live peer. A peer that is gone or frozen sends nothing, and is
+// noticed within KeepAliveInterval + WriteTimeout.
+func keepalive(sess *yamux.Session, w *streamWaker, logger *slog.Logger, peer string) {
+	every, timeout := keepAliveInterval, writeTimeout
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-sess.CloseChan():
+			return
+		}
+		before := w.received.Load()
+		go func() {
+			if _, err := sess.Ping(); err != nil && !sess.IsClosed() && w.received.Load() == before {
+				if logger != nil {
+					logger.Warn("the "+peer+" answered no ping for "+timeout.String()+" and sent nothing; closing the connection", "err", err)
+				}
+				sess.Close()
+			}
+		}()
+	}
 }
 
 // deadline sets conn's deadline from ctx and returns a function that clears

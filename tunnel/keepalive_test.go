@@ -1,0 +1,92 @@
+package tunnel_test
+
+import (
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/tunnel"
+)
+
+// slowConn writes at most rate bytes a second, as a slow uplink does: what
+// is written waits in line before it, pings and their answers too.
+type slowConn struct {
+	net.Conn
+	rate int
+}
+
+func (c *slowConn) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		chunk := p[:min(len(p), c.rate/50)]
+		time.Sleep(time.Duration(len(chunk)) * time.Second / time.Duration(c.rate))
+		m, err := c.Conn.Write(chunk)
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[len(chunk):]
+	}
+	return n, nil
+}
+
+// A session on a slow link stays up while its data takes longer than the
+// ping timeout to get through: the pings and their answers wait behind the
+// data, but the data itself shows the peer is there. (yamux's keepalive
+// closed it after the first unanswered ping, with every stream on it.)
+func TestKeepAliveSlowLinkKeepsSession(t *testing.T) {
+	defer tunnel.SetKeepAlive(200*time.Millisecond, time.Second)()
+	c1, c2 := tcpPair(t)
+	agent, err := tunnel.Client(&slowConn{Conn: c1, rate: 64 << 10}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer agent.Close()
+	relay, err := tunnel.Server(c2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+
+	// The agent uploads 256 KiB: four seconds on this link, four ping
+	// timeouts, in which it receives nothing but the relay's pings.
+	const size = 256 << 10
+	go func() {
+		st, err := agent.OpenStream()
+		if err != nil {
+			return
+		}
+		st.Write(make([]byte, size))
+		st.Close()
+	}()
+	st, err := relay.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, st)
+	if err != nil || n != size {
+		t.Fatalf("relay read %d of %d bytes: %v", n, size, err)
+	}
+	if agent.IsClosed() || relay.IsClosed() {
+		t.Fatalf("session closed on a slow but working link (agent closed %v, relay closed %v)", agent.IsClosed(), relay.IsClosed())
+	}
+}
+
+// A peer that answers nothing and sends nothing (frozen, or gone without a
+// FIN) is given up after a ping interval and a ping timeout.
+func TestKeepAliveSilentPeerClosesSession(t *testing.T) {
+	defer tunnel.SetKeepAlive(200*time.Millisecond, time.Second)()
+	c1, c2 := tcpPair(t)
+	defer c1.Close() // open, but nobody reads or writes it
+	relay, err := tunnel.Server(c2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	select {
+	case <-relay.CloseChan():
+	case <-time.After(5 * time.Second):
+		t.Fatal("session with a silent peer still open after 5 s (want about 1.2 s)")
+	}
+}
