@@ -4,6 +4,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -319,6 +320,34 @@ func serveConns(t testing.TB, handle func(c net.Conn)) string {
 		wg.Wait()
 	})
 	return ln.Addr().String()
+}
+
+// serveHandler is a local server running h, closed at the test's end; it
+// returns the server's address.
+func serveHandler(t testing.TB, h http.HandlerFunc) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+// rawVisitor is a visitor's TCP connection to the relay, for requests
+// written byte by byte; it is closed at the test's end, and every read or
+// write on it fails after 15 s.
+func rawVisitor(t testing.TB, relayAddr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", relayAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	return c, bufio.NewReader(c)
 }
 
 func startLocal(t testing.TB) *localServer {

@@ -127,7 +127,9 @@ func (t *keepAliveTransport) roundTrip(c net.Conn, e *idleStream, req *http.Requ
 	b := &keptBody{t: t, key: key, c: c, idle: e, timeout: t.as.srv.cfg.Limits.ResponseHeaderTimeout}
 	// The request's context bounds the whole exchange, body included.
 	b.stop = context.AfterFunc(ctx, b.cancel)
+	var gate *continueGate
 	fail := func(err error) (*http.Response, error) {
+		gate.decide(false)
 		b.stop()
 		c.Close()
 		return nil, roundTripErr(ctx, c, err)
@@ -145,9 +147,23 @@ func (t *keepAliveTransport) roundTrip(c net.Conn, e *idleStream, req *http.Requ
 		// request's end, which the writer sets unless the header came
 		// first; a local server may answer before it has read the body.
 		b.written = make(chan error, 1)
+		if expectsContinue(req) {
+			// The visitor waits to hear whether the local server wants
+			// the body: its own 100 Continue, a final answer, or none in
+			// time. Reading the body here first would make net/http
+			// answer 100 Continue on the local server's behalf.
+			gate = newContinueGate(req.Body)
+			wreq := *req
+			wreq.Body = gate
+			req = &wreq
+		}
 		go func() {
 			err := writeRequest(c, req)
-			if err != nil {
+			if err != nil && gate.refused() {
+				// The local server answered without the body: the
+				// answer is read on, and done closes the stream.
+				err = errNoContinue
+			} else if err != nil {
 				// A request cut short: no answer can come on this stream.
 				c.Close()
 			} else {
@@ -162,8 +178,9 @@ func (t *keepAliveTransport) roundTrip(c net.Conn, e *idleStream, req *http.Requ
 	if _, err := b.br.Peek(1); err != nil {
 		b.release()
 		if b.written != nil {
+			gate.decide(false)
 			c.Close() // the writer may be blocked on a window that never opens
-			if werr := <-b.written; werr != nil && ctx.Err() == nil && !isTimeout(err) {
+			if werr := <-b.written; werr != nil && werr != errNoContinue && ctx.Err() == nil && !isTimeout(err) {
 				err = werr
 			}
 		} else if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
@@ -190,11 +207,18 @@ func (t *keepAliveTransport) roundTrip(c net.Conn, e *idleStream, req *http.Requ
 			return fail(fmt.Errorf("malformed status code %03d", res.StatusCode))
 		}
 		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
+			gate.decide(false) // the body is not sent if it has not started
 			break
+		}
+		if res.StatusCode == http.StatusContinue {
+			gate.decide(true)
 		}
 		// An interim response (100 Continue, 103 Early Hints): the reverse
 		// proxy passes it on to the visitor through its trace hook.
-		if trace != nil && trace.Got1xxResponse != nil {
+		// Never to an HTTP/1.0 visitor, which takes any status line
+		// for the final one (RFC 9110 section 15.2: a server MUST NOT
+		// send it a 1xx).
+		if trace != nil && trace.Got1xxResponse != nil && req.ProtoAtLeast(1, 1) {
 			if err := trace.Got1xxResponse(res.StatusCode, textproto.MIMEHeader(res.Header)); err != nil {
 				b.release()
 				return fail(err)
@@ -475,4 +499,73 @@ func (v *visitorConn) close() {
 	for _, f := range funcs {
 		f()
 	}
+}
+
+// expectContinueTimeout is how long a request body held for the local
+// server's 100 Continue waits before it goes anyway, as with
+// http.DefaultTransport's ExpectContinueTimeout: some servers send none.
+const expectContinueTimeout = time.Second
+
+// errNoContinue is the request writer's result when the local server gave
+// its final answer before it asked for the request body.
+var errNoContinue = errors.New("the local server answered before it asked for the request body")
+
+// expectsContinue reports whether the visitor sent Expect: 100-continue.
+func expectsContinue(req *http.Request) bool {
+	return req.ProtoAtLeast(1, 1) && strings.EqualFold(strings.TrimSpace(req.Header.Get("Expect")), "100-continue")
+}
+
+// continueGate is a request body whose first read waits for the local
+// server's 100 Continue, its final answer (the body is then not sent), or
+// expectContinueTimeout. A nil gate's methods do nothing.
+type continueGate struct {
+	io.ReadCloser
+	once    sync.Once
+	decided chan struct{}
+	send    bool // written before decided closes
+	timer   *time.Timer
+}
+
+func newContinueGate(body io.ReadCloser) *continueGate {
+	g := &continueGate{ReadCloser: body, decided: make(chan struct{})}
+	g.timer = time.AfterFunc(expectContinueTimeout, func() { g.set(true) })
+	return g
+}
+
+// decide lets the body go, or not; only the first decision counts. Only
+// the goroutine that made g calls it.
+func (g *continueGate) decide(send bool) {
+	if g == nil {
+		return
+	}
+	g.timer.Stop()
+	g.set(send)
+}
+
+func (g *continueGate) set(send bool) {
+	g.once.Do(func() {
+		g.send = send
+		close(g.decided)
+	})
+}
+
+// refused reports whether the body was held back for good.
+func (g *continueGate) refused() bool {
+	if g == nil {
+		return false
+	}
+	select {
+	case <-g.decided:
+		return !g.send
+	default:
+		return false
+	}
+}
+
+func (g *continueGate) Read(p []byte) (int, error) {
+	<-g.decided
+	if !g.send {
+		return 0, errNoContinue
+	}
+	return g.ReadCloser.Read(p)
 }

@@ -41,6 +41,11 @@ func (as *agentSession) setupProxy() {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			v, _ := pr.In.Context().Value(visitorKey{}).(visitorInfo)
 			pr.Out.URL.Scheme = "http"
+			// Rewrite mode has dropped every query parameter it could
+			// not parse (a ';', a bad %-escape) and re-encoded the rest
+			// in sorted order before calling us. The relay never reads
+			// the query: the local server gets it as the visitor sent it.
+			pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 			pr.Out.URL.Host = poolKey(v.name, pr.In.RemoteAddr)
 			// The local server sees the public host name it is served under,
 			// unless the agent asked for another Host header (its local
@@ -160,6 +165,12 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 	v.recBody = recorder{ResponseWriter: w, srv: s, idle: s.cfg.Limits.WriteIdleTimeout}
 	v.rec = &v.recBody
 	if r.Body != nil && r.Body != http.NoBody {
+		// Counted on a copy of the request: net/http decides after the
+		// handler what to do with a body left unread (an Expect:
+		// 100-continue never answered closes the connection; a small
+		// rest is read) by the type of its own request's Body.
+		r2 := *r
+		r = &r2
 		v.in.r = r.Body
 		r.Body = &v.in
 	}
