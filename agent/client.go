@@ -149,17 +149,34 @@ func isPermanent(err error) bool {
 	return errors.As(err, &verr)
 }
 
+// notFromRelay reports whether err, permanent for a relay never reached,
+// may come from something between the agent and a relay it has reached
+// before, and pass: a captive portal's redirect or certificate, a proxy's
+// or load balancer's 4xx page while the relay restarts. Only the relay's
+// own refusals stay permanent then: a proto.Error, or 401 for a token it no
+// longer accepts.
+func notFromRelay(err error) bool {
+	var uerr *tunnel.UpgradeError
+	if errors.As(err, &uerr) {
+		return uerr.Status != http.StatusUnauthorized
+	}
+	var verr *tls.CertificateVerificationError
+	return errors.As(err, &verr)
+}
+
 // run connects and reconnects until ctx is done or a permanent error. online,
 // if not nil, is called after every successful handshake.
 func (c *client) run(ctx context.Context, online func([]proto.Granted)) error {
 	bo := backoff{min: c.cfg.MinBackoff, max: c.cfg.MaxBackoff}
+	wasOnline := false
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
 		connected, err := c.attempt(ctx, online)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if isPermanent(err) {
+		wasOnline = wasOnline || connected
+		if isPermanent(err) && !(wasOnline && notFromRelay(err)) {
 			if perr := (*PermanentError)(nil); errors.As(err, &perr) {
 				return err
 			}

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -24,6 +26,9 @@ type cutProxy struct {
 	conns  []net.Conn
 	wg     sync.WaitGroup
 	gate   sync.RWMutex // held for writing while stalled
+	// intercept, when set, answers new connections instead of the
+	// target, as a captive portal or a proxy's error page would.
+	intercept atomic.Pointer[func(c net.Conn)]
 }
 
 // stall holds every byte in both directions for d.
@@ -64,6 +69,14 @@ func startCutProxy(t testing.TB, target string) *cutProxy {
 			c, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			if f := p.intercept.Load(); f != nil {
+				p.wg.Go(func() {
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(5 * time.Second))
+					(*f)(c)
+				})
+				continue
 			}
 			up, err := net.Dial("tcp", target)
 			if err != nil {
@@ -252,5 +265,54 @@ func TestAgentSecretFromFirstHello(t *testing.T) {
 	}
 	if retry.Secret != first.Secret {
 		t.Errorf("retry's secret %q, want the first hello's %q", retry.Secret, first.Secret)
+	}
+}
+
+// answerHTTP is a cutProxy intercept that answers every request with the
+// raw response head resp.
+func answerHTTP(resp string) *func(c net.Conn) {
+	f := func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+			io.WriteString(c, resp)
+		}
+	}
+	return &f
+}
+
+// An agent that has been online rides out what stands between it and the
+// relay for a while: a captive portal's redirect on the next Wi-Fi, then a
+// proxy's 403 page while the relay restarts. It keeps retrying and comes
+// back under its URL. (It used to stop for good at the redirect.)
+func TestReconnectThroughCaptivePortal(t *testing.T) {
+	rl := startRelay(t, "")
+	local := startLocal(t)
+	p := startCutProxy(t, rl.addr)
+	ag, urls := startAgent(t, rl.url(), []agent.Tunnel{{Name: "laptop", Local: local.addr}}, dialVia(p))
+
+	p.intercept.Store(answerHTTP("HTTP/1.1 302 Found\r\nLocation: http://login.hotspot.example/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+	p.cut()
+	for range 2 {
+		select {
+		case <-ag.offline:
+		case err := <-ag.done:
+			ag.done <- err
+			t.Fatalf("the agent stopped at the portal: %v", err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("no reconnect attempt within 10 s")
+		}
+	}
+	p.intercept.Store(answerHTTP("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+	time.Sleep(time.Second)
+	p.intercept.Store(nil)
+	select {
+	case again := <-ag.online:
+		if again[0] != urls[0] {
+			t.Errorf("back as %s, was %s", again[0], urls[0])
+		}
+	case err := <-ag.done:
+		ag.done <- err
+		t.Fatalf("the agent stopped for good behind the portal: %v", err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("agent not back 15 s after the way to the relay was clear")
 	}
 }
