@@ -178,6 +178,17 @@ const (
 	NoticeCertFailed = proto.NoticeCertFailed
 )
 
+// The relay's refusals of a name, re-exported so that users of this
+// package can tell them apart (errors.Is) without importing proto.
+var (
+	ErrNameTaken      = proto.ErrNameTaken
+	ErrNameNotAllowed = proto.ErrNameNotAllowed
+)
+
+// ValidateName checks a name to ask for (Tunnel.Name) by the protocol's
+// rules, proto.ValidateName, which Run and the relay check again.
+func ValidateName(name string) error { return proto.ValidateName(name) }
+
 // Event is a change of state or a request, for display.
 type Event struct {
 	Kind    EventKind

@@ -416,7 +416,13 @@ func (c *client) readControl(ctrl net.Conn, resets *tunnel.Resets) {
 			if m.Kind == proto.NoticeDraining {
 				c.draining = true
 			}
-			c.log.Info("relay notice", "kind", string(m.Kind), "message", m.Message)
+			// With OnEvent set the caller shows this itself (expose's
+			// "relay says:", --quiet, --json); keep the log quiet.
+			level := slog.LevelInfo
+			if c.cfg.OnEvent != nil {
+				level = slog.LevelDebug
+			}
+			c.log.Log(context.Background(), level, "relay notice", "kind", string(m.Kind), "message", m.Message)
 			c.emit(Event{Kind: EventNotice, Notice: m})
 		default:
 			c.log.Debug("ignoring control message", "type", m.Type().String())

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -84,6 +85,15 @@ func newTokenSet(tokens []Token) (*tokenSet, error) {
 			return nil, fmt.Errorf("token %q is empty: an empty token would let anyone in; set its secret or sha256", t.Name)
 		}
 		tk.Secret = "" // keep only the hash in memory
+		// match picks one token per secret: a second token with the same
+		// secret and other rules would silently take the first one's
+		// place. The same token from several sources (--token and
+		// TUNNEL_TOKEN) is harmless.
+		for _, other := range ts.tokens {
+			if other.hash == tk.hash && !sameRules(other.Token, t) {
+				return nil, fmt.Errorf("tokens %q and %q are the same token with different names or limits, and only one of them could ever apply; give each its own (openssl rand -hex 24)", other.Name, t.Name)
+			}
+		}
 		for _, p := range t.Names {
 			if _, err := path.Match(p, "x"); err != nil {
 				return nil, fmt.Errorf("token %q: name pattern %q: %v", t.Name, p, err)
@@ -109,6 +119,11 @@ func newTokenSet(tokens []Token) (*tokenSet, error) {
 		ts.tokens = append(ts.tokens, tk)
 	}
 	return ts, nil
+}
+
+// sameRules reports whether a and b allow the same names and tunnels.
+func sameRules(a, b Token) bool {
+	return slices.Equal(a.Names, b.Names) && slices.Equal(a.Reserved, b.Reserved) && a.MaxTunnels == b.MaxTunnels
 }
 
 // match returns the token whose hash equals secret's, comparing in constant

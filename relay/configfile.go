@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -216,7 +217,9 @@ func (p *configParser) parseTokens(k, v *yaml.Node, cfg *FileConfig) error {
 			}
 			reservedBy[r] = t.Name
 		}
-		if err := CheckTokens([]Token{t}); err != nil {
+		// With the tokens before it, so that an error about two tokens
+		// points at the second.
+		if err := CheckTokens(append(slices.Clip(cfg.Tokens), t)); err != nil {
 			return p.Errorf(item, "%v", err)
 		}
 		cfg.Tokens = append(cfg.Tokens, t)

@@ -132,6 +132,12 @@ func TestParseConfigErrors(t *testing.T) {
 			`relay.yaml:3: token "alice": token must be a string`},
 		{"duplicate name", "tokens:\n  - name: alice\n    token: " + secret + "\n  - name: alice\n    sha256: " + testSHA + "\n",
 			`relay.yaml:4: token name "alice" is used twice (first at line 2); give each token its own name`},
+		// The relay tells tokens apart by their secret: a second token
+		// with the first one's would silently take its place.
+		{"same secret twice", "tokens:\n  - name: alice\n    token: " + secret + "\n    names: [\"alice-*\"]\n  - name: bob\n    token: " + secret + "\n    names: [\"bob-*\"]\n",
+			`relay.yaml:5: tokens "alice" and "bob" are the same token with different names or limits, and only one of them could ever apply; give each its own (openssl rand -hex 24)`},
+		{"same secret as sha256", "tokens:\n  - name: alice\n    sha256: 4ebe2209faa8b2ad9f5942b442d787d62b68964519e2d572737d2d23529e45ba\n    max_tunnels: 2\n  - name: bob\n    token: " + secret + "\n",
+			`relay.yaml:5: tokens "alice" and "bob" are the same token with different names or limits, and only one of them could ever apply; give each its own (openssl rand -hex 24)`},
 		{"reserved twice", "tokens:\n  - name: a\n    token: " + secret + "\n    reserved: [x]\n  - name: b\n    sha256: " + testSHA + "\n    reserved: [x]\n",
 			`relay.yaml:5: token "b": name "x" is already reserved by token "a"`},
 		{"bad reserved name", "tokens:\n  - name: a\n    token: " + secret + "\n    reserved: [Bad_Name]\n",

@@ -152,6 +152,32 @@ func (l *Limits) setDefaults() {
 	}
 }
 
+// CheckDomain reports why domain cannot be the apex under which the relay
+// serves <name>.DOMAIN, e.g. to check a command line before the relay
+// starts. It takes the domain as New does: case and a final dot do not
+// matter.
+func CheckDomain(domain string) error {
+	d := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(domain)), ".")
+	switch {
+	case d == "":
+		return errors.New("no domain: set --domain to the apex your wildcard DNS points at (e.g. example.com), or localhost for local use")
+	case strings.ContainsAny(d, ":/ "):
+		return fmt.Errorf("domain %q must be a bare host name such as example.com, without scheme or port", domain)
+	case strings.HasPrefix(d, "*."):
+		return fmt.Errorf("domain %q is the wildcard DNS record; give the apex under it: %s", domain, d[2:])
+	}
+	if _, err := netip.ParseAddr(d); err == nil {
+		return fmt.Errorf("domain %q is an IP address, and tunnels are served at <name>.DOMAIN: give a domain whose wildcard record points at this machine, or localhost", domain)
+	}
+	for label := range strings.SplitSeq(d, ".") {
+		bad := strings.ContainsFunc(label, func(r rune) bool { return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') })
+		if label == "" || len(label) > 63 || bad || label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("domain %q is not a host name: labels of letters, digits and '-', separated by dots, like example.com", domain)
+		}
+	}
+	return nil
+}
+
 // tlsOn reports whether the relay serves TLS.
 func (c *Config) tlsOn() bool { return c.ACME != nil || c.TLSCertFile != "" || c.TLSKeyFile != "" }
 
@@ -160,14 +186,16 @@ func (c *Config) setDefaults() error {
 	if c.Domain == "" {
 		return errors.New("relay: no domain: set --domain to the apex your wildcard DNS points at (e.g. example.com), or localhost for local use")
 	}
-	if strings.ContainsAny(c.Domain, ":/ ") {
-		return fmt.Errorf("relay: domain %q must be a bare host name such as example.com, without scheme or port", c.Domain)
+	if err := CheckDomain(c.Domain); err != nil {
+		return fmt.Errorf("relay: %w", err)
 	}
 	if c.Addr == "" {
 		switch {
 		case c.tlsOn():
 			c.Addr = ":443"
-		case c.Domain == "localhost":
+		case c.Domain == "localhost" || strings.HasSuffix(c.Domain, ".localhost"):
+			// *.localhost is this machine's alone (RFC 6761): no reason
+			// to listen beyond loopback.
 			c.Addr = "127.0.0.1:8000"
 		default:
 			c.Addr = ":80"
@@ -603,6 +631,16 @@ func (s *Server) closeAll() {
 		sessions = append(sessions, as)
 	}
 	s.mu.Unlock()
+	// Let the agents read what they were last told, the draining notice
+	// above all: an idle relay gets here at once, and closing a session
+	// drops what its control stream has not written yet.
+	flushCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+	var flushes sync.WaitGroup
+	for _, as := range sessions {
+		flushes.Go(func() { as.flushControl(flushCtx) })
+	}
+	flushes.Wait()
+	cancel()
 	for _, as := range sessions {
 		as.close()
 	}

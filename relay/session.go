@@ -50,6 +50,10 @@ type agentSession struct {
 	proxy   *httputil.ReverseProxy
 	ka      *keepAliveTransport
 
+	// flushes asks writeControl to write what out holds, then close the
+	// channel it was sent.
+	flushes chan chan struct{}
+
 	// hostHeaders maps each tunnel name whose agent asked for it to the
 	// Host header its requests carry; claimed is closed once it is
 	// complete (or the handshake failed), and the proxy reads it only
@@ -117,6 +121,7 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		remote:  r.RemoteAddr,
 		urls:    make(map[string]string),
 		out:     make(chan proto.Message, 256),
+		flushes: make(chan chan struct{}),
 		streams: make(chan struct{}, tunnel.MaxStreams),
 		tunnels: make(map[string]*tunnelState),
 		tok:     tok,
@@ -435,23 +440,64 @@ func (as *agentSession) writeControl() {
 		case <-as.done:
 			return
 		case m := <-as.out:
-			as.ctrl.SetWriteDeadline(time.Now().Add(tunnel.WriteTimeout))
-			err := proto.WriteMessage(as.ctrl, m)
-			if _, final := m.(*proto.Error); final {
-				// A refusal ends the session once it is written.
-				as.close()
+			if !as.writeOne(m) {
 				return
 			}
-			if err != nil {
-				if errors.Is(err, proto.ErrTooLarge) {
-					// Nothing was written; the message is lost, not the session.
-					as.log.Debug("dropped oversized control message", "type", m.Type().String())
-					continue
+		case flushed := <-as.flushes:
+			for pending := true; pending; {
+				select {
+				case m := <-as.out:
+					if !as.writeOne(m) {
+						close(flushed)
+						return
+					}
+				default:
+					pending = false
 				}
-				as.close()
-				return
 			}
+			close(flushed)
 		}
+	}
+}
+
+// writeOne writes m to the control stream. It reports false when the
+// session is over.
+func (as *agentSession) writeOne(m proto.Message) bool {
+	as.ctrl.SetWriteDeadline(time.Now().Add(tunnel.WriteTimeout))
+	err := proto.WriteMessage(as.ctrl, m)
+	if _, final := m.(*proto.Error); final {
+		// A refusal ends the session once it is written.
+		as.close()
+		return false
+	}
+	if err != nil {
+		if errors.Is(err, proto.ErrTooLarge) {
+			// Nothing was written; the message is lost, not the session.
+			as.log.Debug("dropped oversized control message", "type", m.Type().String())
+			return true
+		}
+		as.close()
+		return false
+	}
+	return true
+}
+
+// flushControl waits until what was queued for the agent so far is
+// written, the session has ended, or ctx is done: closing the session
+// right after queuing a notice would drop it.
+func (as *agentSession) flushControl(ctx context.Context) {
+	flushed := make(chan struct{})
+	select {
+	case as.flushes <- flushed:
+	case <-as.done:
+		return
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-flushed:
+	case <-as.done:
+	case <-ctx.Done():
 	}
 }
 

@@ -32,13 +32,21 @@ func (e *UpgradeError) Error() string {
 	if e.Reason != "" && !strings.HasPrefix(e.Reason, "<") { // not an HTML page
 		msg += ": " + e.Reason
 	}
-	switch e.Status {
-	case http.StatusNotFound, http.StatusMethodNotAllowed:
+	switch {
+	case e.PlainToHTTPS():
+		msg += " (the relay serves HTTPS on that port: use https:// in the relay URL)"
+	case e.Status == http.StatusNotFound, e.Status == http.StatusMethodNotAllowed:
 		msg += " (is the relay URL that of a tunnel relay?)"
-	case http.StatusUpgradeRequired, http.StatusBadRequest:
+	case e.Status == http.StatusUpgradeRequired, e.Status == http.StatusBadRequest:
 		msg += " (a proxy in front of the relay must pass the Connection and Upgrade headers)"
 	}
 	return msg
+}
+
+// PlainToHTTPS reports whether the refusal is Go's answer to plain HTTP
+// sent to an HTTPS port: an http:// relay URL for a relay with TLS.
+func (e *UpgradeError) PlainToHTTPS() bool {
+	return e.Status == http.StatusBadRequest && strings.Contains(e.Reason, "HTTP request to an HTTPS server")
 }
 
 // DialOptions configures DialControl. The zero value dials with net.Dialer

@@ -358,6 +358,8 @@ func (d *doctor) agentFailure(ctx context.Context, err error) (detail, fix strin
 			fix = "use the URL the relay redirects to in --relay (https:// for a relay with certificates)"
 		case uerr.Status == http.StatusNotFound || uerr.Status == http.StatusMethodNotAllowed:
 			fix = "point --relay at a tunnel relay (tunnel relay), not at another web server"
+		case uerr.PlainToHTTPS():
+			fix = "the relay serves HTTPS on that port: use https:// in --relay"
 		case uerr.Status == http.StatusBadRequest || uerr.Status == http.StatusUpgradeRequired:
 			fix = "a proxy in front of the relay must pass the Connection: Upgrade and Upgrade headers of /_tunnel/connect"
 		case uerr.Status == http.StatusServiceUnavailable:

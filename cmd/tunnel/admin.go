@@ -182,6 +182,16 @@ func adminCall(ctx context.Context, o *AdminOptions, method, path string) ([]byt
 	if json.Unmarshal(body, &apiErr) != nil || apiErr.Error == "" {
 		apiErr.Error = strings.TrimSpace(string(body))
 	}
+	// The relay's own words are for its operator and for curl; say what
+	// to do with this command instead.
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized && o.Token == "":
+		apiErr.Error = "no admin token given: pass the relay's admin token with --admin-token or TUNNEL_ADMIN_TOKEN"
+	case resp.StatusCode == http.StatusUnauthorized:
+		apiErr.Error = "the relay did not accept this admin token: pass the one it was started with (its --admin-token or TUNNEL_ADMIN_TOKEN)"
+	case resp.StatusCode == http.StatusForbidden:
+		apiErr.Error = "the relay's admin API is off: restart the relay with --admin-token or TUNNEL_ADMIN_TOKEN set, then pass the same token here"
+	}
 	return nil, fmt.Errorf("admin API: %s: %s", resp.Status, apiErr.Error)
 }
 

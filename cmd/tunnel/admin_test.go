@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -225,7 +228,8 @@ func TestAdminCommand(t *testing.T) {
 		t.Errorf("ls --json: %+v %v", list, err)
 	}
 
-	fail(nil, "tunnel: admin API: 401 Unauthorized: admin token missing or wrong", "ls")
+	fail(nil, "tunnel: admin API: 401 Unauthorized: no admin token given: pass the relay's admin token with --admin-token or TUNNEL_ADMIN_TOKEN", "ls")
+	fail([]string{"TUNNEL_ADMIN_TOKEN=not-the-admin-token"}, "tunnel: admin API: 401 Unauthorized: the relay did not accept this admin token", "ls")
 	fail(withToken, `tunnel: admin API: 404 Not Found: no tunnel named "nosuch"`, "kick", "nosuch")
 	fail([]string{"TUNNEL_ADMIN_URL=http://127.0.0.1:1"}, "tunnel: admin API at http://127.0.0.1:1: dial tcp 127.0.0.1:1: connect: connection refused", "ls")
 
@@ -311,6 +315,35 @@ func TestRelayJSONLogs(t *testing.T) {
 	for _, s := range relayProc.stderr.all {
 		if parse(s) == nil {
 			t.Errorf("not a JSON line: %q", s)
+		}
+	}
+}
+
+// TestAdminErrorsSayWhatToDo checks that the relay's refusals, worded for
+// curl and for the relay's operator, become advice for this command: a
+// relay without an admin token must not tell someone who passed
+// --admin-token to set --admin-token.
+func TestAdminErrorsSayWhatToDo(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch r.Header.Get("Authorization") {
+		case "Bearer off-relay-token":
+			w.WriteHeader(http.StatusForbidden)
+			w.Write([]byte(`{"error": "set --admin-token to use the admin API"}`))
+		default:
+			w.WriteHeader(http.StatusUnauthorized)
+			w.Write([]byte(`{"error": "admin token missing or wrong: send Authorization: Bearer <admin token>"}`))
+		}
+	}))
+	defer srv.Close()
+	for _, tt := range []struct{ token, want string }{
+		{"", "admin API: 401 Unauthorized: no admin token given: pass the relay's admin token with --admin-token or TUNNEL_ADMIN_TOKEN"},
+		{"wrong-admin-token", "admin API: 401 Unauthorized: the relay did not accept this admin token: pass the one it was started with (its --admin-token or TUNNEL_ADMIN_TOKEN)"},
+		{"off-relay-token", "admin API: 403 Forbidden: the relay's admin API is off: restart the relay with --admin-token or TUNNEL_ADMIN_TOKEN set, then pass the same token here"},
+	} {
+		err := adminRun(context.Background(), &AdminOptions{IO: IOStreams{Out: io.Discard, ErrOut: io.Discard}, URL: srv.URL, Token: tt.token, Action: "ls"})
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("token %q: error %v, want %q", tt.token, err, tt.want)
 		}
 	}
 }

@@ -440,3 +440,23 @@ func getAs(t *testing.T, client *http.Client, url, user, pass string) int {
 	io.Copy(io.Discard, resp.Body)
 	return resp.StatusCode
 }
+
+// TestRelayRefusesOneTokenWithTwoRules checks that a token given twice
+// with different rules, here in TUNNEL_TOKEN and, restricted, in the
+// config file, stops the relay: only one of the two could ever match.
+func TestRelayRefusesOneTokenWithTwoRules(t *testing.T) {
+	const secret = "shared-token-0123456789"
+	sum := sha256.Sum256([]byte(secret))
+	cfg := filepath.Join(t.TempDir(), "relay.yaml")
+	writeFile(t, cfg, "tokens:\n  - name: alice\n    sha256: "+hex.EncodeToString(sum[:])+"\n    names: [\"alice-*\"]\n")
+	p := startTunnel(t, "relay", []string{"TUNNEL_TOKEN=" + secret}, "relay", "--domain", "localhost", "--addr", "127.0.0.1:0", "--config", cfg)
+	if code := p.exitCode(t); code != 1 {
+		t.Fatalf("relay exited %d, want 1", code)
+	}
+	p.stderr.find(t, "the error", func(s string) bool {
+		return strings.HasPrefix(s, `tunnel: relay: tokens "env-1" and "alice" are the same token with different names or limits`)
+	})
+	if p.stderr.contains("relay listening") || p.stderr.contains(secret) {
+		t.Error("the relay started, or printed the token")
+	}
+}

@@ -164,3 +164,42 @@ func TestExitCodes(t *testing.T) {
 		}
 	}
 }
+
+// TestIdleRelayShutdownTellsAgents checks that a relay with nothing in
+// flight (systemctl restart on a quiet night) still tells its agents it is
+// shutting down before it closes their connections, so that they say so
+// instead of blaming the network; and that the notice, which expose shows
+// itself, adds no log line to --quiet's or --json's stderr.
+func TestIdleRelayShutdownTellsAgents(t *testing.T) {
+	local := startLocalServer(t)
+	relay, relayAddr := startRelay(t)
+	quiet := startExpose(t, "quiet", relayAddr, "-p", local.port(), "--no-inspect", "--quiet")
+	quiet.stdout.first(t, 1)
+	js := startExpose(t, "json", relayAddr, "-p", local.port(), "--no-inspect", "--json")
+	js.stdout.find(t, "the online event", func(s string) bool { return strings.Contains(s, `"event":"online"`) })
+
+	relay.signal(t, syscall.SIGTERM)
+	if code := relay.exitCode(t); code != 0 {
+		t.Fatalf("relay exited %d, want 0", code)
+	}
+	quiet.stderr.find(t, "the reconnect line", func(s string) bool {
+		return strings.HasPrefix(s, "reconnecting (attempt 1, next in ") && strings.HasSuffix(s, "): relay shut down or restarted")
+	})
+	js.stdout.find(t, "the draining notice", func(s string) bool {
+		return strings.Contains(s, `"event":"notice"`) && strings.Contains(s, `"kind":"draining"`)
+	})
+	js.stdout.find(t, "the offline event", func(s string) bool {
+		return strings.Contains(s, `"event":"offline"`) && strings.Contains(s, `"error":"relay shut down or restarted"`)
+	})
+	for _, p := range []*proc{quiet, js} {
+		p.signal(t, syscall.SIGINT)
+		if code := p.exitCode(t); code != 0 {
+			t.Errorf("%s exited %d", p.name, code)
+		}
+		for _, s := range p.stderr.all {
+			if strings.Contains(s, "level=") {
+				t.Errorf("%s: log line on stderr: %q", p.name, s)
+			}
+		}
+	}
+}

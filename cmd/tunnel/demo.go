@@ -65,6 +65,11 @@ issued it, if the system does not trust it already.`,
 			if (opts.TLSCert == "") != (opts.TLSKey == "") {
 				return usageErrorf(cmd, "--tls-cert and --tls-key go together: pass both, the certificate chain and its private key")
 			}
+			// Before anything starts, as expose says it: exit 1 with the
+			// rule the name breaks, and no relay log around it.
+			if err := agent.ValidateName(opts.Name); err != nil {
+				return err
+			}
 			if opts.CAFile != "" {
 				if opts.TLSCert == "" {
 					return usageErrorf(cmd, "--ca-file is the CA of --tls-cert: pass --tls-cert and --tls-key too, or drop --ca-file")

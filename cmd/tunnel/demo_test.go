@@ -180,3 +180,15 @@ func poll(expr string) chromedp.Action[chromedp.Void] {
 		return err
 	})
 }
+
+// TestDemoInvalidName checks that a bad -s stops the demo before its relay
+// starts, with expose's one line and exit status.
+func TestDemoInvalidName(t *testing.T) {
+	demo := startTunnel(t, "demo", nil, "demo", "-s", "Bad_Name")
+	if code := demo.exitCode(t); code != 1 {
+		t.Fatalf("demo exited %d, want 1", code)
+	}
+	demo.stderr.wait(t, "the end of stderr", func(all []string) bool {
+		return len(all) == 1 && all[0] == `tunnel: name "Bad_Name" is invalid: use lower-case letters only`
+	})
+}

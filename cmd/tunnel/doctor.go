@@ -70,7 +70,11 @@ status (pass, warn, fail or skip), detail, fix and latency_ms.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !cmd.Flags().Changed("relay") {
-				if v := os.Getenv("TUNNEL_RELAY"); v != "" {
+				v, err := envRelay(cmd, "it is used when --relay is not given")
+				if err != nil {
+					return err
+				}
+				if v != "" {
 					opts.Relay = v
 				}
 			}
@@ -130,6 +134,11 @@ func doctorRun(ctx context.Context, opts *DoctorOptions) error {
 	if rep == nil {
 		return err
 	}
+	if errors.Is(err, context.Canceled) {
+		// The checks that did not run are not in the report: its summary
+		// ("No check failed", "ok": true) would vouch for them.
+		return errors.New("doctor interrupted before all checks ran")
+	}
 	if opts.JSON {
 		if err := rep.WriteJSON(opts.IO.Out); err != nil {
 			return err
@@ -138,9 +147,6 @@ func doctorRun(ctx context.Context, opts *DoctorOptions) error {
 		fmt.Fprintf(opts.IO.Out, "\n%s\n", rep.Summary())
 	}
 	if err != nil {
-		if errors.Is(err, context.Canceled) {
-			return errors.New("doctor interrupted before all checks ran")
-		}
 		return err
 	}
 	return doctorError(rep)

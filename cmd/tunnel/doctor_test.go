@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -43,6 +44,9 @@ func TestDoctorFlags(t *testing.T) {
 			want: DoctorOptions{Relay: "https://flag.example.com", Token: "from-flag", Timeout: 10 * time.Second},
 		},
 		{name: "empty token", args: []string{"--token", " "}, wantErr: "--token is empty"},
+		{name: "bad TUNNEL_RELAY", env: []string{"TUNNEL_RELAY=example.com"}, wantErr: `TUNNEL_RELAY "example.com" is not a relay URL`},
+		{name: "bad TUNNEL_RELAY under --relay", env: []string{"TUNNEL_RELAY=example.com"}, args: []string{"--relay", "https://flag.example.com"},
+			want: DoctorOptions{Relay: "https://flag.example.com", Timeout: 10 * time.Second}},
 		{name: "zero timeout", args: []string{"--timeout", "0s"}, wantErr: "--timeout must be positive"},
 		{name: "bad CA file", args: []string{"--ca-file", caFile}, wantErr: "--ca-file: " + caFile + " holds no PEM certificate"},
 		{name: "stray argument", args: []string{"https://example.com"}, wantErr: "takes no arguments"},
@@ -190,6 +194,42 @@ func TestDoctorOverTLS(t *testing.T) {
 	} {
 		if !strings.Contains(line, want) {
 			t.Errorf("stderr %q, want %q in it", line, want)
+		}
+	}
+}
+
+// TestDoctorInterrupted checks Ctrl-C while a check waits on a relay that
+// accepts and never answers: exit 1 with one line, and no summary or JSON
+// report that would vouch for the checks that never ran.
+func TestDoctorInterrupted(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, unanswered, until the test ends
+		}
+	}()
+	for _, args := range [][]string{nil, {"--json"}} {
+		p := startTunnel(t, "doctor", []string{"TUNNEL_TOKEN=", "TUNNEL_RELAY="}, append([]string{"doctor", "--relay", "http://" + ln.Addr().String(), "--timeout", "20s"}, args...)...)
+		time.Sleep(time.Second) // into the agent check, which waits for the relay's answer
+		p.signal(t, syscall.SIGINT)
+		if code := p.exitCode(t); code != 1 {
+			t.Fatalf("doctor %q exited %d after SIGINT, want 1", args, code)
+		}
+		if got := p.stderr.all; len(got) != 1 || got[0] != "tunnel: doctor interrupted before all checks ran" {
+			t.Errorf("doctor %q: stderr %q", args, got)
+		}
+		for _, s := range p.stdout.all {
+			if strings.Contains(s, "No check failed") || strings.Contains(s, "checks passed") || strings.Contains(s, `"ok"`) {
+				t.Errorf("doctor %q: %q after an interrupt", args, s)
+			}
 		}
 	}
 }

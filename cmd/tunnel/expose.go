@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -17,7 +18,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tunnel-dev/tunnel/agent"
-	"github.com/tunnel-dev/tunnel/proto"
 )
 
 // defaultRelay pairs with `tunnel relay --domain localhost`, which listens
@@ -133,7 +133,11 @@ fixes it instead.
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !cmd.Flags().Changed("relay") {
-				if v := os.Getenv("TUNNEL_RELAY"); v != "" {
+				v, err := envRelay(cmd, "it is used when --relay is not given")
+				if err != nil {
+					return err
+				}
+				if v != "" {
 					opts.Relay = v
 				}
 			}
@@ -313,10 +317,27 @@ func exposeRun(ctx context.Context, opts *ExposeOptions) error {
 // nameAdvice says where the user sets the name the relay refused (the
 // relay's message cannot: it serves the Go API too).
 func nameAdvice(err error, where string) error {
-	if errors.Is(err, proto.ErrNameTaken) || errors.Is(err, proto.ErrNameNotAllowed) {
+	if errors.Is(err, agent.ErrNameTaken) || errors.Is(err, agent.ErrNameNotAllowed) {
 		return fmt.Errorf("%w (%s)", err, where)
 	}
 	return err
+}
+
+// envRelay returns $TUNNEL_RELAY, or an error that names the variable if
+// it is not a relay URL: the agent's own error would show the value but
+// not where it came from, which a variable set long ago in a profile or
+// an environment file hides. used says when the variable applies.
+func envRelay(cmd *cobra.Command, used string) (string, error) {
+	v := os.Getenv("TUNNEL_RELAY")
+	if v == "" {
+		return "", nil
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil || u.ForceQuery {
+		return "", usageErrorf(cmd, "TUNNEL_RELAY %q is not a relay URL like https://example.com or http://localhost:8000 (%s): correct it or unset it", v, used)
+	}
+	return v, nil
 }
 
 // useColor reports whether output to w may carry ANSI colours: only on a

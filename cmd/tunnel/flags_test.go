@@ -73,6 +73,9 @@ func TestExposeFlags(t *testing.T) {
 			want: ExposeOptions{Port: 8080, LocalHost: "localhost", Relay: "http://flag.example.com"},
 		},
 		{name: "no port", args: []string{"-s", "demo"}, wantErr: "no local port: pass -p PORT"},
+		{name: "bad TUNNEL_RELAY", env: "localhost:8000", args: []string{"-p", "8080"},
+			wantErr: `TUNNEL_RELAY "localhost:8000" is not a relay URL like https://example.com or http://localhost:8000 (it is used when --relay is not given): correct it or unset it`},
+		{name: "TUNNEL_RELAY with a path", env: "https://example.com/tunnel", args: []string{"-p", "8080"}, wantErr: `TUNNEL_RELAY "https://example.com/tunnel" is not a relay URL`},
 		{name: "port 0", args: []string{"-p", "0"}, wantErr: "want a TCP port from 1 to 65535"},
 		{name: "port too big", args: []string{"-p", "65536"}, wantErr: "want a TCP port from 1 to 65535"},
 		{name: "negative port", args: []string{"-p", "-1"}, wantErr: "want a TCP port from 1 to 65535"},
@@ -172,6 +175,13 @@ func TestRelayFlags(t *testing.T) {
 			want: RelayOptions{Domain: "localhost", Grace: 60 * time.Second, DrainTimeout: 30 * time.Second, HTTPAddr: ":80"},
 		},
 		{name: "no domain", wantErr: "no domain: pass --domain"},
+		// The DNS record is *.example.com and the help speaks of *.DOMAIN:
+		// a relay started with either would serve names nobody can reach.
+		{name: "wildcard domain", args: []string{"--domain", "*.example.com", "--plain"}, wantErr: `domain "*.example.com" is the wildcard DNS record; give the apex under it: example.com`},
+		{name: "wildcard domain from TUNNEL_DOMAIN", env: "*.example.com", args: []string{"--plain"}, wantErr: "give the apex under it: example.com"},
+		{name: "IP address as domain", args: []string{"--domain", "203.0.113.10", "--plain"}, wantErr: `domain "203.0.113.10" is an IP address`},
+		{name: "domain not a host name", args: []string{"--domain", "my_relay.example.com", "--plain"}, wantErr: `domain "my_relay.example.com" is not a host name`},
+		{name: "domain with a scheme", args: []string{"--domain", "https://example.com", "--plain"}, wantErr: "must be a bare host name"},
 		{name: "zero drain timeout", args: []string{"--domain", "localhost", "--drain-timeout", "0"}, wantErr: "--drain-timeout must be positive"},
 		{name: "bad duration", args: []string{"--domain", "localhost", "--grace", "soon"}, wantErr: `invalid argument "soon"`},
 		{name: "state dir without ACME", args: []string{"--domain", "localhost", "--state-dir", "/s"}, wantErr: "--state-dir holds ACME keys and certificates, and nothing without --acme-accept-tos"},

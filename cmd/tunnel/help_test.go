@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"regexp"
 	"strings"
@@ -149,4 +150,25 @@ func isUnder(cmd, parent *cobra.Command) bool {
 		}
 	}
 	return false
+}
+
+// TestHelpUnknownTopic checks that help for a command that does not exist
+// is a usage error, not the root's help and exit 0.
+func TestHelpUnknownTopic(t *testing.T) {
+	for args, want := range map[string]string{
+		"help exoose":     `no help topic "exoose"; did you mean "expose"?`,
+		"help status":     `no help topic "status": tunnel has no command "status"`,
+		"help admin kik":  `no help topic "admin kik"; did you mean "kick"?`,
+		"help admin kick": "",
+		"help":            "",
+	} {
+		err := execute(NewCmdRoot(IOStreams{Out: io.Discard, ErrOut: io.Discard}), strings.Fields(args)...)
+		var uerr *usageError
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("tunnel %s: %v", args, err)
+		case want != "" && (err == nil || err.Error() != want || !errors.As(err, &uerr)):
+			t.Errorf("tunnel %s: error %v, want the usage error %q", args, err, want)
+		}
+	}
 }

@@ -325,4 +325,10 @@ inspector   off: inspector not started: listen tcp 127.0.0.1:4040: bind: address
 	if errOut != want {
 		t.Errorf("stderr:\n%s\nwant:\n%s", errOut, want)
 	}
+
+	// tunnel start has no --inspect-addr: its hint names the file's key.
+	_, errOut = runPrinter(printerOptions{Block: true, Locals: []string{"localhost:3000"}, Relay: "http://localhost:8000", InspectSetting: "inspect_addr: in tunnels.yaml"}, events)
+	if want := "(choose another address with inspect_addr: in tunnels.yaml)\n"; !strings.HasSuffix(errOut, want) {
+		t.Errorf("start's stderr:\n%s\nwant it to end with %q", errOut, want)
+	}
 }

@@ -151,6 +151,9 @@ program.`,
 			if strings.TrimSpace(opts.Domain) == "" {
 				return usageErrorf(cmd, "no domain: pass --domain (the apex your wildcard DNS points at, or localhost) or set TUNNEL_DOMAIN")
 			}
+			if err := relay.CheckDomain(opts.Domain); err != nil {
+				return usageErrorf(cmd, "%v", err)
+			}
 			if opts.DrainTimeout <= 0 {
 				return usageErrorf(cmd, "--drain-timeout must be positive, got %v", opts.DrainTimeout)
 			}

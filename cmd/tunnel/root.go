@@ -84,6 +84,20 @@ Try both ends in one process:          tunnel demo`,
 	cmd.InitDefaultHelpCmd()
 	if help, _, err := cmd.Find([]string{"help"}); err == nil && help != cmd {
 		help.Example = "  tunnel help expose\n  tunnel help admin kick"
+		// cobra's own would show the root's help for `tunnel help exoose`
+		// and exit 0: unknownCommand keeps its Find from failing.
+		show := help.Run
+		help.Run = nil
+		help.RunE = func(c *cobra.Command, args []string) error {
+			if target, rest, err := cmd.Find(args); err == nil && len(rest) > 0 {
+				if s := target.SuggestionsFor(rest[0]); len(s) > 0 {
+					return usageErrorf(cmd, "no help topic %q; did you mean %q?", strings.Join(args, " "), s[0])
+				}
+				return usageErrorf(cmd, "no help topic %q: %s has no command %q", strings.Join(args, " "), target.CommandPath(), rest[0])
+			}
+			show(c, args)
+			return nil
+		}
 	}
 	registerCompletions(cmd) // last: it completes the flags of the whole tree
 	return cmd

@@ -76,7 +76,11 @@ tunnel start as a service.`,
 			if err != nil {
 				return err
 			}
-			if v := os.Getenv("TUNNEL_RELAY"); v != "" {
+			v, err := envRelay(cmd, "it wins over relay: in "+opts.ConfigFile)
+			if err != nil {
+				return err
+			}
+			if v != "" {
 				cfg.Relay = v
 			}
 			if cfg.Relay == "" {
@@ -116,6 +120,8 @@ func startRun(ctx context.Context, opts *StartOptions) error {
 		Block:  true,
 		Locals: locals,
 		Relay:  cfg.Relay,
+		// start has no --inspect-addr: the address is the file's.
+		InspectSetting: "inspect_addr: in " + opts.ConfigFile,
 	})
 	defer p.close()
 	cfg.OnEvent = p.onEvent

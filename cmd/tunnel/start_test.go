@@ -49,6 +49,10 @@ func TestStartFlags(t *testing.T) {
 		{name: "stray argument", args: []string{"--config", bare, "tunnels.yaml"}, wantErr: "takes no arguments", wantUsage: true},
 		{name: "unknown key", args: []string{"--config", bad}, wantErr: bad + `:3: tunnel "demo": unknown key "prot"`},
 		{name: "missing file", args: []string{"--config", bad + ".missing"}, wantErr: "no such file or directory"},
+		// The file's relay is right; the variable that overrides it is not,
+		// and the error must say which it is.
+		{name: "bad TUNNEL_RELAY", env: map[string]string{"TUNNEL_RELAY": "file.example.com"}, args: []string{"--config", withAll},
+			wantErr: `TUNNEL_RELAY "file.example.com" is not a relay URL like https://example.com or http://localhost:8000 (it wins over relay: in ` + withAll + `): correct it or unset it`, wantUsage: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

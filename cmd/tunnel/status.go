@@ -85,6 +85,9 @@ type printerOptions struct {
 	// Locals, if set, are the local targets of the tunnels in the order
 	// they were asked for, in place of Local (tunnel start).
 	Locals []string
+	// InspectSetting says where the inspector's address is set, for when
+	// its port is taken; empty: expose's --inspect-addr.
+	InspectSetting string
 }
 
 // newStatusPrinter starts a printer. printURLs prints the granted URLs the
@@ -327,7 +330,11 @@ func (p *statusPrinter) printBlock(w io.Writer, ev agent.Event) {
 	case p.inspector != "":
 		fmt.Fprintf(w, "inspector   %s\n", p.inspector)
 	case p.inspectErr != nil:
-		fmt.Fprintf(w, "inspector   off: %v (choose another address with --inspect-addr)\n", oneLine(p.inspectErr))
+		setting := p.opts.InspectSetting
+		if setting == "" {
+			setting = "--inspect-addr"
+		}
+		fmt.Fprintf(w, "inspector   off: %v (choose another address with %s)\n", oneLine(p.inspectErr), setting)
 	}
 }
 

@@ -112,3 +112,30 @@ func TestExposeUntrustedRelay(t *testing.T) {
 		t.Errorf("expose printed %q on stdout", expose.stdout.all)
 	}
 }
+
+// TestExposeHTTPToTLSRelay checks the mistake of an http:// relay URL for
+// a relay that serves HTTPS on that port: expose and doctor say to use
+// https://, not that a proxy drops the Upgrade header.
+func TestExposeHTTPToTLSRelay(t *testing.T) {
+	certs := newTestCerts(t, "localhost", "*.localhost")
+	local := startLocalServer(t)
+	_, relayAddr := startTLSRelay(t, certs)
+	_, port, _ := net.SplitHostPort(relayAddr)
+	const want = "(the relay serves HTTPS on that port: use https:// in the relay URL)"
+
+	expose := startTunnel(t, "expose", nil, "expose", "-p", local.port(), "--no-inspect", "--relay", "http://localhost:"+port)
+	if code := expose.exitCode(t); code != 1 {
+		t.Fatalf("expose exited %d, want 1", code)
+	}
+	if errLines := expose.stderr.all; len(errLines) != 1 || !strings.HasSuffix(errLines[0], want) || strings.Contains(errLines[0], "proxy") {
+		t.Errorf("expose said %q, want one line ending %q", errLines, want)
+	}
+
+	doctor := startTunnel(t, "doctor", nil, "doctor", "--relay", "http://localhost:"+port, "--timeout", "5s")
+	if code := doctor.exitCode(t); code != 1 {
+		t.Fatalf("doctor exited %d, want 1", code)
+	}
+	doctor.stdout.find(t, "the agent check's fix", func(s string) bool {
+		return strings.Contains(s, "fix:") && strings.HasSuffix(s, "the relay serves HTTPS on that port: use https:// in --relay")
+	})
+}
