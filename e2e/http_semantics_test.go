@@ -7,12 +7,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/agent"
+	"github.com/tunnel-dev/tunnel/relay"
 )
 
 // handlerTunnel runs a relay and an agent whose tunnel "demo" is served by
@@ -171,5 +173,62 @@ func TestNoInterimResponsesToHTTP10(t *testing.T) {
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: demo.localhost\r\n\r\n")
 	if line, _ := br.ReadString('\n'); line != "HTTP/1.1 103 Early Hints\r\n" {
 		t.Errorf("HTTP/1.1 visitor: first line %q", line)
+	}
+}
+
+// Headers that spell a relay-owned one with '_' for '-' are dropped:
+// CGI-style servers (PHP, WSGI, Rack) read X_Real_IP and X-Real-IP as the
+// same HTTP_X_REAL_IP, so the visitor's value would stand beside, or
+// replace, the address the relay sets.
+func TestUnderscoreAliasesOfRelayHeadersDropped(t *testing.T) {
+	seen := make(chan http.Header, 1)
+	rl, _ := handlerTunnel(t, func(w http.ResponseWriter, r *http.Request) { seen <- r.Header.Clone() })
+	c, br := rawVisitor(t, rl.addr)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: demo.localhost\r\n"+
+		"X-Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nX-Forwarded_Host: bank.example\r\nTrue_Client_IP: 6.6.6.6\r\nMy_Header: kept\r\n\r\n")
+	if _, err := http.ReadResponse(br, nil); err != nil {
+		t.Fatal(err)
+	}
+	h := <-seen
+	for k, v := range h {
+		if strings.Contains(strings.Join(v, ","), "6.6.6.6") || strings.Contains(strings.Join(v, ","), "bank.example") {
+			t.Errorf("the local server got %s: %q", k, v)
+		}
+	}
+	if h.Get("My_Header") != "kept" || h.Get("X-Real-Ip") != "127.0.0.1" {
+		t.Errorf("headers the relay should keep or set: %v", h)
+	}
+}
+
+// A tunnel's cookies stay on its own host: a Set-Cookie for the relay's
+// domain (which browsers accept when it is not on the Public Suffix List)
+// would reach every other tunnel. The relay removes such a Domain, so the
+// cookie is the tunnel host's alone; a Domain of the host itself stays.
+func TestTunnelCookiesStayOnTheirHost(t *testing.T) {
+	rl := startRelay(t, "", func(c *relay.Config) { c.Domain = "tunnel.test" })
+	evil := serveHandler(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("Set-Cookie", "session=attacker-chosen; Domain=tunnel.test; Path=/")
+		w.Header().Add("Set-Cookie", "own=1; Domain=evil.tunnel.test; Path=/")
+	})
+	victimSaw := make(chan string, 1)
+	victim := serveHandler(t, func(w http.ResponseWriter, r *http.Request) { victimSaw <- r.Header.Get("Cookie") })
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "evil", Local: evil}})
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "victim", Local: victim}})
+
+	c := visitorClient(rl.addr)
+	resp, err := c.Get("http://evil.tunnel.test/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Values("Set-Cookie"); len(got) != 2 || got[0] != "session=attacker-chosen; Path=/" || got[1] != "own=1; Domain=evil.tunnel.test; Path=/" {
+		t.Errorf("Set-Cookie reaching the visitor: %q", got)
+	}
+	// A browser's jar, for a domain not on the Public Suffix List.
+	c.Jar, _ = cookiejar.New(nil)
+	get(t, c, "http://evil.tunnel.test/")
+	get(t, c, "http://victim.tunnel.test/")
+	if got := <-victimSaw; got != "" {
+		t.Errorf("tunnel victim got cookies that tunnel evil set: %q", got)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -98,13 +99,37 @@ func isNavigation(r *http.Request) bool {
 		// A form another site submits is a top-level navigation too: an
 		// auto-submitting one would otherwise skip the page. The tunnel's
 		// own forms (same-origin) pass.
-		return r.Method == http.MethodPost && strings.EqualFold(mode, "navigate") && strings.EqualFold(dest, "document") &&
+		if r.Method != http.MethodPost {
+			return false
+		}
+		if mode == "" && dest == "" && site == "" {
+			// No Fetch Metadata: browsers send none to an origin that is
+			// not potentially trustworthy (plain HTTP on a real domain).
+			// A form another origin submits still says where it came
+			// from, and asks for HTML.
+			return strings.Contains(strings.ToLower(r.Header.Get("Accept")), "text/html") && foreignOrigin(r)
+		}
+		return strings.EqualFold(mode, "navigate") && strings.EqualFold(dest, "document") &&
 			(strings.EqualFold(site, "cross-site") || strings.EqualFold(site, "same-site"))
 	}
 	if mode != "" || dest != "" || site != "" {
 		return strings.EqualFold(mode, "navigate") && strings.EqualFold(dest, "document")
 	}
 	return strings.Contains(strings.ToLower(r.Header.Get("Accept")), "text/html")
+}
+
+// foreignOrigin reports whether r's Origin is another origin than its own
+// host ("null", from a sandboxed or privacy-sensitive context, included).
+func foreignOrigin(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return false
+	}
+	u, err := url.Parse(o)
+	if err != nil || u.Host == "" {
+		return true
+	}
+	return !strings.EqualFold(u.Host, r.Host) && !strings.EqualFold(u.Hostname(), canonicalHost(r.Host))
 }
 
 // acknowledged reports whether r carries a valid, unexpired

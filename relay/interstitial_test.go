@@ -74,6 +74,12 @@ func TestInterstitialOnlyForNavigations(t *testing.T) {
 		{"iframe navigation", "GET", []string{"Accept", "text/html", "Sec-Fetch-Mode", "navigate", "Sec-Fetch-Dest", "iframe"}, false},
 		{"metadata without mode", "GET", []string{"Accept", "text/html", "Sec-Fetch-Site", "same-origin"}, false},
 		{"form POST navigation", "POST", chromeNav, false},
+		// Browsers send no Fetch Metadata to plain HTTP on a real domain:
+		// a form another site submits says so in Origin.
+		{"another site's form over plain HTTP", "POST", append([]string{"Origin", "http://evil.example", "Content-Type", "application/x-www-form-urlencoded"}, oldBrowserNav...), true},
+		{"a form from an opaque origin over plain HTTP", "POST", append([]string{"Origin", "null"}, oldBrowserNav...), true},
+		{"the tunnel's own form over plain HTTP", "POST", append([]string{"Origin", "http://" + testHost + ":8000"}, oldBrowserNav...), false},
+		{"POST with neither Origin nor metadata", "POST", oldBrowserNav, false},
 		{"HEAD", "HEAD", chromeNav, false},
 		{"PUT without metadata", "PUT", oldBrowserNav, false},
 		{"curl", "GET", []string{"Accept", "*/*", "User-Agent", "curl/8.5.0"}, false},

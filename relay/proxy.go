@@ -63,9 +63,15 @@ func (as *agentSession) setupProxy() {
 			for _, h := range spoofableHeaders {
 				pr.Out.Header.Del(h)
 			}
+			stripUnderscoreAliases(pr.Out.Header)
 			pr.Out.Header.Set("X-Real-Ip", remoteIP(pr.In.RemoteAddr))
 		},
 		ModifyResponse: func(res *http.Response) error {
+			// A tunnel's cookies are its own host's: one for the relay's
+			// apex would reach every other tunnel.
+			if v, ok := res.Request.Context().Value(visitorKey{}).(visitorInfo); ok {
+				hostOnlyCookies(res.Header, v.name+"."+as.srv.cfg.Domain)
+			}
 			if as.srv.inter != nil {
 				// Only the relay sets the interstitial's cookie: a local
 				// server handing out a valid one would skip the page.
@@ -86,6 +92,56 @@ func (as *agentSession) setupProxy() {
 // spoofableHeaders name a client's address or port in conventions other
 // than X-Forwarded-*; only the relay may set them.
 var spoofableHeaders = []string{"X-Real-Ip", "True-Client-Ip", "X-Client-Ip", "Cf-Connecting-Ip", "X-Cluster-Client-Ip", "X-Forwarded-Port", "X-Forwarded-Server"}
+
+// relayOwnedHeaders are the headers only the relay may set.
+var relayOwnedHeaders = func() map[string]bool {
+	m := map[string]bool{"Forwarded": true, "X-Forwarded-For": true, "X-Forwarded-Host": true, "X-Forwarded-Proto": true}
+	for _, h := range spoofableHeaders {
+		m[h] = true
+	}
+	return m
+}()
+
+// stripUnderscoreAliases removes headers that spell a relay-owned header
+// with '_' for '-' (X-Forwarded_For, X_Real_IP): CGI-style servers (PHP,
+// WSGI, Rack, net/http/cgi) map both spellings to the same variable
+// (HTTP_X_FORWARDED_FOR), so the visitor's value would stand next to, or
+// replace, the relay's. nginx drops such headers by default for this reason.
+func stripUnderscoreAliases(h http.Header) {
+	for k := range h {
+		if strings.Contains(k, "_") && relayOwnedHeaders[http.CanonicalHeaderKey(strings.ReplaceAll(k, "_", "-"))] {
+			delete(h, k)
+		}
+	}
+}
+
+// hostOnlyCookies removes from the local server's Set-Cookie lines a Domain
+// attribute other than host itself: a cookie for the relay's apex (or any
+// parent) would be sent to every other tunnel, and to the relay's own
+// pages. Without the attribute the cookie is the tunnel host's alone.
+func hostOnlyCookies(h http.Header, host string) {
+	vals := h["Set-Cookie"]
+	for i, v := range vals {
+		if !strings.Contains(strings.ToLower(v), "domain") {
+			continue
+		}
+		parts := strings.Split(v, ";")
+		keep := []string{parts[0]}
+		for _, a := range parts[1:] {
+			name, val, _ := strings.Cut(a, "=")
+			if strings.EqualFold(strings.TrimSpace(name), "domain") {
+				d := strings.TrimSuffix(strings.TrimPrefix(strings.ToLower(strings.TrimSpace(val)), "."), ".")
+				if d != host {
+					continue
+				}
+			}
+			keep = append(keep, a)
+		}
+		if len(keep) != len(parts) {
+			vals[i] = strings.Join(keep, ";")
+		}
+	}
+}
 
 // poolKey is the transport's host for a request: the tunnel name, then the
 // visitor's address. Keep-alive streams are thus reused only by the visitor
