@@ -98,6 +98,7 @@ type streamWaker struct {
 	last    uint32   // stream of the last frame header read
 	lastHit bool     // it wakes its stream
 	seen    []uint32 // streams woken by frames of the current Read
+	fins    []uint32 // streams with a FIN or reset among them
 	fire    []func() // their parked directions, started after unlocking
 
 	received atomic.Uint64 // bytes read from the peer (keepalive)
@@ -105,6 +106,9 @@ type streamWaker struct {
 	mu       sync.Mutex
 	inflight []uint32          // streams with a frame yamux may not have delivered yet
 	parked   map[uint32]func() // stream ID → how its direction goes on
+	// finWatch: streams whose write side is closed (CloseWrite), each
+	// told when the peer's FIN or reset comes in (Stream.Read).
+	finWatch map[uint32]*Stream
 	closed   bool
 	sess     *yamux.Session // set right after the session starts
 }
@@ -160,12 +164,25 @@ func (w *streamWaker) Read(p []byte) (int, error) {
 		w.last, w.lastHit = binary.BigEndian.Uint32(h[4:8]), wakes(h)
 		if w.lastHit {
 			w.seen = append(w.seen, w.last)
+			if binary.BigEndian.Uint16(h[2:4])&(flagFIN|flagRST) != 0 {
+				w.fins = append(w.fins, w.last)
+			}
 		}
 	}
 	if len(w.seen) == 0 {
 		return n, err
 	}
 	w.mu.Lock()
+	if len(w.fins) > 0 {
+		now := monoNow()
+		for _, id := range w.fins {
+			if st := w.finWatch[id]; st != nil {
+				st.peerFIN.CompareAndSwap(0, now)
+				delete(w.finWatch, id)
+			}
+		}
+		w.fins = w.fins[:0]
+	}
 	w.inflight = append(w.inflight, w.seen...)
 	if len(w.parked) > 0 {
 		for _, id := range w.seen {
@@ -191,7 +208,7 @@ func (w *streamWaker) Close() error {
 	w.mu.Lock()
 	w.closed = true
 	parked, sess := w.parked, w.sess
-	w.parked = nil
+	w.parked, w.finWatch = nil, nil
 	if sess != nil {
 		wakers.Delete(sess)
 	}
@@ -224,6 +241,26 @@ func (w *streamWaker) park(id uint32, resume func()) bool {
 	}
 	w.parked[id] = resume
 	return true
+}
+
+// watchFIN has st told (peerFIN) when its peer's FIN or reset comes in.
+func (w *streamWaker) watchFIN(st *Stream) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return
+	}
+	if w.finWatch == nil {
+		w.finWatch = make(map[uint32]*Stream)
+	}
+	w.finWatch[st.s.StreamID()] = st
+}
+
+// unwatchFIN undoes watchFIN.
+func (w *streamWaker) unwatchFIN(id uint32) {
+	w.mu.Lock()
+	delete(w.finWatch, id)
+	w.mu.Unlock()
 }
 
 // take removes stream id's parked direction and returns it; nil if it is

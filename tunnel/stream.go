@@ -46,9 +46,13 @@ type Stream struct {
 	// cuts the stream streamCloseTimeout later if the peer has not
 	// finished, and its Read then returns io.EOF like the peer's FIN.
 	closedWrite atomic.Int64
-	aborted     atomic.Bool  // Abort ended it
-	readers     atomic.Int32 // Reads inside yamux's Read
-	onClose     func(c *Stream, peerDone bool)
+	// peerFIN is when the session's connection brought the peer's FIN
+	// or reset (monoNow; 0: not yet, or not watched), for a stream whose
+	// write side is closed and whose session has a streamWaker.
+	peerFIN atomic.Int64
+	aborted atomic.Bool  // Abort ended it
+	readers atomic.Int32 // Reads inside yamux's Read
+	onClose func(c *Stream, peerDone bool)
 
 	// waker is the session's streamWaker, if it has one: Park needs it.
 	waker *streamWaker
@@ -318,8 +322,12 @@ func (c *Stream) Read(b []byte) (int, error) {
 		if t := c.closedWrite.Load(); t != 0 && monoNow()-t >= int64(streamCloseTimeout) {
 			// yamux's close timeout, not the peer's end: a clean EOF
 			// would pass a cut-off answer for a complete one. (A FIN
-			// that comes later is dropped: it cannot be one.)
-			return n, c.mapErr("read", ErrCloseTimeout)
+			// that comes later is dropped: it cannot be one.) A FIN
+			// that came in before the timeout is the peer's end, however
+			// late this Read finds it.
+			if f := c.peerFIN.Load(); f == 0 || f-t >= int64(streamCloseTimeout) {
+				return n, c.mapErr("read", ErrCloseTimeout)
+			}
 		}
 		c.sawEOF.Store(true)
 	}
@@ -434,7 +442,12 @@ func monoNow() int64 { return int64(time.Since(monoStart)) + 1 }
 
 // CloseWrite sends a FIN: the peer reads EOF, this side can still read.
 func (c *Stream) CloseWrite() error {
-	c.closedWrite.CompareAndSwap(0, monoNow())
+	if c.closedWrite.CompareAndSwap(0, monoNow()) && c.waker != nil {
+		c.waker.watchFIN(c)
+		if c.isClosed() { // Close ran meanwhile, and may have missed it
+			c.waker.unwatchFIN(c.s.StreamID())
+		}
+	}
 	return c.s.Close()
 }
 
@@ -452,6 +465,9 @@ func (c *Stream) Close() error {
 		// which waits for the FIN to be written: up to its write timeout
 		// on a stalled session.
 		c.Unpark()
+		if c.waker != nil && c.closedWrite.Load() != 0 {
+			c.waker.unwatchFIN(c.s.StreamID())
+		}
 		c.s.Close()
 		if c.reply != nil {
 			c.reply.answer()
@@ -488,6 +504,9 @@ func (c *Stream) Abort() {
 		c.aborted.Store(true)
 		c.s.SetDeadline(time.Unix(1, 0)) // wake blocked calls
 		c.Unpark()
+		if c.waker != nil && c.closedWrite.Load() != 0 {
+			c.waker.unwatchFIN(c.s.StreamID())
+		}
 		if c.reply != nil {
 			c.reply.answer()
 		}

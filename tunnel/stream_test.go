@@ -580,3 +580,29 @@ func TestStreamCloseTimeoutIsNotEOF(t *testing.T) {
 		t.Fatalf("read %d bytes, then %v; want tunnel.ErrCloseTimeout", len(got), err)
 	}
 }
+
+// A peer that finished (its FIN) inside the close timeout ended cleanly,
+// however late the reader gets to the end: here its destination was slow
+// and the answer waited, read past the timeout.
+func TestStreamFinBeforeCloseTimeoutReadLateIsEOF(t *testing.T) {
+	t.Cleanup(tunnel.SetStreamCloseTimeout(500 * time.Millisecond))
+	agent, relay, stop := sessionPair(t)
+	defer stop()
+	o, a := rawStreamPair(t, relay, agent)
+	local, peer := tunnel.NewStream(o, nil), tunnel.NewStream(a, nil)
+	defer local.Close()
+	defer peer.Close()
+
+	local.CloseWrite() // this side is done; the peer's answer follows
+	want := bytes.Repeat([]byte("x"), 64<<10)
+	if _, err := peer.Write(want); err != nil {
+		t.Fatal(err)
+	}
+	peer.CloseWrite() // the peer finishes at once
+
+	time.Sleep(700 * time.Millisecond) // the reader comes late
+	got, err := io.ReadAll(local)
+	if !bytes.Equal(got, want) || err != nil {
+		t.Fatalf("read %d of %d bytes, then %v; want all of them and a clean end", len(got), len(want), err)
+	}
+}
