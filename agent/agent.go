@@ -217,10 +217,10 @@ func (c *Config) check(needLocal bool) (*url.URL, error) {
 	}
 	u, err := url.Parse(c.Relay)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("relay %q is not a URL like http://localhost:8000 or https://example.com", c.Relay)
+		return nil, fmt.Errorf("relay %q is not a URL like http://localhost:8000 or https://example.com", RedactURL(c.Relay))
 	}
 	if !bareRelayURL(u) {
-		return nil, fmt.Errorf("relay %q has more than a scheme and a host, which the agent would ignore: give it as %s://%s", c.Relay, u.Scheme, u.Host)
+		return nil, fmt.Errorf("relay %q has more than a scheme and a host, which the agent would ignore: give it as %s://%s", RedactURL(c.Relay), u.Scheme, u.Host)
 	}
 	seen := map[string]bool{}
 	for _, t := range c.Tunnels {
@@ -419,6 +419,17 @@ func (t *Tunnel) localTLSConfig() *tls.Config {
 func ValidateHostHeader(v string) error { return proto.ValidateHostHeader(v) }
 
 // checkDNSName accepts labels of letters, digits, '-' and '_', 1 to 63
+
+// RedactURL returns raw with the password of its user info, if any,
+// replaced by "xxxxx", for error messages and logs; raw itself if it does
+// not parse.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	return u.Redacted()
+}
 
 // bareRelayURL reports whether u is a relay's URL with nothing the agent
 // would drop: no path but "/", no query, fragment or user.

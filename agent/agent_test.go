@@ -14,7 +14,7 @@ func TestConfigRelayURL(t *testing.T) {
 		"http://localhost:8000":           "",
 		"example.com":                     `relay "example.com" is not a URL like http://localhost:8000 or https://example.com`,
 		"https://example.com/tunnel?x=1":  `relay "https://example.com/tunnel?x=1" has more than a scheme and a host, which the agent would ignore: give it as https://example.com`,
-		"https://user:pw@example.com":     `has more than a scheme and a host`,
+		"https://user:pw@example.com":     `relay "https://user:xxxxx@example.com" has more than a scheme and a host, which the agent would ignore: give it as https://example.com`,
 		"https://example.com/#fragment":   `has more than a scheme and a host`,
 		"http://localhost:8000/some/path": `give it as http://localhost:8000`,
 	} {

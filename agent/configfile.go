@@ -121,10 +121,10 @@ func (p *configParser) parseRoot(n *yaml.Node, cfg *Config) error {
 			}
 			u, err := url.Parse(cfg.Relay)
 			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return p.Errorf(v, "relay %q is not a URL like https://example.com or http://localhost:8000", cfg.Relay)
+				return p.Errorf(v, "relay %q is not a URL like https://example.com or http://localhost:8000", RedactURL(cfg.Relay))
 			}
 			if !bareRelayURL(u) {
-				return p.Errorf(v, "relay %q has more than a scheme and a host, which the agent would ignore: give it as %s://%s", cfg.Relay, u.Scheme, u.Host)
+				return p.Errorf(v, "relay %q has more than a scheme and a host, which the agent would ignore: give it as %s://%s", RedactURL(cfg.Relay), u.Scheme, u.Host)
 			}
 		case "token", "token_file":
 			if tokenKey != nil {

@@ -34,7 +34,7 @@ import (
 //	  response_header_timeout: 60s
 //	  auth_failures_per_minute: 10  # wrong tokens, and apart from them wrong visitor passwords
 //
-// Every key is optional; omitted limits take Limits' defaults.
+// Every key is optional; limits left out, or 0, take Limits' defaults.
 type FileConfig struct {
 	Tokens []Token
 	Limits Limits

@@ -335,7 +335,7 @@ func envRelay(cmd *cobra.Command, used string) (string, error) {
 	u, err := url.Parse(v)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
 		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil || u.ForceQuery {
-		return "", usageErrorf(cmd, "TUNNEL_RELAY %q is not a relay URL like https://example.com or http://localhost:8000 (%s): correct it or unset it", v, used)
+		return "", usageErrorf(cmd, "TUNNEL_RELAY %q is not a relay URL like https://example.com or http://localhost:8000 (%s): correct it or unset it", agent.RedactURL(v), used)
 	}
 	return v, nil
 }

@@ -183,6 +183,7 @@ func TestRelayFlags(t *testing.T) {
 		{name: "domain not a host name", args: []string{"--domain", "my_relay.example.com", "--plain"}, wantErr: `domain "my_relay.example.com" is not a host name`},
 		{name: "domain with a scheme", args: []string{"--domain", "https://example.com", "--plain"}, wantErr: "must be a bare host name"},
 		{name: "zero drain timeout", args: []string{"--domain", "localhost", "--drain-timeout", "0"}, wantErr: "--drain-timeout must be positive"},
+		{name: "negative grace", args: []string{"--domain", "localhost", "--grace", "-5s"}, wantErr: "--grace must be 0 (names freed at once) or positive, got -5s"},
 		{name: "bad duration", args: []string{"--domain", "localhost", "--grace", "soon"}, wantErr: `invalid argument "soon"`},
 		{name: "state dir without ACME", args: []string{"--domain", "localhost", "--state-dir", "/s"}, wantErr: "--state-dir holds ACME keys and certificates, and nothing without --acme-accept-tos"},
 	}

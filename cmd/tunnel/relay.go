@@ -154,6 +154,9 @@ program.`,
 			if err := relay.CheckDomain(opts.Domain); err != nil {
 				return usageErrorf(cmd, "%v", err)
 			}
+			if opts.Grace < 0 {
+				return usageErrorf(cmd, "--grace must be 0 (names freed at once) or positive, got %v", opts.Grace)
+			}
 			if opts.DrainTimeout <= 0 {
 				return usageErrorf(cmd, "--drain-timeout must be positive, got %v", opts.DrainTimeout)
 			}
