@@ -472,8 +472,9 @@ func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, t *Tunnel, 
 		if tunnel.IsConnRefused(err) {
 			reason = errors.New("connection refused")
 		}
-		cfg.Logger.Warn("local target does not answer", "local", local, "err", err)
-		st.Refuse(proto.Errorf(proto.CodeLocalDial, "nothing answers on %s (%v)", local, reason))
+		msg := fmt.Sprintf("nothing answers on %s (%v)", local, reason)
+		refuseLocal(cfg, st, ins, inspect.ConnInfo{Tunnel: name, Local: local, Remote: st.RemoteAddr().String()}, msg,
+			"local target does not answer", "local", local, "err", err)
 		return
 	}
 	if t.LocalHTTPS {
@@ -481,8 +482,8 @@ func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, t *Tunnel, 
 		if err != nil {
 			lc.Close()
 			msg := localTLSProblem(local, err)
-			cfg.Logger.Warn(msg, "local", local, "err", err)
-			st.Refuse(proto.Errorf(proto.CodeLocalDial, "%s (%v)", msg, err))
+			refuseLocal(cfg, st, ins, inspect.ConnInfo{Tunnel: name, Local: local, Remote: st.RemoteAddr().String(), TLS: t.tlsConfig},
+				fmt.Sprintf("%s (%v)", msg, err), msg, "local", local, "err", err)
 			return
 		}
 		lc = tc
@@ -516,6 +517,33 @@ func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, t *Tunnel, 
 			obs.Close() // after Join: reports what was left open
 		}
 	})
+}
+
+// refusedPeek bounds the wait for the request of a stream the local server
+// will not take: the relay sends it right behind the stream's header.
+const refusedPeek = 50 * time.Millisecond
+
+// refuseLocal refuses st, whose local server could not be reached, with
+// reason (the visitor's 502 says it). The request that came with the
+// stream is reported like any other, with reason as its error, so that
+// expose prints its line and the inspector lists it; the log gets the
+// problem too, at warning level unless the caller shows events itself.
+func refuseLocal(cfg *Config, st *tunnel.Stream, ins *inspect.Inspector, info inspect.ConnInfo, reason, logMsg string, logArgs ...any) {
+	level := slog.LevelWarn
+	if cfg.OnEvent != nil {
+		level = slog.LevelDebug
+	}
+	cfg.Logger.Log(context.Background(), level, logMsg, logArgs...)
+	if ins != nil {
+		obs := ins.Observe(info)
+		buf := make([]byte, 16<<10)
+		st.SetReadDeadline(time.Now().Add(refusedPeek))
+		if n, _ := st.Read(buf); n > 0 {
+			obs.Tap(true, buf[:n])
+		}
+		obs.Refused(reason)
+	}
+	st.Refuse(proto.Errorf(proto.CodeLocalDial, "%s", reason))
 }
 
 // localHandshake runs the TLS handshake with an HTTPS local server within

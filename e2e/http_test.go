@@ -157,6 +157,29 @@ func TestLocalServerDown(t *testing.T) {
 	}
 }
 
+// A request the local server never got is still reported at the agent, as
+// any other (expose prints its line, the inspector lists it), with what
+// happened to it as its error.
+func TestLocalServerDownRequestReported(t *testing.T) {
+	rl := startRelay(t, "")
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	ag, _ := startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: dead}})
+	if status, _ := get(t, visitorClient(rl.addr), "http://demo.localhost/form?x=1"); status != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502", status)
+	}
+	select {
+	case ev := <-ag.events:
+		r, h := ev.Request, ev.HTTP
+		if r == nil || h == nil || r.Method != "GET" || r.Path != "/form?x=1" || r.Status != 0 || h.Error != "nothing answers on "+dead+" (connection refused)" {
+			t.Fatalf("request event %+v, exchange %+v", r, h)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no request event for the request the local server never got")
+	}
+}
+
 // 20,000 sequential requests on one visitor connection use one stream and
 // one connection to the local server: keep-alive holds end to end.
 //

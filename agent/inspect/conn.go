@@ -173,6 +173,19 @@ func (c *Conn) Close() {
 	}
 }
 
+// Refused ends the observation of a connection the local server never
+// took (nothing answers on its port, its TLS handshake failed): the
+// requests seen so far are recorded with reason as their error, as what
+// happened to them.
+func (c *Conn) Refused(reason string) {
+	c.mu.Lock()
+	for _, p := range c.open {
+		p.ex.setError(reason)
+	}
+	c.mu.Unlock()
+	c.Close()
+}
+
 // target is the request the next response answers: the oldest without
 // one, or nil.
 func (c *Conn) target() *pending {
