@@ -118,6 +118,14 @@ func (c *client) showStatus(ev Event) {
 // relay.
 const rttInterval = 10 * time.Second
 
+// Revoked wraps the relay's refusal that ended a running session (the
+// operator revoked a name, the agent's token was removed), as against a
+// refusal of a login.
+type Revoked struct{ Err error }
+
+func (e *Revoked) Error() string { return e.Err.Error() }
+func (e *Revoked) Unwrap() error { return e.Err }
+
 // PermanentError wraps an error that retrying cannot fix.
 type PermanentError struct{ Err error }
 
@@ -367,7 +375,7 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 	sess.Close()
 	wg.Wait()
 	if c.refused != nil {
-		err, c.refused = c.refused, nil
+		err, c.refused = &Revoked{Err: c.refused}, nil
 		return true, err
 	}
 	if c.draining {

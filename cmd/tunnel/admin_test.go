@@ -246,7 +246,9 @@ func TestAdminCommand(t *testing.T) {
 	if code := expose.exitCode(t); code != 1 {
 		t.Errorf("expose exited %d after revoke, want 1", code)
 	}
-	expose.stderr.find(t, "the revoke reason", func(s string) bool { return strings.Contains(s, "revoked") })
+	expose.stderr.find(t, "the revoke reason", func(s string) bool {
+		return s == `tunnel: name "demo" was revoked by the relay's operator`
+	})
 
 	relayProc.signal(t, syscall.SIGTERM)
 	if code := relayProc.exitCode(t); code != 0 {

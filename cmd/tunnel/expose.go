@@ -317,6 +317,9 @@ func exposeRun(ctx context.Context, opts *ExposeOptions) error {
 // nameAdvice says where the user sets the name the relay refused (the
 // relay's message cannot: it serves the Go API too).
 func nameAdvice(err error, where string) error {
+	if rev := (*agent.Revoked)(nil); errors.As(err, &rev) {
+		return err // a name revoked while in use: no other name helps
+	}
 	if errors.Is(err, agent.ErrNameTaken) || errors.Is(err, agent.ErrNameNotAllowed) {
 		return fmt.Errorf("%w (%s)", err, where)
 	}
