@@ -56,7 +56,9 @@ and print one line per check with a one-line fix for each failure:
 
 The temporary tunnel is served inside this command: no local port is needed,
 and the name is released when it ends. With -s, pick a name none of your
-agents holds: the relay hands a name over to a new agent with the same token. Visitors' requests go to the relay's
+agents holds: a connected agent keeps its name (the agent check fails), and a
+disconnected one's held name passes to doctor, so that agent's reconnect is
+refused and it stops. Visitors' requests go to the relay's
 address with the tunnel's name as Host, so the round trip is tested even when
 the tunnel's DNS record is missing. Each check gives up after --timeout.
 
