@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -531,6 +532,10 @@ func serveLocal(ctx context.Context, cfg *Config, st *tunnel.Stream, t *Tunnel, 
 // will not take: the relay sends it right behind the stream's header.
 const refusedPeek = 50 * time.Millisecond
 
+// refusedPeekMax bounds what is read of that request: more than the
+// inspector takes of a request's head.
+const refusedPeekMax = 130 << 10
+
 // refuseLocal refuses st, whose local server could not be reached, with
 // reason (the visitor's 502 says it). The request that came with the
 // stream is reported like any other, with reason as its error, so that
@@ -544,10 +549,21 @@ func refuseLocal(cfg *Config, st *tunnel.Stream, ins *inspect.Inspector, info in
 	cfg.Logger.Log(context.Background(), level, logMsg, logArgs...)
 	if ins != nil {
 		obs := ins.Observe(info)
+		// The request's head may come in several reads (the relay writes
+		// it 4 KiB at a time), and be as long as the relay takes (64 KiB
+		// and more): read until it is whole, or the wait is over.
 		buf := make([]byte, 16<<10)
+		var last []byte // the end of what was read: a head may end across reads
 		st.SetReadDeadline(time.Now().Add(refusedPeek))
-		if n, _ := st.Read(buf); n > 0 {
-			obs.Tap(true, buf[:n])
+		for n := 0; n < refusedPeekMax; {
+			k, err := st.Read(buf)
+			obs.Tap(true, buf[:k])
+			n += k
+			seen := append(last, buf[:k]...)
+			if err != nil || bytes.Contains(seen, []byte("\r\n\r\n")) {
+				break
+			}
+			last = append([]byte(nil), seen[max(0, len(seen)-3):]...)
 		}
 		obs.Refused(reason)
 	}

@@ -22,12 +22,7 @@ const chromiumPath = "/usr/bin/chromium"
 // navigation goes straight through; and the acknowledged page's own
 // WebSocket connects.
 func TestInterstitialInChromium(t *testing.T) {
-	if _, err := os.Stat(chromiumPath); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is missing and CI is set: install chromium (apt-get install -y chromium)", chromiumPath)
-		}
-		t.Skipf("!!! SKIPPING THE BROWSER TEST: %s is missing (apt-get install -y chromium) !!!", chromiumPath)
-	}
+	needChromium(t)
 	rl, local, base := startInterstitial(t)
 	wsURL := "ws" + strings.TrimPrefix(base, "http") + "/ws"
 	ctx := startChromium(t)
@@ -102,6 +97,18 @@ func TestInterstitialInChromium(t *testing.T) {
 	// at the relay) connects.
 	if got := browserWSEcho(t, ctx, wsURL, "from the tunnel page"); got != "from the tunnel page" {
 		t.Fatalf("WebSocket from the acknowledged page: %q", got)
+	}
+}
+
+// needChromium skips a browser test where Chromium is not installed, and
+// fails it on CI, which installs it.
+func needChromium(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(chromiumPath); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is missing and CI is set: install chromium (apt-get install -y chromium)", chromiumPath)
+		}
+		t.Skipf("!!! SKIPPING THE BROWSER TEST: %s is missing (apt-get install -y chromium) !!!", chromiumPath)
 	}
 }
 

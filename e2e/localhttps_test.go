@@ -162,7 +162,7 @@ func TestLocalHTTPSWrongCA(t *testing.T) {
 	ts, _ := startHTTPSLocal(t)
 	plain := startLocal(t)
 	logs := &logLines{t: t}
-	_, urls := startAgent(t, rl.url(), []agent.Tunnel{
+	ag, urls := startAgent(t, rl.url(), []agent.Tunnel{
 		{Name: "wrong-ca", Local: ts.Listener.Addr().String(), LocalHTTPS: true, LocalCA: newTestCA(t).Pool},
 		{Name: "not-tls", Local: plain.addr, LocalHTTPS: true},
 	}, func(c *agent.Config) { c.Logger = logs.logger() })
@@ -172,19 +172,29 @@ func TestLocalHTTPSWrongCA(t *testing.T) {
 	if status != http.StatusBadGateway || !strings.Contains(body, "does not trust") || strings.Contains(body, "tls=true") {
 		t.Fatalf("GET with the wrong CA = %d %q, want 502 about the certificate", status, body)
 	}
-	lines := logs.matching("level=WARN", "has a certificate this agent does not trust", "--local-ca", "--local-insecure", "local="+ts.Listener.Addr().String())
+	// With OnEvent set the problem is the request event's error (expose's
+	// request line), and the log has it at debug level.
+	lines := logs.matching("has a certificate this agent does not trust", "--local-ca", "--local-insecure", "local="+ts.Listener.Addr().String())
 	if len(lines) != 1 {
 		t.Fatalf("agent logged %d lines about the certificate, want 1:\n%s", len(lines), strings.Join(lines, "\n"))
 	}
 	if !strings.Contains(lines[0], "x509: certificate signed by unknown authority") {
 		t.Errorf("the log line does not give the reason: %s", lines[0])
 	}
+	select {
+	case ev := <-ag.events:
+		if h := ev.HTTP; h == nil || h.Path != "/secret" || !strings.Contains(h.Error, "has a certificate this agent does not trust") {
+			t.Errorf("request event %+v", h)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no request event for the request refused for the certificate")
+	}
 
 	status, body = get(t, c, urls[1]+"/")
 	if status != http.StatusBadGateway || !strings.Contains(body, "does not speak TLS") {
 		t.Fatalf("GET of a plain HTTP server with local HTTPS = %d %q, want 502 saying it does not speak TLS", status, body)
 	}
-	if lines := logs.matching("level=WARN", "does not speak TLS; drop --local-https"); len(lines) != 1 {
+	if lines := logs.matching("does not speak TLS; drop --local-https"); len(lines) != 1 {
 		t.Fatalf("agent logged %d lines about plain HTTP, want 1:\n%s", len(lines), strings.Join(lines, "\n"))
 	}
 	if seen := plain.seen(); seen != "" {

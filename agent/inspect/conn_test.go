@@ -335,7 +335,7 @@ func TestBigBody(t *testing.T) {
 // What the inspector would have to hold beyond its bounds stops the
 // capture, and the exchange it stopped at says so: a response head over
 // headMax, responses further than holdMax ahead of their request. A first
-// request head over headMax is not taken for HTTP. The taps never wait.
+// request head over requestHeadMax is not taken for HTTP. The taps never wait.
 func TestBounds(t *testing.T) {
 	big := func(n int) []byte {
 		return []byte(strings.Repeat("X-Big: "+strings.Repeat("a", 1000)+"\r\n", n))
@@ -360,7 +360,7 @@ func TestBounds(t *testing.T) {
 
 	r = newRecorder(Options{})
 	c = r.in.Observe(ConnInfo{Tunnel: "demo"})
-	c.Tap(true, append(append([]byte("GET / HTTP/1.1\r\n"), big(70)...), "\r\n"...))
+	c.Tap(true, append(append([]byte("GET / HTTP/1.1\r\n"), big(140)...), "\r\n"...))
 	c.Tap(false, ok)
 	c.Close()
 	if len(r.ex) != 0 {

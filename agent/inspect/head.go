@@ -24,12 +24,26 @@ import (
 // parse is not shown as HTTP, and lenient where the difference does not
 // matter to what is shown: request targets are not decoded.
 
-// headMax bounds a head. Beyond it, capture stops: a real head is a few
-// KiB (Go's server takes 1 MiB, nginx 32 KiB at most), and bytes that
-// never end one are not HTTP.
-const headMax = 64 << 10
+// headMax bounds a response's head, as the relay does, and requestHeadMax
+// a request's. Beyond them, capture stops: a real head is a few KiB (Go's
+// server takes 1 MiB, nginx 32 KiB at most), and bytes that never end one
+// are not HTTP. A request's bound is higher: the relay takes heads of 64
+// KiB and Go's 4 KiB of slack, and adds its own fields (X-Forwarded-*,
+// X-Real-IP, a rewritten Host) before the agent sees them.
+const (
+	headMax        = 64 << 10
+	requestHeadMax = 2 * headMax
+)
 
-var errHeadTooLong = errors.New("head longer than 64 KiB")
+// headLimit is the bound on a request's head, or a response's.
+func headLimit(request bool) int {
+	if request {
+		return requestHeadMax
+	}
+	return headMax
+}
+
+var errHeadTooLong = errors.New("head too long (64 KiB for a response, 128 KiB for a request)")
 
 // requestHead is what a request's head says.
 type requestHead struct {
@@ -224,7 +238,7 @@ func headEnd(prev, b []byte) int {
 // how the head was cut into chunks, and a head that comes a byte at a time
 // costs no more than a whole one.
 func startCheck(request bool, head []byte, from int) (bool, error) {
-	if i := bytes.IndexByte(head[from:], '\n'); i >= 0 && from+i <= headMax {
+	if i := bytes.IndexByte(head[from:], '\n'); i >= 0 && from+i <= headLimit(request) {
 		line := strings.TrimSuffix(string(head[:from+i]), "\r")
 		if request {
 			if _, _, _, ok := requestLine(line); !ok {

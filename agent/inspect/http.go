@@ -207,16 +207,17 @@ func (c *Conn) head(d int, b []byte, t time.Time) int {
 	if end < 0 {
 		n = len(b)
 	}
-	// The head so far: past headMax, it is too long already.
+	// The head so far: past its bound, it is too long already.
+	limit := headLimit(d == dirIn)
 	block := b[skip:n]
 	if len(hp.head) > 0 || end < 0 {
-		block = append(hp.head, block[:min(len(block), headMax+1-len(hp.head))]...)
+		block = append(hp.head, block[:min(len(block), limit+1-len(hp.head))]...)
 	}
 	from := len(hp.head)
 	hp.head = nil
 	hp.took(n)
 	// A whole head's first line is checked as it is parsed, the same way.
-	if !hp.lineOK && (end < 0 || len(block) > headMax) {
+	if !hp.lineOK && (end < 0 || len(block) > limit) {
 		ok, err := startCheck(d == dirIn, block, from)
 		if err != nil {
 			c.badHead(d, err)
@@ -225,7 +226,7 @@ func (c *Conn) head(d int, b []byte, t time.Time) int {
 		hp.lineOK = ok
 	}
 	switch {
-	case len(block) > headMax:
+	case len(block) > limit:
 		c.badHead(d, errHeadTooLong)
 	case end < 0:
 		hp.head = block

@@ -36,7 +36,9 @@ var page []byte
 //	                                frame, status, clear; data is JSON
 //
 // When loopback is true, requests whose Host is not a loopback name are
-// refused, so a web page cannot reach the API through DNS rebinding.
+// refused, so a web page cannot reach the API through DNS rebinding. When
+// it is false (a listener beyond loopback), a Host may also be any IP
+// address, but no other name: a page rebinds a name, never an address.
 func (in *Inspector) Handler(loopback bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
@@ -83,6 +85,10 @@ func (in *Inspector) Handler(loopback bool) http.Handler {
 			writeError(w, http.StatusForbidden, "the inspector answers only to localhost, 127.0.0.1 or [::1]")
 			return
 		}
+		if !loopback && !loopbackHost(r.Host) && !ipHost(r.Host) {
+			writeError(w, http.StatusForbidden, "the inspector answers only to localhost or an IP address, not a name (DNS rebinding)")
+			return
+		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead && !sameOrigin(r) {
 			writeError(w, http.StatusForbidden, "cross-site request refused")
 			return
@@ -124,6 +130,15 @@ func loopbackHost(hostport string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// ipHost reports whether a Host is an IP address, with or without a port.
+func ipHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	return net.ParseIP(strings.Trim(host, "[]")) != nil
 }
 
 // sameOrigin refuses requests a browser sent from another site.
@@ -300,7 +315,11 @@ func (in *Inspector) Replay(ctx context.Context, orig *Exchange, edit ReplayRequ
 	if err != nil {
 		return nil, http.StatusBadRequest, fmt.Errorf("replay: %v", err)
 	}
-	req.Header = hdr
+	req.Header = hdr.Clone()
+	if _, ok := hdr["User-Agent"]; !ok {
+		// Without one, the transport would send its own.
+		req.Header["User-Agent"] = []string{""}
+	}
 	req.Host = host
 	if len(body) == 0 && edit.Body == nil && orig.RequestBody.Size == 0 {
 		req.Body, req.ContentLength = http.NoBody, 0

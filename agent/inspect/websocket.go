@@ -48,6 +48,9 @@ type frameParser struct {
 	dir   uint8
 	msgOp uint8 // opcode of the data message in progress, for continuations
 	done  bool  // not WebSocket, capture stopped, or the connection ended
+	// msgDeflated says that message is compressed (permessage-deflate):
+	// RSV1 is set on its first frame only (RFC 7692 section 6.1).
+	msgDeflated bool
 
 	at   time.Time // when the frame's first byte arrived
 	seq  int64     // and the order of its chunk among both directions'
@@ -157,7 +160,7 @@ func (fp *frameParser) masked() bool { return fp.hdr[1]&0x80 != 0 }
 // whole (≤125 bytes), the start of text, nothing of binary or compressed
 // data.
 func (fp *frameParser) previewSize() int {
-	op, compressed := fp.hdr[0]&0x0f, fp.hdr[0]&0x40 != 0
+	op, compressed := fp.hdr[0]&0x0f, fp.compressed()
 	switch {
 	case compressed:
 		return 0
@@ -167,6 +170,12 @@ func (fp *frameParser) previewSize() int {
 		return int(min(fp.size, previewLen))
 	}
 	return 0
+}
+
+// compressed reports whether the frame's payload is compressed: RSV1 on
+// it, or on the first frame of the message it continues.
+func (fp *frameParser) compressed() bool {
+	return fp.hdr[0]&0x40 != 0 || (fp.hdr[0]&0x0f == 0 && fp.msgDeflated)
 }
 
 // keep adds the start of b, the next payload bytes, to the preview.
@@ -190,13 +199,13 @@ func (fp *frameParser) record(in *Inspector) {
 	h := &fp.hdr
 	fr := Frame{
 		Time: fp.at, Dir: dirNames[fp.dir],
-		Opcode: int(h[0] & 0x0f), Fin: h[0]&0x80 != 0, Compressed: h[0]&0x40 != 0,
+		Opcode: int(h[0] & 0x0f), Fin: h[0]&0x80 != 0, Compressed: fp.compressed(),
 		Masked: fp.masked(), Size: fp.size, seq: fp.seq,
 	}
 	fr.Op = opName(fr.Opcode)
 	op, buf := fr.Opcode, fp.preview
 	if op == 1 || op == 2 {
-		fp.msgOp = uint8(op)
+		fp.msgOp, fp.msgDeflated = uint8(op), fr.Compressed
 	}
 	switch {
 	case fr.Compressed:

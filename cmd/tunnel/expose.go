@@ -84,7 +84,8 @@ Ctrl-C releases the name. Colour only on a terminal, never with NO_COLOR.
 The inspector (http://127.0.0.1:4040 unless --inspect-addr says otherwise,
 off with --no-inspect) lists recent requests with headers and bodies, replays
 them to your server, and shows WebSocket frames and close codes, live. It
-listens on loopback only unless you give another address. If its port is
+listens on loopback only unless you give another address (it then answers
+to IP addresses only, not to host names: DNS rebinding). If its port is
 taken, expose says so and runs without it. Its JSON API: GET /api/requests,
 /api/requests/{id}, POST /api/requests/{id}/replay, GET /api/websockets,
 /api/websockets/{id}, /api/events (server-sent events).
