@@ -523,3 +523,86 @@ func TestFirstTokensDisconnectAnonymousAgents(t *testing.T) {
 		t.Fatalf("the anonymous agent's name answers %d after the lock-down", status)
 	}
 }
+
+// A token is its secret, not its name: a token without one is "token-N"
+// by its place in the file, so removing or reordering tokens before it
+// changes its name. Its agents keep running, and a name held for one
+// token's disconnected agent does not pass to another token.
+func TestUnnamedTokensKeepTheirAgentsAcrossReloads(t *testing.T) {
+	const secretA, secretB = "aaaa-secret-0123456789", "bbbb-secret-0123456789"
+	local := startLocal(t)
+
+	// Removing the first of two unnamed tokens leaves the second's agent.
+	rl := startRelay(t, "", withTokens(relay.Token{Secret: secretA}, relay.Token{Secret: secretB}))
+	bee, _ := startAgent(t, rl.url(), []agent.Tunnel{{Name: "bee", Local: local.addr}}, withToken(secretB))
+	if err := rl.SetTokens([]relay.Token{{Secret: secretB}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-bee.offline:
+		t.Fatalf("the agent of a token still there was disconnected: %v", err)
+	case err := <-bee.done:
+		bee.done <- err
+		t.Fatalf("the agent of a token still there was stopped: %v", err)
+	case <-time.After(2 * time.Second):
+	}
+	if status, _ := get(t, visitorClient(rl.addr), "http://bee.localhost/"); status != 200 {
+		t.Fatalf("its tunnel after the reload: %d", status)
+	}
+
+	// Reordering: a name held for A's disconnected agent stays A's.
+	rl = startRelay(t, "", withTokens(relay.Token{Secret: secretA}, relay.Token{Secret: secretB}))
+	agentSecret := strings.Repeat("a", 32)
+	hello := &proto.Hello{Version: proto.Version, Secret: agentSecret, Tunnels: []proto.TunnelRequest{{Name: "ann"}}}
+	sess, _, err := helloWith(t, rl.url(), secretA, hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess.Close() // A's agent drops: "ann" is held for it
+	waitFor(t, 5*time.Second, "ann held", func() bool {
+		ts := rl.Tunnels()
+		return len(ts) == 1 && ts[0].State == "held"
+	})
+	if err := rl.SetTokens([]relay.Token{{Secret: secretB}, {Secret: secretA}}); err != nil {
+		t.Fatal(err)
+	}
+	sess, _, err = helloWith(t, rl.url(), secretB, &proto.Hello{Version: proto.Version, Secret: strings.Repeat("b", 32), Tunnels: []proto.TunnelRequest{{Name: "ann"}}})
+	if err == nil {
+		sess.Close()
+		t.Error("token B took the name held for token A's disconnected agent")
+	}
+	sess, _, err = helloWith(t, rl.url(), secretA, hello)
+	if err != nil {
+		t.Errorf("A's agent reconnecting within the grace with its own secret: %v", err)
+	} else {
+		sess.Close()
+	}
+}
+
+// An agent whose first Welcome was lost asks again with the same secret
+// for a random name: it gets the one held for it, which does not count a
+// second time against its token's max_tunnels (it used to be a permanent
+// 'limit' refusal, and below the limit a second name).
+func TestRandomNameAfterLostWelcome(t *testing.T) {
+	const secret = "aaaa-secret-0123456789"
+	rl := startRelay(t, "", withTokens(relay.Token{Name: "alice", Secret: secret, MaxTunnels: 1}))
+	hello := &proto.Hello{Version: proto.Version, Secret: strings.Repeat("c", 48), Tunnels: []proto.TunnelRequest{{}}}
+	sess, _, err := helloWith(t, rl.url(), secret, hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess.Close() // as if the Welcome never reached the agent
+	waitFor(t, 5*time.Second, "name held", func() bool {
+		ts := rl.Tunnels()
+		return len(ts) == 1 && ts[0].State == "held"
+	})
+	held := rl.Tunnels()[0].Name
+	sess, w, err := helloWith(t, rl.url(), secret, hello)
+	if err != nil {
+		t.Fatalf("the retry after a lost Welcome: %v", err)
+	}
+	defer sess.Close()
+	if w.Tunnels[0].Name != held {
+		t.Errorf("got %s, the one held for it was %s", w.Tunnels[0].Name, held)
+	}
+}

@@ -247,13 +247,21 @@ func silentAgent(t *testing.T, relayURL, name string) *yamux.Session {
 // or nil on Welcome. The caller closes the session.
 func helloSession(t *testing.T, relayURL string, hello *proto.Hello) (*yamux.Session, error) {
 	t.Helper()
+	sess, _, err := helloWith(t, relayURL, "", hello)
+	return sess, err
+}
+
+// helloWith is helloSession with a bearer token (none if empty), and it
+// returns the Welcome too.
+func helloWith(t *testing.T, relayURL, token string, hello *proto.Hello) (*yamux.Session, *proto.Welcome, error) {
+	t.Helper()
 	u, err := url.Parse(relayURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := tunnel.DialControl(ctx, u, tunnel.DialOptions{})
+	conn, err := tunnel.DialControl(ctx, u, tunnel.DialOptions{Token: token})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,8 +278,8 @@ func helloSession(t *testing.T, relayURL string, hello *proto.Hello) (*yamux.Ses
 		sess.Close()
 		t.Fatal(err)
 	}
-	_, err = proto.ReadAs[*proto.Welcome](ctrl)
-	return sess, err
+	w, err := proto.ReadAs[*proto.Welcome](ctrl)
+	return sess, w, err
 }
 
 // serveConns is a local server that speaks whatever handle writes: each

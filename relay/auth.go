@@ -139,19 +139,27 @@ func (ts *tokenSet) match(secret string) *token {
 	return found
 }
 
-// current returns ts's token for tok, one of an earlier set: the same name
-// and hash. ok is false when the token is gone or changed, and for a nil
-// tok (auth was off) once ts has tokens.
+// current returns ts's token for tok, one of an earlier set: the same
+// hash, whatever its name now (an unnamed token's is its position). ok is
+// false when the token is gone or changed, and for a nil tok (auth was
+// off) once ts has tokens.
 func (ts *tokenSet) current(tok *token) (cur *token, ok bool) {
 	if tok == nil {
 		return nil, len(ts.tokens) == 0
 	}
+	cur = ts.byHash(tok.hash)
+	return cur, cur != nil
+}
+
+// byHash returns the token with hash h, the one match would pick, or nil.
+func (ts *tokenSet) byHash(h [sha256.Size]byte) *token {
+	var found *token
 	for _, t := range ts.tokens {
-		if t.Name == tok.Name && t.hash == tok.hash {
-			return t, true
+		if t.hash == h {
+			found = t
 		}
 	}
-	return nil, false
+	return found
 }
 
 // mayClaim checks that tok may claim name: names reserved for another token

@@ -24,10 +24,13 @@ type registry struct {
 }
 
 type entry struct {
-	sess      *agentSession // nil while held
-	last      *agentSession // while held, the session that held it, for the admin API
-	secret    string
-	owner     string  // the token's name; "" without auth
+	sess   *agentSession // nil while held
+	last   *agentSession // while held, the session that held it, for the admin API
+	secret string
+	owner  string // the token's name; "" without auth
+	// tokHash identifies the token (zero without auth): its name is only
+	// a label, "token-N" by position when the configuration gives none.
+	tokHash   [sha256.Size]byte
 	holder    string  // who holds the name, as visitors acknowledge it (holderID)
 	access    *access // the owner's visitor rules; nil allows everyone
 	heldUntil time.Time
@@ -61,10 +64,11 @@ func (r *registry) lookupHolder(name string) (sess *agentSession, acc *access, h
 // owner; a restarted agent is the same one), without auth the agent's
 // reconnect secret. A name that passes to someone else thus shows its
 // visitors the warning again. It is a hash: the secret is a credential.
-func holderID(owner, secret string) string {
+// The token counts by its hash, not its name, which may be its position.
+func holderID(tok *token, secret string) string {
 	var h [sha256.Size]byte
-	if owner != "" {
-		h = sha256.Sum256([]byte("token\x00" + owner))
+	if tok != nil {
+		h = sha256.Sum256(append([]byte("token\x00"), tok.hash[:]...))
 	} else {
 		h = sha256.Sum256([]byte("agent\x00" + secret))
 	}
@@ -99,6 +103,18 @@ func (c *claimant) owner() string {
 	return c.tok.Name
 }
 
+// sameToken reports whether e is held under the claimant's token.
+func (c *claimant) sameToken(e *entry) bool {
+	return c.tok != nil && e.owner != "" && e.tokHash == c.tok.hash
+}
+
+func (c *claimant) tokHash() (h [sha256.Size]byte) {
+	if c.tok != nil {
+		h = c.tok.hash
+	}
+	return h
+}
+
 // mine reports whether e belongs to the claimant: the same reconnect
 // secret, or, with auth, the same token unless another agent with that
 // token holds it live and still answers. Either way the claimant replaces
@@ -108,14 +124,14 @@ func (c *claimant) mine(e *entry) bool {
 	if e.secret == c.secret {
 		return true
 	}
-	return c.tok != nil && e.owner == c.tok.Name && (e.sess == nil || !c.answering[e.sess])
+	return c.sameToken(e) && (e.sess == nil || !c.answering[e.sess])
 }
 
 // unpinged reports whether e is held live under the claimant's token, by
 // another secret, by a session the caller did not ping: whether it is alive
 // is unknown, so it can be neither replaced nor refused yet.
 func (c *claimant) unpinged(e *entry) bool {
-	return c.tok != nil && e.sess != nil && e.secret != c.secret && e.owner == c.tok.Name && !c.pinged[e.sess]
+	return c.sameToken(e) && e.sess != nil && e.secret != c.secret && !c.pinged[e.sess]
 }
 
 // rivals returns the live sessions that hold one of names under the same
@@ -131,7 +147,7 @@ func (r *registry) rivals(secret string, tok *token, reqs []proto.TunnelRequest)
 	var out []*agentSession
 	for _, req := range reqs {
 		e := r.names[req.Name]
-		if req.Name == "" || e == nil || e.sess == nil || e.secret == secret || e.owner != tok.Name || slices.Contains(out, e.sess) {
+		if req.Name == "" || e == nil || e.sess == nil || e.secret == secret || e.owner == "" || e.tokHash != tok.hash || slices.Contains(out, e.sess) {
 			continue
 		}
 		out = append(out, e.sess)
@@ -168,7 +184,7 @@ func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access
 			return nil, nil, false, errUnpinged
 		case e == nil || c.mine(e):
 			// Free, or ours: live on a stale session or held for us.
-		case e.sess != nil && c.tok != nil && e.owner == c.tok.Name:
+		case e.sess != nil && c.sameToken(e):
 			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "name %q is in use by another agent with this token, connected from %s, which still answers; stop it first, or choose another name", name, e.sess.remote)
 		case e.sess != nil:
 			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "name %q is in use by another agent; choose another name", name)
@@ -177,10 +193,33 @@ func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access
 			return nil, nil, false, proto.Errorf(proto.CodeNameTaken, "name %q is held for its disconnected agent for another %v; choose another name", name, left)
 		}
 	}
+	// Random names asked for with a secret that holds names not asked for
+	// by name get those back: the agent asked the same before and its
+	// Welcome was lost (the agent sends its secret from its first Hello for
+	// this), so it never learnt them. They are not a second set to count.
+	var own []string
+	randoms := 0
+	for _, req := range reqs {
+		if req.Name == "" {
+			randoms++
+		}
+	}
+	if randoms > 0 {
+		for name, e := range r.names {
+			if e.secret == c.secret && !seen[name] && c.tokens.mayClaim(c.tok, name) == nil {
+				own = append(own, name)
+			}
+		}
+		slices.Sort(own)
+		own = own[:min(len(own), randoms)]
+		for _, name := range own {
+			seen[name] = true
+		}
+	}
 	if c.tok != nil && c.maxTunnels > 0 {
 		held := 0
 		for name, e := range r.names {
-			if e.owner == c.tok.Name && !seen[name] {
+			if c.sameToken(e) && !seen[name] {
 				held++
 			}
 		}
@@ -190,7 +229,9 @@ func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access
 	}
 	for i, req := range reqs {
 		name := req.Name
-		if name == "" {
+		if name == "" && len(own) > 0 {
+			name, own = own[0], own[1:]
+		} else if name == "" {
 			name, err = r.randomNameLocked(c, seen)
 			if err != nil {
 				return nil, nil, false, err
@@ -206,7 +247,7 @@ func (r *registry) claim(c claimant, reqs []proto.TunnelRequest, rules []*access
 				e.timer.Stop()
 			}
 		}
-		r.names[name] = &entry{sess: c.sess, secret: c.secret, owner: c.owner(), holder: holderID(c.owner(), c.secret), access: rules[i]}
+		r.names[name] = &entry{sess: c.sess, secret: c.secret, owner: c.owner(), tokHash: c.tokHash(), holder: holderID(c.tok, c.secret), access: rules[i]}
 		names = append(names, name)
 	}
 	return names, replaced, reconnect, nil
@@ -241,15 +282,22 @@ func (r *registry) revoke(name string) (sess *agentSession, ok bool) {
 	return e.sess, true
 }
 
-// owners returns the sessions whose token is not in keep (by name), for
-// closing after a reload removed their token.
-func (r *registry) sessionsWithout(keep func(owner string) bool) []*agentSession {
+// sessionsWithout frees the names whose token is not in ts, and returns
+// their sessions for closing after a reload removed their token. A token
+// is its hash: its name may be its position in the file, and names that
+// stay take the token's name in ts. Names claimed without a token go once
+// ts has tokens.
+func (r *registry) sessionsWithout(ts *tokenSet) []*agentSession {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []*agentSession
 	seen := map[*agentSession]bool{}
 	for name, e := range r.names {
-		if keep(e.owner) {
+		if e.owner == "" && len(ts.tokens) == 0 {
+			continue
+		}
+		if t := ts.byHash(e.tokHash); e.owner != "" && t != nil {
+			e.owner = t.Name
 			continue
 		}
 		if e.sess != nil && !seen[e.sess] {

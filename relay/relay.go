@@ -6,7 +6,6 @@ package relay
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -343,20 +342,13 @@ func (s *Server) SetTokens(tokens []Token) error {
 		return errors.New("relay: the new configuration has no tokens, which would turn auth off; keep at least one, or restart the relay to run without auth")
 	}
 	s.tokens.Store(ts)
-	current := make(map[string][sha256.Size]byte)
-	for _, t := range ts.tokens {
-		current[t.Name] = t.hash
-	}
 	// Agents that connected while auth was off have no token: once there
-	// are tokens, theirs is gone too.
-	gone := s.reg.sessionsWithout(func(owner string) bool {
-		_, ok := current[owner]
-		return ok || (owner == "" && len(current) == 0)
-	})
+	// are tokens, theirs is gone too. A token is its hash: an unnamed
+	// one's name is its position, which a removal before it changes.
+	gone := s.reg.sessionsWithout(ts)
 	s.mu.Lock()
 	for as := range s.sessions {
-		stale := as.tok == nil && len(current) > 0 || as.tok != nil && current[as.tok.Name] != as.tok.hash
-		if stale && !slices.Contains(gone, as) {
+		if _, ok := ts.current(as.tok); !ok && !slices.Contains(gone, as) {
 			gone = append(gone, as)
 		}
 	}
