@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -48,23 +49,29 @@ func newTestCA(t testing.TB) *testCA {
 	return &testCA{cert: cert, key: key, Pool: pool, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
 }
 
-var serial int64 = 100
+// serial numbers the certificates issue makes; tests may issue in parallel.
+var serial atomic.Int64
 
 // issue writes a leaf certificate for names, signed by the CA, and its key
 // to dir as cert.pem and key.pem, and returns their paths.
 func (ca *testCA) issue(t testing.TB, dir string, names ...string) (certPath, keyPath string) {
 	t.Helper()
+	return ca.issueValid(t, dir, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour), names...)
+}
+
+// issueValid is issue for a certificate valid from notBefore to notAfter.
+func (ca *testCA) issueValid(t testing.TB, dir string, notBefore, notAfter time.Time, names ...string) (certPath, keyPath string) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	serial++
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
+		SerialNumber: big.NewInt(100 + serial.Add(1)),
 		Subject:      pkix.Name{CommonName: names[0]},
 		DNSNames:     names,
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}

@@ -196,6 +196,44 @@ func TestTLSCertFileReload(t *testing.T) {
 	resp.Body.Close()
 }
 
+// A replaced certificate file that could serve nobody (another domain,
+// expired, not valid yet) is not loaded: the relay keeps the certificate
+// it has, and says why in its log, as it would refuse the file at start.
+func TestTLSCertFileReloadRefusesUnusable(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		name       string
+		from, till time.Time
+		names      []string
+	}{
+		{"another domain", now.Add(-time.Hour), now.Add(24 * time.Hour), []string{"example.com", "*.example.com"}},
+		{"expired", now.Add(-48 * time.Hour), now.Add(-24 * time.Hour), []string{"localhost", "*.localhost"}},
+		{"not yet valid", now.Add(24 * time.Hour), now.Add(48 * time.Hour), []string{"localhost", "*.localhost"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rl := startTLSRelay(t)
+			c, err := tls.Dial("tcp", rl.addr, rl.ca.tlsClientConfig("localhost"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			time.Sleep(1100 * time.Millisecond) // the files are looked at once a second
+			rl.ca.issueValid(t, strings.TrimSuffix(rl.certPath, "cert.pem"), tc.from, tc.till, tc.names...)
+			time.Sleep(1100 * time.Millisecond)
+			for range 2 { // the first may be the one that looks
+				if c, err = tls.Dial("tcp", rl.addr, rl.ca.tlsClientConfig("localhost")); err == nil {
+					c.Close()
+				}
+			}
+			if err != nil {
+				t.Errorf("after the file was replaced by one for %v valid %s to %s, handshakes fail: %v",
+					tc.names, tc.from.Format(time.DateOnly), tc.till.Format(time.DateOnly), err)
+			}
+		})
+	}
+}
+
 // An agent that cannot verify the relay's certificate stops at once with a
 // one-line reason that says what to do.
 func TestAgentRejectsUntrustedRelay(t *testing.T) {
@@ -254,6 +292,14 @@ func TestHTTPRedirectsToHTTPS(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != "https://demo.localhost/path?q=1" {
 		t.Fatalf("redirect: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	// An IPv6 literal keeps its brackets when its port goes.
+	if resp, err = c.Get("http://[2001:db8::1]:8080/path"); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if loc := resp.Header.Get("Location"); loc != "https://[2001:db8::1]/path" {
+		t.Errorf("redirect of an IPv6 literal with a port to %q", loc)
 	}
 	c.CloseIdleConnections()
 	rl.stop()

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -51,6 +53,18 @@ type certs struct {
 
 	mu     sync.Mutex
 	failed map[string]failure // name → why and until when its order is not retried
+	// ordering holds the autocert call running for each name: handshakes
+	// that come meanwhile share its result, so that a failed order is
+	// recorded once, with the CA's reason, not with what autocert tells
+	// each waiter ("missing certificate").
+	ordering map[string]*order
+}
+
+// order is one autocert call for a name, and its result once done is closed.
+type order struct {
+	done chan struct{}
+	cert *tls.Certificate
+	err  error
 }
 
 type failure struct {
@@ -59,12 +73,12 @@ type failure struct {
 }
 
 func newCerts(cfg *Config, reg *registry) (*certs, error) {
-	c := &certs{domain: cfg.Domain, reg: reg, log: cfg.Logger, failed: make(map[string]failure)}
+	c := &certs{domain: cfg.Domain, reg: reg, log: cfg.Logger, failed: make(map[string]failure), ordering: make(map[string]*order)}
 	if cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
 		if cfg.TLSCertFile == "" || cfg.TLSKeyFile == "" {
 			return nil, errors.New("relay: a certificate needs both --tls-cert and --tls-key")
 		}
-		f, err := loadCertFile(cfg.TLSCertFile, cfg.TLSKeyFile)
+		f, err := loadCertFile(cfg.TLSCertFile, cfg.TLSKeyFile, cfg.Domain)
 		if err != nil {
 			return nil, err
 		}
@@ -188,7 +202,7 @@ func ecdsaHello(name string) *tls.ClientHelloInfo {
 }
 
 // obtain asks autocert for name's certificate unless a recent order for it
-// failed.
+// failed. Handshakes for a name whose call is running wait for its result.
 func (c *certs) obtain(name string, hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	c.mu.Lock()
 	f, ok := c.failed[name]
@@ -196,18 +210,35 @@ func (c *certs) obtain(name string, hello *tls.ClientHelloInfo) (*tls.Certificat
 		delete(c.failed, name)
 		ok = false
 	}
-	c.mu.Unlock()
 	if ok {
+		c.mu.Unlock()
 		return nil, fmt.Errorf("certificate for %s failed, next try after %s: %w", name, f.until.Format(time.TimeOnly), f.err)
 	}
-	cert, err := c.acme.GetCertificate(hello)
-	if err != nil {
-		c.mu.Lock()
-		c.failed[name] = failure{err: err, until: time.Now().Add(c.cool)}
+	if o := c.ordering[name]; o != nil {
 		c.mu.Unlock()
-		c.log.Warn("certificate order failed", "name", name, "retry_after", c.cool.String(), "err", err)
+		<-o.done
+		return o.cert, o.err
 	}
-	return cert, err
+	o := &order{done: make(chan struct{})}
+	c.ordering[name] = o
+	c.mu.Unlock()
+	o.cert, o.err = c.acme.GetCertificate(hello)
+	c.mu.Lock()
+	delete(c.ordering, name)
+	if o.err != nil {
+		now := time.Now()
+		// Names released since are never asked for again: forget the
+		// failures past their cool-down here (failures are rare, each a
+		// round trip to the CA).
+		maps.DeleteFunc(c.failed, func(_ string, f failure) bool { return now.After(f.until) })
+		c.failed[name] = failure{err: o.err, until: now.Add(c.cool)}
+	}
+	c.mu.Unlock()
+	close(o.done)
+	if o.err != nil {
+		c.log.Warn("certificate order failed", "name", name, "retry_after", c.cool.String(), "err", o.err)
+	}
+	return o.cert, o.err
 }
 
 // needsACME reports whether name's certificate comes from ACME (the files
@@ -233,6 +264,9 @@ func (c *certs) httpHandler() http.Handler {
 		host := r.Host
 		if h := canonicalHost(r.Host); h != "" {
 			host = h
+			if ip, err := netip.ParseAddr(h); err == nil && ip.Is6() {
+				host = "[" + h + "]" // the port went, its brackets stay
+			}
 		}
 		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusPermanentRedirect)
 	})
@@ -245,6 +279,7 @@ func (c *certs) httpHandler() http.Handler {
 // certFile is a certificate and key on disk, reloaded when either changes.
 type certFile struct {
 	certPath, keyPath string
+	domain            string
 
 	mu        sync.Mutex
 	cert      *tls.Certificate
@@ -255,9 +290,9 @@ type certFile struct {
 // reloadCheckInterval bounds how often handshakes stat the files.
 const reloadCheckInterval = time.Second
 
-func loadCertFile(certPath, keyPath string) (*certFile, error) {
-	f := &certFile{certPath: certPath, keyPath: keyPath}
-	if err := f.load(); err != nil {
+func loadCertFile(certPath, keyPath, domain string) (*certFile, error) {
+	f := &certFile{certPath: certPath, keyPath: keyPath, domain: domain}
+	if err := f.load(false); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -275,7 +310,11 @@ func (f *certFile) fileStamp() (string, error) {
 	return b.String(), nil
 }
 
-func (f *certFile) load() error {
+// load reads the files. A reload (reload true) also refuses a certificate
+// that would serve no name of the domain, or that no client accepts now,
+// so that the one already loaded stays; at start newCerts says what is
+// wrong with the first one.
+func (f *certFile) load(reload bool) error {
 	stamp, err := f.fileStamp()
 	if err != nil {
 		return fmt.Errorf("relay: certificate file: %w", err)
@@ -287,6 +326,17 @@ func (f *certFile) load() error {
 	if cert.Leaf == nil {
 		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
 			return fmt.Errorf("relay: parse %s: %w", f.certPath, err)
+		}
+	}
+	if reload {
+		leaf, now := cert.Leaf, time.Now()
+		switch {
+		case !coversDomain(leaf, f.domain):
+			return fmt.Errorf("relay: --tls-cert %s covers %s, neither %s nor a name under it", f.certPath, strings.Join(leaf.DNSNames, ", "), f.domain)
+		case now.After(leaf.NotAfter):
+			return fmt.Errorf("relay: --tls-cert %s expired on %s", f.certPath, leaf.NotAfter.Format(time.RFC3339))
+		case now.Before(leaf.NotBefore):
+			return fmt.Errorf("relay: --tls-cert %s is not valid before %s", f.certPath, leaf.NotBefore.Format(time.RFC3339))
 		}
 	}
 	f.cert, f.stamp = &cert, stamp
@@ -301,7 +351,7 @@ func (f *certFile) get(name string, log *slog.Logger) *tls.Certificate {
 	if now := time.Now(); now.Sub(f.lastCheck) >= reloadCheckInterval {
 		f.lastCheck = now
 		if stamp, err := f.fileStamp(); err == nil && stamp != f.stamp {
-			if err := f.load(); err != nil {
+			if err := f.load(true); err != nil {
 				log.Warn("certificate files changed but do not load; keeping the old certificate", "err", err)
 			} else {
 				log.Info("certificate reloaded", "file", f.certPath, "names", strings.Join(f.cert.Leaf.DNSNames, ","), "expires", f.cert.Leaf.NotAfter.Format(time.DateOnly))
