@@ -26,6 +26,7 @@ func refFrames(p []byte, dir int) (frames []Frame, starts []int, errMsg string) 
 	src := &countingReader{r: bytes.NewReader(p)}
 	br := bufio.NewReaderSize(src, 4<<10) // the read-ahead of the time
 	var msgOp int
+	var msgDeflated bool
 	var hdr [8]byte
 	for {
 		if _, err := br.Peek(1); err != nil {
@@ -56,8 +57,12 @@ func refFrames(p []byte, dir int) (frames []Frame, starts []int, errMsg string) 
 			}
 		}
 		op := fr.Opcode
+		if op == 0 && msgDeflated {
+			// RSV1 is on a compressed message's first frame only.
+			fr.Compressed = true
+		}
 		if op == 1 || op == 2 {
-			msgOp = op
+			msgOp, msgDeflated = op, fr.Compressed
 		}
 		switch {
 		case fr.Compressed:
