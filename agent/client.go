@@ -115,10 +115,6 @@ func (c *client) showStatus(ev Event) {
 	}
 }
 
-// rttInterval is how often the agent measures the round-trip time to the
-// relay.
-const rttInterval = 10 * time.Second
-
 // Revoked wraps the relay's refusal that ended a running session (the
 // operator revoked a name, the agent's token was removed), as against a
 // refusal of a login.
@@ -229,7 +225,12 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 	if err != nil {
 		return false, err
 	}
-	sess, err := tunnel.Client(conn, c.log)
+	// The keepalive's pings measure the round trip the agent shows.
+	var onRTT func(time.Duration)
+	if c.cfg.OnEvent != nil || c.ins != nil {
+		onRTT = func(rtt time.Duration) { c.emit(Event{Kind: EventRTT, RTT: rtt}) }
+	}
+	sess, err := tunnel.ClientWithRTT(conn, c.log, onRTT)
 	if err != nil {
 		conn.Close()
 		return false, err
@@ -331,23 +332,6 @@ func (c *client) attempt(ctx context.Context, online func([]proto.Granted)) (con
 			}
 		}
 	})
-	if c.cfg.OnEvent != nil || c.ins != nil {
-		wg.Go(func() {
-			t := time.NewTicker(rttInterval)
-			defer t.Stop()
-			for {
-				select {
-				case <-t.C:
-				case <-sess.CloseChan():
-					return
-				}
-				// Ping returns at the session's end or after its write timeout.
-				if rtt, err := sess.Ping(); err == nil {
-					c.emit(Event{Kind: EventRTT, RTT: rtt})
-				}
-			}
-		})
-	}
 	wg.Go(func() {
 		for {
 			ys, err := sess.AcceptStream()

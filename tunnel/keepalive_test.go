@@ -90,3 +90,34 @@ func TestKeepAliveSilentPeerClosesSession(t *testing.T) {
 		t.Fatal("session with a silent peer still open after 5 s (want about 1.2 s)")
 	}
 }
+
+// The keepalive's answered pings are the round-trip measure an agent
+// shows (ClientWithRTT): no pings of its own.
+func TestKeepAliveReportsRTT(t *testing.T) {
+	defer tunnel.SetKeepAlive(50*time.Millisecond, time.Second)()
+	c1, c2 := tcpPair(t)
+	rtts := make(chan time.Duration, 16)
+	agent, err := tunnel.ClientWithRTT(c1, nil, func(d time.Duration) {
+		select {
+		case rtts <- d:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer agent.Close()
+	relay, err := tunnel.Server(c2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	select {
+	case d := <-rtts:
+		if d <= 0 || d > time.Second {
+			t.Errorf("round trip %v", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no round trip reported within 5 s (pings every 50 ms)")
+	}
+}

@@ -149,11 +149,18 @@ func (w *logLimiter) counts() (lines, dropped uint64) {
 // Client starts the agent's side of a session on an upgraded connection.
 // Its streams can park (Stream.Park).
 func Client(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
+	return ClientWithRTT(conn, logger, nil)
+}
+
+// ClientWithRTT is Client that also calls onRTT with the round-trip time
+// of each keepalive ping answered while the session is open, every
+// KeepAliveInterval: the measure an agent shows, without pings of its own.
+func ClientWithRTT(conn net.Conn, logger *slog.Logger, onRTT func(time.Duration)) (*yamux.Session, error) {
 	w := newStreamWaker(conn)
 	sess, err := yamux.Client(newFrameWriter(w, conn), YamuxConfig(logger))
 	if err == nil {
 		w.attach(sess)
-		go keepalive(sess, w, logger, "relay")
+		go keepalive(sess, w, logger, "relay", onRTT)
 	}
 	return sess, err
 }
@@ -170,7 +177,7 @@ func Server(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
 	sess, err := yamux.Server(newFrameWriter(w, conn), cfg)
 	if err == nil {
 		w.attach(sess)
-		go keepalive(sess, w, logger, "agent")
+		go keepalive(sess, w, logger, "agent", nil)
 	}
 	return sess, err
 }
@@ -189,10 +196,16 @@ func Server(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
 // that only sends, and so receives neither data nor window updates, still
 // hears its live peer. A peer that is gone or frozen sends nothing, and is
 // noticed within KeepAliveInterval + WriteTimeout.
-func keepalive(sess *yamux.Session, w *streamWaker, logger *slog.Logger, peer string) {
+//
+// keepalive ends with the session, as yamux's own loops do, once its pings
+// have returned (at the session's end at once). onRTT, if not nil, gets
+// the round-trip time of each answered ping.
+func keepalive(sess *yamux.Session, w *streamWaker, logger *slog.Logger, peer string, onRTT func(time.Duration)) {
 	every, timeout := keepAliveInterval, writeTimeout
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var pings sync.WaitGroup
+	defer pings.Wait()
 	for {
 		select {
 		case <-t.C:
@@ -200,14 +213,20 @@ func keepalive(sess *yamux.Session, w *streamWaker, logger *slog.Logger, peer st
 			return
 		}
 		before := w.received.Load()
-		go func() {
-			if _, err := sess.Ping(); err != nil && !sess.IsClosed() && w.received.Load() == before {
+		pings.Go(func() {
+			rtt, err := sess.Ping()
+			switch {
+			case err == nil:
+				if onRTT != nil && !sess.IsClosed() {
+					onRTT(rtt)
+				}
+			case !sess.IsClosed() && w.received.Load() == before:
 				if logger != nil {
 					logger.Warn("the "+peer+" answered no ping for "+timeout.String()+" and sent nothing; closing the connection", "err", err)
 				}
 				sess.Close()
 			}
-		}()
+		})
 	}
 }
 

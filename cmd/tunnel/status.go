@@ -392,7 +392,7 @@ object has "time" (RFC 3339) and "event", one of:
   websocket_close  id, tunnel, remote, path, code (1006: no close frame),
                    reason, closed_by (visitor or server), duration_ms,
                    messages_in, messages_out, bytes_in, bytes_out
-  rtt              rtt_ms: round-trip time to the relay, every 10 s
+  rtt              rtt_ms: round-trip time to the relay, every 9 s
   inspector        inspector (its URL), or error
 bytes_in and messages_in count from the visitor to your server, _out the other
 way.`
