@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/yamux"
+
 	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
@@ -37,17 +39,7 @@ func (c *slowConn) Write(p []byte) (int, error) {
 // closed it after the first unanswered ping, with every stream on it.)
 func TestKeepAliveSlowLinkKeepsSession(t *testing.T) {
 	defer tunnel.SetKeepAlive(200*time.Millisecond, time.Second)()
-	c1, c2 := tcpPair(t)
-	agent, err := tunnel.Client(&slowConn{Conn: c1, rate: 64 << 10}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer agent.Close()
-	relay, err := tunnel.Server(c2, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer relay.Close()
+	agent, relay := keepAliveSessions(t, func(c net.Conn) net.Conn { return &slowConn{Conn: c, rate: 64 << 10} }, nil)
 
 	// The agent uploads 256 KiB: four seconds on this link, four ping
 	// timeouts, in which it receives nothing but the relay's pings.
@@ -95,23 +87,13 @@ func TestKeepAliveSilentPeerClosesSession(t *testing.T) {
 // shows (ClientWithRTT): no pings of its own.
 func TestKeepAliveReportsRTT(t *testing.T) {
 	defer tunnel.SetKeepAlive(50*time.Millisecond, time.Second)()
-	c1, c2 := tcpPair(t)
 	rtts := make(chan time.Duration, 16)
-	agent, err := tunnel.ClientWithRTT(c1, nil, func(d time.Duration) {
+	keepAliveSessions(t, nil, func(d time.Duration) {
 		select {
 		case rtts <- d:
 		default:
 		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer agent.Close()
-	relay, err := tunnel.Server(c2, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer relay.Close()
 	select {
 	case d := <-rtts:
 		if d <= 0 || d > time.Second {
@@ -120,4 +102,27 @@ func TestKeepAliveReportsRTT(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no round trip reported within 5 s (pings every 50 ms)")
 	}
+}
+
+// keepAliveSessions starts an agent's and a relay's session on a TCP pair,
+// closed at the test's end; wrap, if not nil, wraps the agent's side of
+// the connection, and onRTT is the agent's (ClientWithRTT).
+func keepAliveSessions(t *testing.T, wrap func(net.Conn) net.Conn, onRTT func(time.Duration)) (agent, relay *yamux.Session) {
+	t.Helper()
+	c1, c2 := tcpPair(t)
+	var ac net.Conn = c1
+	if wrap != nil {
+		ac = wrap(c1)
+	}
+	agent, err := tunnel.ClientWithRTT(ac, nil, onRTT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { agent.Close() })
+	relay, err = tunnel.Server(c2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { relay.Close() })
+	return agent, relay
 }

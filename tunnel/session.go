@@ -160,7 +160,7 @@ func ClientWithRTT(conn net.Conn, logger *slog.Logger, onRTT func(time.Duration)
 	sess, err := yamux.Client(newFrameWriter(w, conn), YamuxConfig(logger))
 	if err == nil {
 		w.attach(sess)
-		go keepalive(sess, w, logger, "relay", onRTT)
+		go keepalive(sess, w, logger, "relay", keepAliveInterval, writeTimeout, onRTT)
 	}
 	return sess, err
 }
@@ -177,7 +177,7 @@ func Server(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
 	sess, err := yamux.Server(newFrameWriter(w, conn), cfg)
 	if err == nil {
 		w.attach(sess)
-		go keepalive(sess, w, logger, "agent", nil)
+		go keepalive(sess, w, logger, "agent", keepAliveInterval, writeTimeout, nil)
 	}
 	return sess, err
 }
@@ -200,8 +200,7 @@ func Server(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
 // keepalive ends with the session, as yamux's own loops do, once its pings
 // have returned (at the session's end at once). onRTT, if not nil, gets
 // the round-trip time of each answered ping.
-func keepalive(sess *yamux.Session, w *streamWaker, logger *slog.Logger, peer string, onRTT func(time.Duration)) {
-	every, timeout := keepAliveInterval, writeTimeout
+func keepalive(sess *yamux.Session, w *streamWaker, logger *slog.Logger, peer string, every, timeout time.Duration, onRTT func(time.Duration)) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var pings sync.WaitGroup
