@@ -18,9 +18,9 @@ import (
 )
 
 // halfOpenDetectWithin is how soon each side must notice a peer that stopped
-// answering: keepalive interval plus write timeout, and slack for a busy
-// machine running -race.
-const halfOpenDetectWithin = tunnel.KeepAliveInterval + tunnel.WriteTimeout + 5*time.Second
+// answering: keepalive interval, write timeout and grace, and slack for a
+// busy machine running -race.
+const halfOpenDetectWithin = tunnel.KeepAliveInterval + tunnel.WriteTimeout + tunnel.KeepAliveGrace + 5*time.Second
 
 // TestHalfOpenControlConnection makes the agent's control connection
 // half-open three times in a row, as a NAT that forgot the mapping would: a

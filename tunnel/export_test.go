@@ -27,12 +27,13 @@ func SetStreamCloseTimeout(d time.Duration) (restore func()) {
 	return func() { streamCloseTimeout = old }
 }
 
-// SetKeepAlive sets the ping interval and the write and ping-answer timeout
-// for the sessions made from now on, and returns a func that restores them.
-func SetKeepAlive(every, timeout time.Duration) (restore func()) {
-	e, w := keepAliveInterval, writeTimeout
-	keepAliveInterval, writeTimeout = every, timeout
-	return func() { keepAliveInterval, writeTimeout = e, w }
+// SetKeepAlive sets the ping interval, the write and ping-answer timeout
+// and the grace for the sessions made from now on, and returns a func that
+// restores them.
+func SetKeepAlive(every, timeout, grace time.Duration) (restore func()) {
+	old := currentKeepAlive()
+	keepAliveInterval, writeTimeout, keepAliveGrace = every, timeout, grace
+	return func() { keepAliveInterval, writeTimeout, keepAliveGrace = old.every, old.timeout, old.grace }
 }
 
 // WithoutTCPWaits makes TCP connections neither park nor wait without a

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/yamux"
 )
@@ -200,6 +201,22 @@ func (w *streamWaker) Read(p []byte) (int, error) {
 	}
 	w.fire = w.fire[:0]
 	return n, err
+}
+
+// heard reports whether anything came from the peer since the session
+// had read before bytes of it: read since, waiting unread in the kernel,
+// or arriving within grace (cut short if done closes).
+func (w *streamWaker) heard(before uint64, grace time.Duration, done <-chan struct{}) bool {
+	if w.received.Load() != before || unread(w.Conn) > 0 {
+		return true
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-done:
+	}
+	return w.received.Load() != before || unread(w.Conn) > 0
 }
 
 // Close closes the connection (yamux does, as its session ends) and

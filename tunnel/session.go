@@ -17,13 +17,17 @@ import (
 )
 
 // Timings of the yamux session, chosen together: a peer that stops answering
-// is noticed within KeepAliveInterval + WriteTimeout (19 s), inside the 20 s we promise.
+// is noticed within KeepAliveInterval + WriteTimeout + KeepAliveGrace
+// (20 s), the 20 s we promise.
 const (
 	// KeepAliveInterval is how often each side pings the other.
 	KeepAliveInterval = 9 * time.Second
 	// WriteTimeout bounds one frame write on the shared connection, and the
 	// wait for a ping's answer (see keepalive).
 	WriteTimeout = 10 * time.Second
+	// KeepAliveGrace is how long keepalive listens once more, after a
+	// ping's wait in which nothing came, before it gives the peer up.
+	KeepAliveGrace = time.Second
 	// StreamWindow is the most one stream may have in flight unacknowledged,
 	// and so the most a slow reader can make the other side buffer for it.
 	// 2 MiB carries ~40 MB/s per stream at 50 ms RTT; yamux's default of
@@ -44,12 +48,21 @@ func YamuxConfig(logger *slog.Logger) *yamux.Config {
 	return c
 }
 
-// keepAliveInterval and writeTimeout are KeepAliveInterval and
-// WriteTimeout, as variables for tests.
+// keepAliveInterval, writeTimeout and keepAliveGrace are
+// KeepAliveInterval, WriteTimeout and KeepAliveGrace, as variables for
+// tests.
 var (
 	keepAliveInterval = KeepAliveInterval
 	writeTimeout      = WriteTimeout
+	keepAliveGrace    = KeepAliveGrace
 )
+
+// keepAliveTimings are a session's keepalive timings, read as it starts.
+type keepAliveTimings struct{ every, timeout, grace time.Duration }
+
+func currentKeepAlive() keepAliveTimings {
+	return keepAliveTimings{keepAliveInterval, writeTimeout, keepAliveGrace}
+}
 
 // streamCloseTimeout is yamux's StreamCloseTimeout: a stream whose write
 // side we closed (CloseWrite) is cut this long after, if the peer has not
@@ -160,7 +173,7 @@ func ClientWithRTT(conn net.Conn, logger *slog.Logger, onRTT func(time.Duration)
 	sess, err := yamux.Client(newFrameWriter(w, conn), YamuxConfig(logger))
 	if err == nil {
 		w.attach(sess)
-		go keepalive(sess, w, logger, "relay", keepAliveInterval, writeTimeout, onRTT)
+		go keepalive(sess, w, logger, "relay", currentKeepAlive(), onRTT)
 	}
 	return sess, err
 }
@@ -177,37 +190,44 @@ func Server(conn net.Conn, logger *slog.Logger) (*yamux.Session, error) {
 	sess, err := yamux.Server(newFrameWriter(w, conn), cfg)
 	if err == nil {
 		w.attach(sess)
-		go keepalive(sess, w, logger, "agent", keepAliveInterval, writeTimeout, nil)
+		go keepalive(sess, w, logger, "agent", currentKeepAlive(), nil)
 	}
 	return sess, err
 }
 
 // keepalive pings the peer every KeepAliveInterval and closes the session
 // once a ping has gone unanswered for WriteTimeout while nothing at all came
-// from the peer. yamux's own keepalive closes it on the unanswered ping
-// alone, and on a slow link that is wrong: pings and their answers queue
-// behind the data in flight (a stream's window is 2 MiB, 20 s at 100 KB/s
-// on a laptop's uplink), so a session carrying an upload was cut every
-// 19 s with every stream and WebSocket on it.
+// from the peer, and nothing comes in KeepAliveGrace more. yamux's own
+// keepalive closes it on the unanswered ping alone, and on a slow link that
+// is wrong: pings and their answers queue behind the data in flight (a
+// stream's window is 2 MiB, 20 s at 100 KB/s on a laptop's uplink), so a
+// session carrying an upload was cut every 19 s with every stream and
+// WebSocket on it.
 //
 // Each ping runs on its own, not one after the other as yamux's do: the
 // peer's pings, then, arrive every KeepAliveInterval whatever happens to
-// ours, and so inside every ping's wait (WriteTimeout is longer). A side
-// that only sends, and so receives neither data nor window updates, still
-// hears its live peer. A peer that is gone or frozen sends nothing, and is
-// noticed within KeepAliveInterval + WriteTimeout.
+// ours, and so inside every wait (WriteTimeout is longer). A side that only
+// sends, and so receives neither data nor window updates, still hears its
+// live peer. A peer that is gone or frozen sends nothing, and is noticed
+// within KeepAliveInterval + WriteTimeout + KeepAliveGrace.
+//
+// "Nothing came" is judged by what this side has had the chance to read:
+// after this process was paused or starved, the ping's timer runs before
+// the reading goroutine gets the answer that waits in the kernel. So bytes
+// waiting unread count as heard (unread), and the grace gives the reader
+// its turn where the kernel cannot be asked.
 //
 // keepalive ends with the session, as yamux's own loops do, once its pings
 // have returned (at the session's end at once). onRTT, if not nil, gets
 // the round-trip time of each answered ping.
-func keepalive(sess *yamux.Session, w *streamWaker, logger *slog.Logger, peer string, every, timeout time.Duration, onRTT func(time.Duration)) {
-	t := time.NewTicker(every)
-	defer t.Stop()
+func keepalive(sess *yamux.Session, w *streamWaker, logger *slog.Logger, peer string, t keepAliveTimings, onRTT func(time.Duration)) {
+	tick := time.NewTicker(t.every)
+	defer tick.Stop()
 	var pings sync.WaitGroup
 	defer pings.Wait()
 	for {
 		select {
-		case <-t.C:
+		case <-tick.C:
 		case <-sess.CloseChan():
 			return
 		}
@@ -219,9 +239,10 @@ func keepalive(sess *yamux.Session, w *streamWaker, logger *slog.Logger, peer st
 				if onRTT != nil && !sess.IsClosed() {
 					onRTT(rtt)
 				}
-			case !sess.IsClosed() && w.received.Load() == before:
+			case sess.IsClosed() || w.heard(before, t.grace, sess.CloseChan()):
+			default:
 				if logger != nil {
-					logger.Warn("the "+peer+" answered no ping for "+timeout.String()+" and sent nothing; closing the connection", "err", err)
+					logger.Warn("the "+peer+" answered no ping for "+(t.timeout+t.grace).String()+" and sent nothing; closing the connection", "err", err)
 				}
 				sess.Close()
 			}

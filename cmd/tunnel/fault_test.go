@@ -28,9 +28,10 @@ const (
 	// visitorTimeout is each visitor request's own limit: a request that
 	// reaches it has hung, which must never happen.
 	visitorTimeout = 30 * time.Second
-	// detectLimit is how soon the relay must notice a frozen agent: yamux
-	// pings every 9 s and gives up on a ping unanswered for 10 s, so 19 s;
-	// the promise is 20 s, plus slack for a busy machine running -race.
+	// detectLimit is how soon the relay must notice a frozen agent: it
+	// pings every 9 s and gives up on a ping unanswered for 10 s after 1 s
+	// of grace, so 20 s, the promise, plus slack for a busy machine
+	// running -race.
 	detectLimit = 20*time.Second + 3*time.Second
 	// fastLimit is how quick an answer the relay makes up itself must be.
 	fastLimit = 2 * time.Second
