@@ -284,6 +284,27 @@ func TestLogLevel(t *testing.T) {
 	}
 }
 
+// TestAccessLogStderrIgnoresLogLevel: --access-log stderr writes a line per
+// request whatever --log-level says, as --access-log FILE does; the other
+// logs keep their level.
+func TestAccessLogStderrIgnoresLogLevel(t *testing.T) {
+	var buf bytes.Buffer
+	f := newFactory(IOStreams{Out: io.Discard, ErrOut: &buf})
+	if err := execute(newCmdRoot(f), "--log-level", "error", "version"); err != nil {
+		t.Fatal(err)
+	}
+	access, closeAccess, err := accessLogger(&RelayOptions{Logger: f.Logger, AccessLog: "stderr"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAccess()
+	access.Info("access", "path", "/x", "status", 200)
+	f.Logger.Warn("hidden")
+	if out := buf.String(); !strings.Contains(out, "msg=access path=/x status=200") || strings.Contains(out, "hidden") {
+		t.Errorf("stderr with --log-level error --access-log stderr:\n%s", out)
+	}
+}
+
 // TestRelayModes checks the rules that choose plain HTTP or TLS: each
 // mistake is a one-line usage error that says what to do, and each accepted
 // command line builds the relay.Config it should.

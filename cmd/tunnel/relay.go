@@ -253,7 +253,10 @@ func accessLogger(opts *RelayOptions) (*slog.Logger, func(), error) {
 	case "":
 		return nil, func() {}, nil
 	case "stderr", "-":
-		return opts.Logger, func() {}, nil
+		// The other logs' handler, so that lines never interleave, but
+		// not their --log-level: asking for an access log is asking for
+		// its lines.
+		return slog.New(allLevels{opts.Logger.Handler()}), func() {}, nil
 	}
 	f, err := os.OpenFile(opts.AccessLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
@@ -264,6 +267,20 @@ func accessLogger(opts *RelayOptions) (*slog.Logger, func(), error) {
 		h = slog.NewJSONHandler(f, nil)
 	}
 	return slog.New(h), func() { f.Close() }, nil
+}
+
+// allLevels hands every record to its handler, whatever the handler's own
+// level.
+type allLevels struct{ slog.Handler }
+
+func (allLevels) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h allLevels) WithAttrs(as []slog.Attr) slog.Handler {
+	return allLevels{h.Handler.WithAttrs(as)}
+}
+
+func (h allLevels) WithGroup(name string) slog.Handler {
+	return allLevels{h.Handler.WithGroup(name)}
 }
 
 // commandLineTokens collects the tokens of --token and TUNNEL_TOKEN. An
