@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -260,6 +261,62 @@ func TestMetrics(t *testing.T) {
 		want{"tunnel_relay_streams_open", nil, 0},
 		want{"tunnel_relay_websockets_open", nil, 0},
 	)
+}
+
+// The bytes out are the agent's: a 502 page the relay writes itself, for
+// a tunnel whose local server is down, adds nothing to bytes_out_total or
+// to the tunnel's bytes_out; a 1000-byte answer from a local server adds
+// 1000.
+func TestBytesOutAreTheAgents(t *testing.T) {
+	rl := startRelay(t, "", withAdminToken)
+	admin := startAdmin(t, rl)
+	local := startLocal(t)
+	_, urls := startAgent(t, rl.url(), []agent.Tunnel{{Name: "down", Local: "127.0.0.1:1"}, {Name: "demo", Local: local.addr}})
+	client := visitorClient(rl.addr)
+	if st, body := get(t, client, urls[0]+"/x"); st != http.StatusBadGateway || body == "" {
+		t.Fatalf("tunnel with its local server down: %d %q, want a 502 page", st, body)
+	}
+	if st, body := get(t, client, urls[1]+"/bytes?n=1000"); st != http.StatusOK || len(body) != 1000 {
+		t.Fatalf("GET /bytes?n=1000: %d, %d bytes", st, len(body))
+	}
+	waitMetrics(t, admin, want{"tunnel_relay_request_duration_seconds", nil, 2})
+	check(t, scrape(t, admin), want{"tunnel_relay_bytes_out_total", nil, 1000})
+	// A tunnel's requests are counted after its bytes.
+	out := map[string]int64{}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		done := int64(0)
+		for _, ti := range listTunnels(t, admin) {
+			out[ti.Name] = ti.BytesOut
+			done += ti.Requests
+		}
+		if done == 2 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if out["down"] != 0 || out["demo"] != 1000 {
+		t.Errorf("admin API bytes_out: down %d, demo %d; want 0 and 1000", out["down"], out["demo"])
+	}
+}
+
+// A local server's status outside 100-599 reaches the visitor as sent and
+// is counted as 5xx, as RFC 9110 has a client treat it; not as a success.
+func TestMetricsInvalidStatusIs5xx(t *testing.T) {
+	rl := startRelay(t, "")
+	admin := startAdmin(t, rl)
+	local := serveConns(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 799 Odd\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+	})
+	_, urls := startAgent(t, rl.url(), []agent.Tunnel{{Name: "odd", Local: local}})
+	if st, body := get(t, visitorClient(rl.addr), urls[0]+"/"); st != 799 || body != "hi" {
+		t.Fatalf("visitor got %d %q, want 799 \"hi\"", st, body)
+	}
+	fams := waitMetrics(t, admin, want{"tunnel_relay_request_duration_seconds", nil, 1})
+	check(t, fams,
+		want{"tunnel_relay_requests_total", []string{"code", "5xx"}, 1},
+		want{"tunnel_relay_requests_total", []string{"code", "2xx"}, 0})
 }
 
 // Several relays in one process keep separate metrics.

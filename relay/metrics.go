@@ -145,8 +145,13 @@ func (m *metrics) reject(reason string) { m.rejects.WithLabelValues(reason).Inc(
 
 // request counts a finished visitor request by its status class.
 func (m *metrics) request(status int) {
-	if status < 100 || status > 599 {
+	switch {
+	case status == 0:
 		status = http.StatusOK // nothing written: net/http answers 200
+	case status < 100 || status > 599:
+		// A local server's 600-999 reaches the visitor as sent; RFC 9110
+		// (15) has a client treat a status outside 100-599 as a 5xx.
+		status = http.StatusInternalServerError
 	}
 	m.requests.WithLabelValues(strconv.Itoa(status/100) + "xx").Inc()
 }

@@ -16,8 +16,12 @@ h1{font-size:1.4rem}code{background:#f3f3f3;padding:.1rem .3rem;border-radius:3p
 `))
 
 // writePage answers with a short error page: HTML for browsers, one line of
-// text for everything else.
+// text for everything else. A proxied request's recorder notes the page as
+// the relay's own, whose bytes are not the agent's.
 func writePage(w http.ResponseWriter, r *http.Request, status int, title, detail string) {
+	if rec, ok := w.(*recorder); ok {
+		rec.relayPage = true
+	}
 	w.Header().Del("Content-Length")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")

@@ -268,20 +268,24 @@ func (s *Server) account(v *visitReq, r *http.Request, name string) {
 		in, out = in+v.up.counts.AToB.Load(), v.up.counts.BToA.Load()
 	}
 	s.metrics.request(status)
-	s.accessLog(r, status, d, in, out, ws)
+	s.accessLog(r, status, d, in, out, ws) // what the visitor was sent
 	as := v.as
 	if as == nil {
 		return
+	}
+	if v.rec.relayPage {
+		out = 0 // the relay's own page: nothing came from the agent
 	}
 	s.metrics.bytesIn.Add(float64(in))
 	s.metrics.bytesOut.Add(float64(out))
 	if !ws {
 		s.metrics.duration.Observe(d.Seconds())
 	}
+	// The request last: whoever reads it counted has its bytes too.
 	ts := as.tunnel(name)
-	ts.requests.Add(1)
 	ts.bytesIn.Add(in)
 	ts.bytesOut.Add(out)
+	ts.requests.Add(1)
 	if as.events {
 		as.notify(&proto.Event{
 			Name:      name,
@@ -479,6 +483,9 @@ type recorder struct {
 	hijacked *trackedConn
 	idle     time.Duration // each write must finish within this
 	deadline bool          // a write deadline was set on the connection
+	// relayPage: the response is a page of the relay's own (writePage),
+	// not the agent's.
+	relayPage bool
 }
 
 func (r *recorder) WriteHeader(code int) {
