@@ -418,17 +418,27 @@ func (t *Tunnel) localTLSConfig() *tls.Config {
 // which the relay checks again.
 func ValidateHostHeader(v string) error { return proto.ValidateHostHeader(v) }
 
-// checkDNSName accepts labels of letters, digits, '-' and '_', 1 to 63
-
 // RedactURL returns raw with the password of its user info, if any,
-// replaced by "xxxxx", for error messages and logs; raw itself if it does
-// not parse.
+// replaced by "xxxxx", for error messages and logs. Of a raw that does not
+// parse, everything between "://" and the last '@' is replaced: a
+// malformed URL is the one an error message shows.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
+	if err == nil {
+		if u.User == nil {
+			return raw
+		}
+		return u.Redacted()
+	}
+	start := 0
+	if i := strings.Index(raw, "://"); i >= 0 {
+		start = i + len("://")
+	}
+	at := strings.LastIndex(raw, "@")
+	if at < start {
 		return raw
 	}
-	return u.Redacted()
+	return raw[:start] + "xxxxx" + raw[at:]
 }
 
 // bareRelayURL reports whether u is a relay's URL with nothing the agent

@@ -17,6 +17,8 @@ func TestConfigRelayURL(t *testing.T) {
 		"https://user:pw@example.com":     `relay "https://user:xxxxx@example.com" has more than a scheme and a host, which the agent would ignore: give it as https://example.com`,
 		"https://example.com/#fragment":   `has more than a scheme and a host`,
 		"http://localhost:8000/some/path": `give it as http://localhost:8000`,
+		// Malformed, and shown: its password is not.
+		"https://ann:hunter2%zz@relay.example.com": `relay "https://xxxxx@relay.example.com" is not a URL like`,
 	} {
 		c := Config{Relay: relay, Tunnels: []Tunnel{{Name: "demo", Local: "127.0.0.1:8080"}}}
 		_, err := c.check(true)

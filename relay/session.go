@@ -311,8 +311,6 @@ func (as *agentSession) hostHeader(ctx context.Context, name string) string {
 	return as.hostHeaders[name]
 }
 
-// checkDNSName accepts labels of letters, digits, '-' and '_', 1 to 63
-
 // url is the public URL of the session's tunnel name.
 func (as *agentSession) url(name string) string {
 	u := as.scheme + "://" + name + "." + as.srv.cfg.Domain
