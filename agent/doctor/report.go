@@ -49,7 +49,8 @@ type Check struct {
 	// Fix says what to do, in one line; set for Fail and Warn.
 	Fix string
 	// Latency is how long the checked operation took; zero when it does
-	// not apply. Details that matter mention it; JSON has it always.
+	// not apply. Details that matter mention it; JSON has it as
+	// latency_ms when it is not zero.
 	Latency time.Duration
 }
 

@@ -64,7 +64,8 @@ the tunnel's DNS record is missing. Each check gives up after --timeout.
 
 Exits 1 if any check failed (warnings do not count). --json prints the
 report as one object: relay, tunnel, ok, and checks, each with id, title,
-status (pass, warn, fail or skip), detail, fix and latency_ms.`,
+status (pass, warn, fail or skip) and detail, and fix (for warn and fail)
+and latency_ms (where a time was measured) when they apply.`,
 		Example: `  tunnel doctor --relay https://example.com
   tunnel doctor --relay https://example.com -s demo --token "$(cat ~/.tunnel-token)"
   tunnel doctor --relay https://relay.internal --ca-file internal-ca.pem
