@@ -89,7 +89,8 @@ func TestNoSessionBeforeAuth(t *testing.T) {
 }
 
 // Failed token attempts are limited per source address (429), and an agent
-// from another address is not slowed by them.
+// from another address is not slowed by them. Asking without a token
+// guesses nothing and is not limited (tunnel doctor does, on every run).
 func TestAuthFailuresRateLimited(t *testing.T) {
 	rl := startRelay(t, "", withTokens(relay.Token{Secret: "the-right-one"}), func(c *relay.Config) {
 		c.Limits.AuthFailuresPerMinute = 3
@@ -106,6 +107,12 @@ func TestAuthFailuresRateLimited(t *testing.T) {
 			conn.Close()
 		}
 		return err
+	}
+	for i := range 5 {
+		var uerr *tunnel.UpgradeError
+		if err := upgrade("127.0.0.2", ""); !errors.As(err, &uerr) || uerr.Status != 401 || !strings.Contains(uerr.Reason, "needs a token") {
+			t.Fatalf("attempt %d without a token: %v", i, err)
+		}
 	}
 	for i := range 3 {
 		var uerr *tunnel.UpgradeError

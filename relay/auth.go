@@ -222,7 +222,9 @@ func (s *Server) authenticate(r *http.Request) (*token, error) {
 	}
 	secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || strings.TrimSpace(secret) == "" {
-		s.authFails.fail(ip)
+		// No token guesses nothing, so it is not a failure to limit:
+		// tunnel doctor asks without one, to see whether tokens are
+		// checked at all, and must not lock its address out.
 		return nil, &authError{http.StatusUnauthorized, "this relay needs a token: pass --token or set TUNNEL_TOKEN"}
 	}
 	tok := ts.match(strings.TrimSpace(secret))
