@@ -215,12 +215,12 @@ func (c *Config) check(needLocal bool) (*url.URL, error) {
 	if c.Relay == "" {
 		return nil, errors.New("no relay: pass --relay URL or set TUNNEL_RELAY, e.g. http://localhost:8000")
 	}
-	u, err := url.Parse(c.Relay)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("relay %q is not a URL like http://localhost:8000 or https://example.com", RedactURL(c.Relay))
+	u, err := ParseRelayURL(c.Relay)
+	if err != nil {
+		return nil, err
 	}
-	if !bareRelayURL(u) {
-		return nil, fmt.Errorf("relay %q has more than a scheme and a host, which the agent would ignore: give it as %s://%s", RedactURL(c.Relay), u.Scheme, u.Host)
+	if err := tunnel.CheckToken(c.Token); err != nil {
+		return nil, fmt.Errorf("the token %v", err)
 	}
 	seen := map[string]bool{}
 	for _, t := range c.Tunnels {
@@ -417,6 +417,19 @@ func (t *Tunnel) localTLSConfig() *tls.Config {
 // HostRewrite); the rules are the protocol's, proto.ValidateHostHeader,
 // which the relay checks again.
 func ValidateHostHeader(v string) error { return proto.ValidateHostHeader(v) }
+
+// ParseRelayURL parses a relay's URL: a scheme (http or https) and a host,
+// nothing else. Its errors quote raw without its password (RedactURL).
+func ParseRelayURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("relay %q is not a URL like http://localhost:8000 or https://example.com", RedactURL(raw))
+	}
+	if !bareRelayURL(u) {
+		return nil, fmt.Errorf("relay %q has more than a scheme and a host, which the agent would ignore: give it as %s://%s", RedactURL(raw), u.Scheme, u.Host)
+	}
+	return u, nil
+}
 
 // RedactURL returns raw with the password of its user info, if any,
 // replaced by "xxxxx", for error messages and logs. Of a raw that does not

@@ -5,6 +5,19 @@ import (
 	"testing"
 )
 
+// A token with an environment file's comment after it is refused in one
+// line that says so.
+func TestConfigTokenWithComment(t *testing.T) {
+	c := Config{Relay: "https://example.com", Token: "0123456789abcdef   # the laptop", Tunnels: []Tunnel{{Name: "demo", Local: "127.0.0.1:8080"}}}
+	if _, err := c.check(true); err == nil || !strings.Contains(err.Error(), `the token holds " #…"`) {
+		t.Errorf("token with a comment: %v", err)
+	}
+	c.Token = "0123456789abcdef#not-a-comment"
+	if _, err := c.check(true); err != nil {
+		t.Errorf("token with a '#' in it: %v", err)
+	}
+}
+
 // A relay URL is its scheme and host: a path, query, fragment or user,
 // which the agent would drop without a word, is refused in one line.
 func TestConfigRelayURL(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/tunnel-dev/tunnel/proto"
+	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
 // Token is one credential agents may present. Auth is on when the relay has
@@ -54,6 +55,10 @@ type token struct {
 	hash [sha256.Size]byte
 }
 
+// CheckToken refuses a token (agent or admin) that holds an environment
+// file's comment, as tunnel.CheckToken says.
+func CheckToken(token string) error { return tunnel.CheckToken(token) }
+
 func newTokenSet(tokens []Token) (*tokenSet, error) {
 	ts := &tokenSet{reservedBy: make(map[string]*token)}
 	names := make(map[string]bool)
@@ -72,6 +77,9 @@ func newTokenSet(tokens []Token) (*tokenSet, error) {
 		case t.Secret != "":
 			if len(strings.TrimSpace(t.Secret)) < 8 {
 				return nil, fmt.Errorf("token %q is shorter than 8 characters; use a long random token (e.g. openssl rand -hex 24)", t.Name)
+			}
+			if err := tunnel.CheckToken(t.Secret); err != nil {
+				return nil, fmt.Errorf("token %q %v", t.Name, err)
 			}
 			// authenticate trims what agents present; so is the token.
 			tk.hash = sha256.Sum256([]byte(strings.TrimSpace(t.Secret)))

@@ -215,6 +215,9 @@ func (c *Config) setDefaults() error {
 	if c.AdminToken != "" && len(strings.TrimSpace(c.AdminToken)) < 8 {
 		return errors.New("relay: the admin token is shorter than 8 characters; use a long random token (e.g. openssl rand -hex 24)")
 	}
+	if err := tunnel.CheckToken(c.AdminToken); err != nil {
+		return fmt.Errorf("relay: the admin token %v", err)
+	}
 	c.Limits.setDefaults()
 	return nil
 }

@@ -61,6 +61,17 @@ type DialOptions struct {
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
+// CheckToken refuses a token that holds an environment file's comment: a
+// space or tab followed by '#'. systemd's EnvironmentFile, Docker's
+// --env-file and Compose take everything after the '=' as the value, so
+// "TUNNEL_TOKEN=abc   # for the laptop" makes a token no agent has.
+func CheckToken(token string) error {
+	if strings.Contains(token, " #") || strings.Contains(token, "\t#") {
+		return errors.New(`holds " #…", a comment after the value in an environment file? There the comment is part of the value: put it on a line of its own`)
+	}
+	return nil
+}
+
 // DialControl connects to the relay at relayURL ("http://host:port" or
 // "https://host") and performs the upgrade of the control connection. On
 // success the connection is ready for Client.

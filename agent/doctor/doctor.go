@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/agent"
 	"github.com/tunnel-dev/tunnel/proto"
 	"github.com/tunnel-dev/tunnel/tunnel"
 )
@@ -65,9 +66,12 @@ func (c *Config) check() (*url.URL, error) {
 	if c.Relay == "" {
 		return nil, errors.New("no relay: pass --relay URL or set TUNNEL_RELAY, e.g. https://example.com")
 	}
-	u, err := url.Parse(c.Relay)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("relay %q is not a URL like https://example.com or http://localhost:8000", c.Relay)
+	u, err := agent.ParseRelayURL(c.Relay)
+	if err != nil {
+		return nil, err
+	}
+	if err := tunnel.CheckToken(c.Token); err != nil {
+		return nil, fmt.Errorf("the token %v", err)
 	}
 	if c.Name != "" {
 		if err := proto.ValidateName(c.Name); err != nil {

@@ -280,8 +280,11 @@ func TestDoctorConfig(t *testing.T) {
 		want string
 	}{
 		{Config{}, "no relay: pass --relay URL or set TUNNEL_RELAY"},
-		{Config{Relay: "example.com"}, `relay "example.com" is not a URL like https://example.com`},
+		{Config{Relay: "example.com"}, `relay "example.com" is not a URL like`},
 		{Config{Relay: "https://example.com", Name: "Not_A_Name"}, "Not_A_Name"},
+		// Refused before any check, and without showing the password.
+		{Config{Relay: "https://ann:hunter2@example.com"}, `relay "https://ann:xxxxx@example.com" has more than a scheme and a host`},
+		{Config{Relay: "https://example.com", Token: "0123456789abcdef  # laptop"}, `the token holds " #…"`},
 	} {
 		rep, err := Run(context.Background(), tt.cfg)
 		if err == nil || !strings.Contains(err.Error(), tt.want) || rep != nil {

@@ -95,6 +95,7 @@ func TestRelayAdminFlags(t *testing.T) {
 		{name: "empty token flag", args: []string{"--admin-token", " "}, wantErr: "--admin-token is empty"},
 		{name: "empty token variable", env: map[string]string{"TUNNEL_ADMIN_TOKEN": ""}, wantErr: "TUNNEL_ADMIN_TOKEN is set but empty"},
 		{name: "short token", args: []string{"--admin-token", "short"}, wantErr: "shorter than 8 characters"},
+		{name: "comment in TUNNEL_ADMIN_TOKEN", env: map[string]string{"TUNNEL_ADMIN_TOKEN": "env-admin-token\t# for ops"}, wantErr: `the admin token holds " #…"`},
 		{name: "log format", args: []string{"--log-format", "yaml"}, wantErr: `--log-format must be text or json, got "yaml"`},
 	}
 	for _, tt := range tests {

@@ -51,6 +51,8 @@ func TestRelayTokenFlags(t *testing.T) {
 		{name: "empty entry in TUNNEL_TOKEN", env: ptr(tokA + ",," + tokB), wantErr: []string{"TUNNEL_TOKEN: token 2 of 3 is empty"}},
 		{name: "trailing comma", env: ptr(tokA + ","), wantErr: []string{"TUNNEL_TOKEN: token 2 of 2 is empty"}},
 		{name: "short token", args: []string{"--token", "abc"}, wantErr: []string{`token "flag-1" is shorter than 8 characters`}},
+		// relay.env's "TUNNEL_TOKEN=…   # comment": systemd keeps the comment.
+		{name: "comment in TUNNEL_TOKEN", env: ptr(tokA + "   # the laptop"), wantErr: []string{`token "env-1" holds " #…"`, "put it on a line of its own"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -232,6 +232,9 @@ func checkRelayLogs(cmd *cobra.Command, f *Factory, opts *RelayOptions) error {
 	if opts.AdminToken != "" && len(opts.AdminToken) < 8 {
 		return usageErrorf(cmd, "the admin token is shorter than 8 characters: %s", hint)
 	}
+	if err := relay.CheckToken(opts.AdminToken); err != nil {
+		return usageErrorf(cmd, "the admin token %v", err)
+	}
 	switch opts.LogFormat {
 	case "text":
 	case "json":
