@@ -176,7 +176,7 @@ streams per tunnel (limits.max_streams_per_tunnel in a --config file).`,
 	fl.IntVar(&opts.WSMessages, "ws-messages", 500, "echoes per WebSocket of the many-WebSockets test")
 	fl.IntVar(&opts.NewWS, "new-ws", 300, "tries of the new-WebSocket-and-one-echo test")
 	fl.IntVar(&opts.Idle, "idle", 1000, fmt.Sprintf("idle WebSockets of the memory test (at most %d)", benchMaxIdle))
-	fl.StringVar(&opts.CPUProfile, "cpuprofile", "", "write a CPU profile (pprof) of each process of the run into `DIR`: relay.pprof, agent.pprof, …")
+	fl.StringVar(&opts.CPUProfile, "cpuprofile", "", "write a CPU profile (pprof) of each process of the run into `directory`: relay.pprof, agent.pprof, …")
 	cmd.AddCommand(NewCmdBenchOrigin(f, nil), NewCmdBenchForward(f, nil))
 	return cmd
 }
@@ -206,6 +206,9 @@ func checkBenchOptions(o *BenchOptions) error {
 	}
 	if o.Relay != "" && !strings.HasPrefix(o.Relay, "http://") && !strings.HasPrefix(o.Relay, "https://") {
 		return fmt.Errorf("--relay wants an http:// or https:// URL, got %q", o.Relay)
+	}
+	if o.TLS && strings.HasPrefix(o.Relay, "http://") {
+		return fmt.Errorf("--tls has visitors speak HTTPS on every path, but --relay %s serves plain HTTP: give the relay's https:// URL, or drop --tls", o.Relay)
 	}
 	return nil
 }
@@ -396,19 +399,28 @@ func (b *bench) startRelay(ctx context.Context, label string, streams int) (url 
 // startAgent starts `tunnel expose` for the origin on relayURL and returns
 // the tunnel's URL.
 func (b *bench) startAgent(ctx context.Context, label, relayURL, name string) (*benchChild, string, error) {
+	env, args := b.agentCommand(relayURL, name)
+	// expose prints the URL first, then a line per request, which the
+	// child's reader drains.
+	return b.start(ctx, label, env, true, func(line string) (string, bool) {
+		return line, strings.HasPrefix(line, "http://") || strings.HasPrefix(line, "https://")
+	}, args...)
+}
+
+// agentCommand returns the environment and arguments of the agent's
+// `tunnel expose`. The token goes in the environment (TUNNEL_TOKEN): an
+// argument would show in every local user's ps.
+func (b *bench) agentCommand(relayURL, name string) (env, args []string) {
 	_, port, _ := net.SplitHostPort(b.origin)
-	args := append([]string{"expose", "--relay", relayURL, "-p", port, "--local-host", "127.0.0.1", "-s", name}, b.agentArgs...)
-	if b.opts.Token != "" {
-		args = append(args, "--token", b.opts.Token)
-	}
+	args = append([]string{"expose", "--relay", relayURL, "-p", port, "--local-host", "127.0.0.1", "-s", name}, b.agentArgs...)
 	if b.certs != nil {
 		args = append(args, "--ca-file", b.certs.CAFile)
 	}
-	// expose prints the URL first, then a line per request, which the
-	// child's reader drains.
-	return b.start(ctx, label, b.tunnelEnv(), true, func(line string) (string, bool) {
-		return line, strings.HasPrefix(line, "http://") || strings.HasPrefix(line, "https://")
-	}, args...)
+	env = b.tunnelEnv()
+	if b.opts.Token != "" {
+		env = append(env, "TUNNEL_TOKEN="+b.opts.Token)
+	}
+	return env, args
 }
 
 // tunnelName is the name the bench asks for: on a relay of ours any name

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -291,6 +292,7 @@ func TestBenchFlags(t *testing.T) {
 		{name: "too many WebSockets for one agent", args: []string{"--ws-conns", "200"}, wantErr: "--ws-conns must be 1 to 150"},
 		{name: "zero runs", args: []string{"--bulk-runs", "0"}, wantErr: "--bulk-runs must be"},
 		{name: "relay not a URL", args: []string{"--relay", "example.com"}, wantErr: "--relay wants an http:// or https:// URL"},
+		{name: "tls through a plain relay", args: []string{"--tls", "--relay", "http://localhost:8000"}, wantErr: "--tls has visitors speak HTTPS on every path, but --relay http://localhost:8000 serves plain HTTP"},
 		{name: "argument", args: []string{"now"}, wantErr: "takes no arguments"},
 		{name: "token without --relay", args: []string{"--token", "abc"}, wantErr: "--token is the agent token for --relay"},
 	}
@@ -432,6 +434,20 @@ func TestBenchTunnelGOMAXPROCS(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// The agent's token reaches `tunnel expose` in its environment, never on
+// its command line, which every local user can read (ps).
+func TestBenchAgentTokenNotAnArgument(t *testing.T) {
+	const token = "bench-token-0123456789"
+	b := &bench{opts: &BenchOptions{Relay: "https://relay.example.com", Token: token}, origin: "127.0.0.1:8080"}
+	env, args := b.agentCommand("https://relay.example.com", "bench-x")
+	if strings.Contains(strings.Join(args, " "), token) {
+		t.Errorf("token on the command line: %q", args)
+	}
+	if !slices.Contains(env, "TUNNEL_TOKEN="+token) {
+		t.Errorf("environment %q has no TUNNEL_TOKEN", env)
 	}
 }
 

@@ -85,7 +85,9 @@ func TestCompleteFlagValues(t *testing.T) {
 // TestCompletionCoversEveryFlag walks the command tree, commands added
 // later included, and fails for a flag whose value would complete as a
 // file name only because no one chose: registerCompletions must run after
-// the last AddCommand, or the command must register its own.
+// the last AddCommand, or the command must register its own. A flag that
+// takes a path says so with the usage word `file` or `directory`, the two
+// that complete as paths (flagCompletion).
 func TestCompletionCoversEveryFlag(t *testing.T) {
 	root := NewCmdRoot(IOStreams{Out: io.Discard, ErrOut: io.Discard})
 	walkCommands(root, func(cmd *cobra.Command) {
@@ -95,6 +97,10 @@ func TestCompletionCoversEveryFlag(t *testing.T) {
 			}
 			if _, ok := cmd.GetFlagCompletionFunc(fl.Name); !ok {
 				t.Errorf("%s --%s: no completion; is registerCompletions still the last call in newCmdRoot?", cmd.CommandPath(), fl.Name)
+			}
+			switch word, _ := pflag.UnquoteUsage(fl); strings.ToLower(word) {
+			case "dir", "path", "folder", "filename":
+				t.Errorf("%s --%s: usage word %q completes nothing; say `file` or `directory`", cmd.CommandPath(), fl.Name, word)
 			}
 		}
 		cmd.LocalNonPersistentFlags().VisitAll(check)
