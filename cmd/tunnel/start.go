@@ -86,8 +86,11 @@ tunnel start as a service.`,
 			if cfg.Relay == "" {
 				cfg.Relay = defaultRelay
 			}
-			if v := strings.TrimSpace(os.Getenv("TUNNEL_TOKEN")); v != "" {
-				cfg.Token = v
+			if v := os.Getenv("TUNNEL_TOKEN"); v != "" {
+				if strings.TrimSpace(v) == "" {
+					return usageErrorf(cmd, "TUNNEL_TOKEN is only spaces: set it to the relay's token, or unset it to use the file's")
+				}
+				cfg.Token = strings.TrimSpace(v)
 			}
 			opts.Config = cfg
 			if runF != nil {

@@ -43,6 +43,10 @@ func TestStartFlags(t *testing.T) {
 			args: []string{"--config", withAll}, relay: "http://env.example.com", token: "env-token", tunnels: 2},
 		{name: "environment fills", env: map[string]string{"TUNNEL_TOKEN": "env-token"}, args: []string{"--config", bare, "--json"},
 			relay: defaultRelay, token: "env-token", tunnels: 1, json: true},
+		// A variable that expanded to nothing but spaces would silently
+		// use the file's token; expose refuses it too.
+		{name: "blank TUNNEL_TOKEN", env: map[string]string{"TUNNEL_TOKEN": "  "}, args: []string{"--config", withAll},
+			wantErr: "TUNNEL_TOKEN is only spaces: set it to the relay's token, or unset it to use the file's", wantUsage: true},
 		{name: "default relay, quiet", args: []string{"--config", bare, "-q"}, relay: defaultRelay, tunnels: 1, quiet: true},
 		{name: "no config", args: nil, wantErr: "no configuration: pass --config FILE", wantUsage: true},
 		{name: "json and quiet", args: []string{"--config", bare, "--json", "--quiet"}, wantErr: "--json and --quiet do not go together", wantUsage: true},
