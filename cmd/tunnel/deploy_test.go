@@ -1019,6 +1019,11 @@ func TestDeployCompose(t *testing.T) {
 	if fmt.Sprint(s.EnvFile) != "relay.env" {
 		t.Errorf("compose.yaml: env_file %v, want relay.env (TUNNEL_DOMAIN, TUNNEL_TOKEN)", s.EnvFile)
 	}
+	// The token file sits in the build context (the repository): the
+	// build stage's COPY would keep it in the builder's cache.
+	if !slices.Contains(strings.Split(deployRead(t, "deploy/Dockerfile.dockerignore"), "\n"), "deploy/relay.env") {
+		t.Error("Dockerfile.dockerignore does not leave out deploy/relay.env, the token file compose.yaml reads")
+	}
 	env := map[string]string{
 		"TUNNEL_DOMAIN":   "example.com",
 		"TUNNEL_TOKEN":    deployRandomHex(t, 24),
