@@ -136,7 +136,11 @@ func (b *bench) runAll(ctx context.Context, res *benchResult) error {
 		return fmt.Errorf("idle WebSockets, floor: %w", err)
 	}
 	agents := 1
-	b.progress("idle: tunnel, %d WebSockets through a fresh relay and a fresh agent", o.Idle)
+	if o.Relay == "" {
+		b.progress("idle: tunnel, %d WebSockets through a fresh relay and a fresh agent", o.Idle)
+	} else {
+		b.progress("idle: tunnel, %d WebSockets through %s and a fresh agent", o.Idle, o.Relay)
+	}
 	tMem, tSlope, tCPU, err := b.idleTunnel(ctx, o.Idle, agents)
 	if err != nil {
 		return fmt.Errorf("idle WebSockets, tunnel: %w", err)
@@ -788,6 +792,13 @@ func (b *bench) idle(ctx context.Context, p *benchPath, n int) (mem, slope, cpu 
 		mem.hops[i], mem.ok[i] = (after.hops[i]-before.hops[i])/float64(n), true
 		if n-half > 0 {
 			slope.hops[i], slope.ok[i] = (after.hops[i]-mid.hops[i])/float64(n-half), true
+		}
+		if mem.hops[i] < 0 || slope.hops[i] < 0 {
+			who := [2]string{"relay", "agent"}[i]
+			if p.name == "floor" {
+				who = [2]string{"first forwarder", "second forwarder"}[i]
+			}
+			b.progress("idle: the %s's memory fell while the WebSockets were opened (its runtime gave memory back): its figures below 0 measure that, not what a connection costs; try more of them (--idle)", who)
 		}
 	}
 	// Every connection held is still alive and echoes.
