@@ -3,10 +3,14 @@ package relay
 import (
 	"context"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/tunnel-dev/tunnel/proto"
 )
 
 // recordHandler keeps the records logged through it.
@@ -87,4 +91,26 @@ func TestRejectLogRateLimit(t *testing.T) {
 			t.Fatal("logged after close")
 		}
 	})
+}
+
+// An agent that connects while the relay drains is refused (503) with a
+// line, as every refusal is.
+func TestAgentRefusedWhileDrainingIsLogged(t *testing.T) {
+	h := &recordHandler{}
+	s, err := New(Config{Domain: "localhost", Logger: slog.New(h)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.draining.Store(true)
+	r := httptest.NewRequest(http.MethodGet, proto.ConnectPath, nil)
+	r.Header.Set("Connection", "Upgrade")
+	r.Header.Set("Upgrade", proto.UpgradeProtocol)
+	w := httptest.NewRecorder()
+	s.handleConnect(w, r)
+	if w.Code != http.StatusServiceUnavailable {
+		t.Fatalf("status %d, want 503", w.Code)
+	}
+	if n, _ := h.lines("agent refused"); n != 1 {
+		t.Errorf("%d \"agent refused\" lines, want 1", n)
+	}
 }

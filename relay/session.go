@@ -98,6 +98,7 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	if !s.beginSession() {
 		s.metrics.reject(rejectDraining)
+		s.rejects.add("agent refused", rejectDraining, slog.String("remote", r.RemoteAddr), slog.Int("status", http.StatusServiceUnavailable))
 		http.Error(w, "relay is shutting down; retry shortly", http.StatusServiceUnavailable)
 		return
 	}
