@@ -205,3 +205,73 @@ func TestAgentThatNeverAccepts(t *testing.T) {
 		t.Fatalf("after the flood: %d", status)
 	}
 }
+
+// An event stream whose server stays quiet longer than the write-idle
+// timeout between events is not cut, over HTTP/1.1 or HTTP/2: the timeout
+// bounds a write the visitor does not take, not the wait for the next
+// event. (Over HTTP/2 the deadline left armed between writes reset the
+// stream.)
+func TestQuietEventStreamOutlivesWriteIdleTimeout(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http1", true: "http2"}[h2], func(t *testing.T) {
+			rl := startTLSRelay(t, func(c *relay.Config) { c.Limits.WriteIdleTimeout = time.Second })
+			local := serveHandler(t, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/event-stream")
+				for i := range 3 {
+					if i > 0 {
+						time.Sleep(1500 * time.Millisecond)
+					}
+					fmt.Fprintf(w, "data: %d\n\n", i)
+					w.(http.Flusher).Flush()
+				}
+			})
+			_, urls := startAgent(t, "https://localhost:"+port(rl.addr), []agent.Tunnel{{Name: "demo", Local: local}}, agentTLS(rl.ca, rl.addr))
+			res, err := httpsClient(rl.ca, rl.addr, h2).Get(urls[0] + "/events")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			if res.ProtoMajor != map[bool]int{false: 1, true: 2}[h2] {
+				t.Fatalf("the visitor spoke %s", res.Proto)
+			}
+			b, err := io.ReadAll(res.Body)
+			if err != nil || string(b) != "data: 0\n\ndata: 1\n\ndata: 2\n\n" {
+				t.Errorf("%s: read %q, %v; want three events", res.Proto, b, err)
+			}
+		})
+	}
+}
+
+// Over HTTP/2 too, a visitor that stops reading a download holds the
+// stream only until the write-idle timeout.
+func TestStalledHTTP2VisitorIsCutOff(t *testing.T) {
+	rl := startTLSRelay(t, func(c *relay.Config) { c.Limits.WriteIdleTimeout = time.Second })
+	writeErr := make(chan error, 1)
+	local := serveHandler(t, func(w http.ResponseWriter, r *http.Request) {
+		buf := make([]byte, 64<<10)
+		for i := 0; i < 16384; i++ { // at most 1 GiB
+			if _, err := w.Write(buf); err != nil {
+				writeErr <- err
+				return
+			}
+		}
+		writeErr <- nil
+	})
+	_, urls := startAgent(t, "https://localhost:"+port(rl.addr), []agent.Tunnel{{Name: "demo", Local: local}}, agentTLS(rl.ca, rl.addr))
+	res, err := httpsClient(rl.ca, rl.addr, true).Get(urls[0] + "/flood")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close() // read nothing
+	if res.ProtoMajor != 2 {
+		t.Fatalf("the visitor spoke %s", res.Proto)
+	}
+	select {
+	case err := <-writeErr:
+		if err == nil {
+			t.Fatal("the local server wrote 1 GiB to a visitor that reads nothing")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the stalled HTTP/2 visitor still holds the stream after 30s")
+	}
+}

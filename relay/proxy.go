@@ -246,10 +246,6 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 	if v.detached {
 		return
 	}
-	if v.rec.deadline && v.rec.hijacked == nil {
-		// The connection may carry the visitor's next request.
-		http.NewResponseController(w).SetWriteDeadline(time.Time{})
-	}
 	v.finish()
 }
 
@@ -482,7 +478,6 @@ type recorder struct {
 	bytes    atomic.Int64
 	hijacked *trackedConn
 	idle     time.Duration // each write must finish within this
-	deadline bool          // a write deadline was set on the connection
 	// relayPage: the response is a page of the relay's own (writePage),
 	// not the agent's.
 	relayPage bool
@@ -499,14 +494,32 @@ func (r *recorder) Write(p []byte) (int, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
 	}
-	// A visitor that stops reading must not hold the stream (and the agent's
-	// window) for ever: each write gets the idle timeout.
-	if http.NewResponseController(r.ResponseWriter).SetWriteDeadline(time.Now().Add(r.idle)) == nil {
-		r.deadline = true
-	}
+	defer r.bounded()()
 	n, err := r.ResponseWriter.Write(p)
 	r.bytes.Add(int64(n))
 	return n, err
+}
+
+// FlushError flushes within the idle timeout (see bounded): on HTTP/1 the
+// flush is where a buffered response meets the socket.
+func (r *recorder) FlushError() error {
+	defer r.bounded()()
+	return http.NewResponseController(r.ResponseWriter).Flush()
+}
+
+// bounded gives the write or flush about to start the idle timeout, and
+// returns the func that lifts it once the call is over. A visitor that
+// stops reading must not hold the stream (and the agent's window) for
+// ever; but between writes nothing is bounded: an event stream or a long
+// poll may stay quiet as long as its server likes. (Left armed, the
+// deadline cut such a response over HTTP/2, where it is a timer on the
+// stream that resets it whether or not a write is under way.)
+func (r *recorder) bounded() (lift func()) {
+	rc := http.NewResponseController(r.ResponseWriter)
+	if rc.SetWriteDeadline(time.Now().Add(r.idle)) != nil {
+		return func() {}
+	}
+	return func() { rc.SetWriteDeadline(time.Time{}) }
 }
 
 // Unwrap lets http.ResponseController reach Flush and deadlines.
