@@ -458,6 +458,46 @@ func TestEdgeLimits(t *testing.T) {
 	}
 }
 
+// A tunnel's slots held only by streams kept idle for visitors' next
+// requests (browsers keep their connections) give way: a new WebSocket
+// or request gets one at once, and the longest idle stream is closed for
+// it. Its visitor's next request opens a new stream.
+func TestIdleKeptStreamsYieldTheirSlots(t *testing.T) {
+	rl := startRelay(t, "", func(c *relay.Config) {
+		c.Limits.MaxStreamsPerTunnel = 3
+		c.OpenTimeout = 2 * time.Second
+	})
+	local := startLocal(t)
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local.addr}})
+	var clients []*http.Client
+	for i := range 3 { // three visitors load a page and keep their connections
+		c := &http.Client{Transport: visitorTransport(rl.addr, &net.TCPAddr{IP: net.ParseIP(fmt.Sprintf("127.0.0.%d", 20+i))})}
+		defer c.CloseIdleConnections()
+		if status, _ := get(t, c, "http://demo.localhost/"); status != 200 {
+			t.Fatalf("visitor %d: %d", i, status)
+		}
+		clients = append(clients, c)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	ws, err := dialWS(ctx, rl.addr, "ws://demo.localhost/ws")
+	if err != nil {
+		t.Fatalf("WebSocket while the tunnel's 3 slots hold idle kept streams: %v after %v", err, time.Since(start).Round(time.Millisecond))
+	}
+	defer ws.CloseNow()
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the WebSocket waited %v for a slot held by an idle stream", d.Round(time.Millisecond))
+	}
+	// The WebSocket holds one slot; the visitors' kept streams, or new
+	// ones in place of an evicted one, serve them still.
+	for i, c := range clients {
+		if status, _ := get(t, c, "http://demo.localhost/"); status != 200 {
+			t.Errorf("visitor %d after the WebSocket: %d", i, status)
+		}
+	}
+}
+
 // Run refuses to serve an open relay beyond loopback unless told to.
 func TestRunRefusesOpenRelay(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())

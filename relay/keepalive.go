@@ -422,6 +422,31 @@ func (t *keepAliveTransport) put(key string, vc *visitorConn, c net.Conn, e *idl
 	t.mu.Unlock()
 }
 
+// evictOldest closes the stream of tunnel name kept idle the longest, if
+// any, so that its slot serves a request that waits for one.
+func (t *keepAliveTransport) evictOldest(name string) {
+	t.mu.Lock()
+	var key string
+	var oldest *idleStream
+	for k, list := range t.idle {
+		if len(list) == 0 || (k != name && !strings.HasPrefix(k, name+".")) {
+			continue // another tunnel's (a name has no '.'; see poolKey)
+		}
+		if oldest == nil || list[0].until.Before(oldest.until) {
+			key, oldest = k, list[0] // most recent last
+		}
+	}
+	if oldest == nil {
+		t.mu.Unlock()
+		return
+	}
+	t.setList(key, slices.Delete(t.idle[key], 0, 1))
+	t.nidle--
+	t.mu.Unlock()
+	oldest.timer.Stop()
+	oldest.c.Close()
+}
+
 // drop closes the streams kept for key: its visitor connection closed.
 func (t *keepAliveTransport) drop(key string) {
 	t.mu.Lock()

@@ -559,13 +559,23 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 	tunnelSlots := ts.slots
 	select {
 	case tunnelSlots <- struct{}{}:
-	case <-as.done:
-		return nil, errSessionGone
-	case <-ctx.Done():
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, errTooManyStreams
+	default:
+		// Full. A stream kept for some visitor's next request is worth
+		// less than this one: close the tunnel's longest idle, which
+		// frees its slot, then wait for a slot.
+		if as.ka != nil {
+			as.ka.evictOldest(name)
 		}
-		return nil, ctx.Err()
+		select {
+		case tunnelSlots <- struct{}{}:
+		case <-as.done:
+			return nil, errSessionGone
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, errTooManyStreams
+			}
+			return nil, ctx.Err()
+		}
 	}
 	// The agent-wide slot covers only the opening: yamux blocks once 256
 	// opens wait for the agent's answer, so at most tunnel.MaxStreams may.
