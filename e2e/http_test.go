@@ -334,3 +334,56 @@ func TestLocalExtraBytesNotReused(t *testing.T) {
 		t.Errorf("local connections: %d, want 2 (the one that sent extra bytes not used again)", n)
 	}
 }
+
+// A local server that answers an upload early and closes without reading
+// the rest (Flask's 413, a handler that ignores a POST body) resets its
+// connection: the visitor still gets its answer, every time, as it would
+// from the server directly, not a 502.
+func TestEarlyAnswerThenResetReachesVisitor(t *testing.T) {
+	rl := startRelay(t, "")
+	local := serveConns(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 8\r\n\r\ntoo big!")
+		// Closing with the upload unread sends a reset.
+	})
+	_, urls := startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local}})
+	for i := range 10 {
+		c := visitorClient(rl.addr)
+		req, _ := http.NewRequest("POST", urls[0]+"/upload", io.LimitReader(newPattern(), 8<<20))
+		req.ContentLength = 8 << 20
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("upload %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		c.CloseIdleConnections()
+		if res.StatusCode != 413 || string(b) != "too big!" {
+			t.Fatalf("upload %d: %d %.120q, want the local server's 413", i, res.StatusCode, b)
+		}
+	}
+}
+
+// A complete answer followed by a reset (SO_LINGER 0) is the visitor's
+// answer.
+func TestCompleteAnswerThenResetReachesVisitor(t *testing.T) {
+	rl := startRelay(t, "")
+	local := serveConns(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 501 Not Implemented\r\nConnection: close\r\nContent-Length: 11\r\n\r\nnot handled")
+		c.(*net.TCPConn).SetLinger(0)
+	})
+	_, urls := startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local}})
+	for i := range 200 {
+		c := visitorClient(rl.addr)
+		status, body := get(t, c, urls[0]+"/x")
+		c.CloseIdleConnections()
+		if status != 501 || body != "not handled" {
+			t.Fatalf("request %d: %d %.120q, want the local server's 501", i, status, body)
+		}
+	}
+}

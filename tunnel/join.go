@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -155,6 +156,27 @@ type joiner struct {
 	done   func(error)
 	left   atomic.Int32 // directions still copying
 	errs   [2]error     // each direction's result, set before left drops
+	wrote  [2]bool      // the direction's error is its write's (each its own)
+	abort  sync.Once    // aborts both connections (see fail)
+}
+
+// fail aborts both connections, once: it unblocks the other direction,
+// whichever failed, and lets a stream's peer see an error rather than a
+// clean end.
+func (j *joiner) fail() {
+	j.abort.Do(func() {
+		abortConn(j.a)
+		abortConn(j.b)
+	})
+}
+
+// peerReset reports whether err, a write's, says the destination's peer
+// reset the connection: what that peer sent before may still wait to be
+// read, as a local server's 413 does when it answers an upload early and
+// closes without reading the rest. The direction reading that socket
+// should get it before the join ends.
+func peerReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // errIdle is pipe's result when its source has had nothing to read for
@@ -178,12 +200,12 @@ func (j *joiner) runFrom(dir Direction, waited bool) {
 		j.idleWait(dir)
 		return
 	}
-	if err != nil {
-		// Abort: unblock the other direction, whichever failed, and
-		// let a stream's peer see an error rather than a clean end.
-		abortConn(j.a)
-		abortConn(j.b)
+	if err != nil && !(j.wrote[dir] && peerReset(err) && j.left.Load() == 2) {
+		j.fail()
 	}
+	// A write refused by a reset peer ends only this direction, as a
+	// clean end would: the other one reads what that peer had sent,
+	// then its reset, and fails the join then, or at its end below.
 	j.errs[dir] = err
 	if j.left.Add(-1) != 0 {
 		// The other direction, if parked, waits on its goroutine from
@@ -198,17 +220,21 @@ func (j *joiner) runFrom(dir Direction, waited bool) {
 		other.SetReadDeadline(time.Now())
 		return
 	}
-	j.a.Close()
-	j.b.Close()
 	// The direction that failed first has the real error; the other one
 	// saw its connection closed by the abort.
+	var failed error
 	for _, err := range j.errs {
 		if err != nil && err != errAborted {
-			j.done(err)
-			return
+			failed = err
+			break
 		}
 	}
-	j.done(nil)
+	if failed != nil {
+		j.fail() // once: a direction that failed may not have yet
+	}
+	j.a.Close()
+	j.b.Close()
+	j.done(failed)
 }
 
 // src is the connection direction dir reads.
@@ -376,6 +402,7 @@ func (j *joiner) pipe(dir Direction, waited bool) error {
 				if errors.Is(werr, net.ErrClosed) {
 					return errAborted
 				}
+				j.wrote[dir] = true
 				return werr
 			}
 			// Quiet is counted from here: a write that waited on a

@@ -45,17 +45,19 @@ func (r *Resets) Track(st *Stream) {
 	r.mu.Unlock()
 }
 
-// Reset aborts the stream the peer reset: its Reads and Writes fail at once,
-// so whatever joins it lets go of its other connection too.
+// Reset aborts the stream the peer reset: its Writes fail at once, and its
+// Reads once they have returned what came before the reset (see
+// resetByPeer), so whatever joins it lets go of its other connection too.
 func (r *Resets) Reset(id uint32) {
 	r.mu.Lock()
 	st := r.streams[id]
 	if st != nil {
 		r.aborted[id] = true
+		delete(r.streams, id) // nothing more to do with it here
 	}
 	r.mu.Unlock()
 	if st != nil {
-		st.Close()
+		st.resetByPeer()
 	}
 }
 

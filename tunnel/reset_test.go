@@ -1,6 +1,7 @@
 package tunnel_test
 
 import (
+	"io"
 	"testing"
 	"time"
 
@@ -39,5 +40,40 @@ func TestResetsTrackRacesReset(t *testing.T) {
 		default:
 		}
 		accepted.Close()
+	}
+}
+
+// What the peer sent before it reset the stream is read first, as on a
+// TCP connection: a local server's complete answer (a 413, say) followed
+// by its reset reaches the relay's reader. The Read after it fails; it
+// never looks like a clean end. A Write fails at once.
+func TestResetKeepsWhatCameBefore(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	t.Cleanup(stop)
+	opened, accepted := rawStreamPair(t, relay, agent)
+	st := tunnel.NewStream(opened, nil)
+	r := tunnel.NewResets(func(uint32) {})
+	r.Track(st)
+	const answer = "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!"
+	if _, err := accepted.Write([]byte(answer)); err != nil {
+		t.Fatal(err)
+	}
+	// The reset comes after the data (on the control stream, behind it on
+	// the shared connection): wait until the data is here.
+	for deadline := time.Now().Add(5 * time.Second); !st.Readable(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the answer did not arrive")
+		}
+	}
+	r.Reset(st.ID())
+	if _, err := st.Write([]byte("more of the upload")); err == nil {
+		t.Error("Write after the peer's reset succeeded")
+	}
+	got, err := io.ReadAll(st)
+	if string(got) != answer {
+		t.Errorf("read %q before the reset, want %q", got, answer)
+	}
+	if err == nil {
+		t.Error("the reset read as a clean end of the stream")
 	}
 }

@@ -50,9 +50,12 @@ type Stream struct {
 	// or reset (monoNow; 0: not yet, or not watched), for a stream whose
 	// write side is closed and whose session has a streamWaker.
 	peerFIN atomic.Int64
-	aborted atomic.Bool  // Abort ended it
-	readers atomic.Int32 // Reads inside yamux's Read
-	onClose func(c *Stream, peerDone bool)
+	aborted atomic.Bool // Abort ended it
+	// peerReset: the peer reset the stream (resetByPeer). Reads return
+	// what had come before, then fail; Writes fail.
+	peerReset atomic.Bool
+	readers   atomic.Int32 // Reads inside yamux's Read
+	onClose   func(c *Stream, peerDone bool)
 
 	// waker is the session's streamWaker, if it has one: Park needs it.
 	waker *streamWaker
@@ -220,6 +223,12 @@ func (c *Stream) yamuxReadDeadline(t time.Time) time.Time {
 // caller's once it has passed (or while an early stream's reply is
 // awaited), none before, with readTimer set to bring it. c.mu must be held.
 func (c *Stream) syncReadDeadline() {
+	if c.peerReset.Load() {
+		// Reads return what is there and wait for nothing more.
+		c.stopReadTimer()
+		c.setYamuxRD(time.Unix(1, 0))
+		return
+	}
 	t := c.ownReadDeadline()
 	if r := c.reply; r != nil && r.waiting {
 		c.setYamuxRD(c.yamuxReadDeadline(t))
@@ -282,7 +291,7 @@ func (c *Stream) mapErr(op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	if c.isClosed() {
+	if c.isClosed() || c.peerReset.Load() {
 		err = net.ErrClosed
 	} else if errors.Is(err, yamux.ErrTimeout) {
 		err = os.ErrDeadlineExceeded
@@ -309,13 +318,19 @@ func (c *Stream) Read(b []byte) (int, error) {
 	}
 	c.readers.Add(1)
 	n, err := c.s.Read(b)
-	for n == 0 && errors.Is(err, yamux.ErrTimeout) && !expired(&c.readDeadline) && !c.isClosed() {
+	for n == 0 && errors.Is(err, yamux.ErrTimeout) && !expired(&c.readDeadline) && !c.isClosed() && !c.peerReset.Load() {
 		// A deadline that passed and was then moved later.
 		n, err = c.s.Read(b)
 	}
 	c.readers.Add(-1)
 	if c.aborted.Load() {
 		// Abort's own reader may have let this one through.
+		return 0, c.mapErr("read", net.ErrClosed)
+	}
+	if n == 0 && err != nil && c.peerReset.Load() {
+		// All that came before the peer's reset has been read: now
+		// the reset, never a clean end.
+		c.Close()
 		return 0, c.mapErr("read", net.ErrClosed)
 	}
 	if err == io.EOF {
@@ -381,7 +396,7 @@ func (c *Stream) Unpark() {
 func (c *Stream) readable() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
+	if c.closed || c.peerReset.Load() {
 		return true
 	}
 	c.s.SetReadDeadline(time.Unix(1, 0))
@@ -405,7 +420,7 @@ func (c *Stream) Shrink() { c.s.Shrink() }
 // closed: yamux would leave it half-dead, the peer's Read hanging forever
 // (GHSA-29qp-crvh-w22m).
 func (c *Stream) Write(b []byte) (int, error) {
-	if c.isClosed() {
+	if c.isClosed() || c.peerReset.Load() {
 		if c.reply != nil {
 			// Closed by the agent's stream-reset after it refused:
 			// the reply it sent first says why.
@@ -449,6 +464,27 @@ func (c *Stream) CloseWrite() error {
 		}
 	}
 	return c.s.Close()
+}
+
+// resetByPeer ends the stream the peer reset (Resets.Reset) as TCP ends a
+// connection on a reset: Writes fail at once, and Reads fail once they
+// have returned what came before the reset, which yamux holds (the data
+// frames precede the reset on the shared connection). So an answer the
+// peer sent in full before it aborted, a 413 from a local server that
+// then reset its connection, say, still reaches its reader. A stream that
+// nobody reads any more is closed abortLinger later.
+func (c *Stream) resetByPeer() {
+	c.mu.Lock()
+	if c.closed || c.peerReset.Load() {
+		c.mu.Unlock()
+		return
+	}
+	c.peerReset.Store(true)
+	c.syncReadDeadline() // in the past from now on
+	c.mu.Unlock()
+	c.s.SetWriteDeadline(time.Unix(1, 0)) // wake a blocked Write
+	c.Unpark()
+	time.AfterFunc(abortLinger, func() { c.Close() })
 }
 
 // Close closes both directions. Blocked Reads and Writes return at once.
@@ -572,7 +608,7 @@ func (c *Stream) SetReadDeadline(t time.Time) error {
 
 // SetWriteDeadline implements net.Conn.
 func (c *Stream) SetWriteDeadline(t time.Time) error {
-	if c.isClosed() {
+	if c.isClosed() || c.peerReset.Load() {
 		return c.mapErr("set", net.ErrClosed)
 	}
 	if prev := c.writeDeadline.Swap(deadlinePtr(t)); prev != nil && prev.Equal(t) {
