@@ -218,7 +218,7 @@ func (v *visitReq) finish() { v.srv.account(v, v.req, v.name) }
 // metrics, the access log, and the request event for the agent.
 func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 	v := &visitReq{start: time.Now(), srv: s, name: name}
-	v.recBody = recorder{ResponseWriter: w, srv: s, idle: s.cfg.Limits.WriteIdleTimeout}
+	v.recBody = recorder{ResponseWriter: w, srv: s, idle: s.cfg.Limits.WriteIdleTimeout, h2: r.ProtoMajor == 2}
 	v.rec = &v.recBody
 	if r.Body != nil && r.Body != http.NoBody {
 		// Counted on a copy of the request: net/http decides after the
@@ -245,6 +245,10 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request, name string) {
 	s.forward(v, r, name)
 	if v.detached {
 		return
+	}
+	if !v.rec.armed.IsZero() && v.rec.hijacked == nil {
+		// The connection may carry the visitor's next request.
+		http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	}
 	v.finish()
 }
@@ -478,6 +482,8 @@ type recorder struct {
 	bytes    atomic.Int64
 	hijacked *trackedConn
 	idle     time.Duration // each write must finish within this
+	h2       bool          // an HTTP/2 stream (see arm)
+	armed    time.Time     // the write deadline as last set; zero: none
 	// relayPage: the response is a page of the relay's own (writePage),
 	// not the agent's.
 	relayPage bool
@@ -494,32 +500,46 @@ func (r *recorder) Write(p []byte) (int, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
 	}
-	defer r.bounded()()
+	r.arm()
 	n, err := r.ResponseWriter.Write(p)
 	r.bytes.Add(int64(n))
+	r.lift()
 	return n, err
 }
 
-// FlushError flushes within the idle timeout (see bounded): on HTTP/1 the
+// FlushError flushes within the idle timeout (see arm): on HTTP/1 the
 // flush is where a buffered response meets the socket.
 func (r *recorder) FlushError() error {
-	defer r.bounded()()
-	return http.NewResponseController(r.ResponseWriter).Flush()
+	r.arm()
+	err := http.NewResponseController(r.ResponseWriter).Flush()
+	r.lift()
+	return err
 }
 
-// bounded gives the write or flush about to start the idle timeout, and
-// returns the func that lifts it once the call is over. A visitor that
-// stops reading must not hold the stream (and the agent's window) for
-// ever; but between writes nothing is bounded: an event stream or a long
-// poll may stay quiet as long as its server likes. (Left armed, the
-// deadline cut such a response over HTTP/2, where it is a timer on the
-// stream that resets it whether or not a write is under way.)
-func (r *recorder) bounded() (lift func()) {
-	rc := http.NewResponseController(r.ResponseWriter)
-	if rc.SetWriteDeadline(time.Now().Add(r.idle)) != nil {
-		return func() {}
+// arm gives the write or flush about to start the idle timeout: a visitor
+// that stops reading must not hold the stream (and the agent's window) for
+// ever. On HTTP/1 the deadline bounds only a write under way, so it stays
+// and is renewed once a sixteenth of it has passed (as Join does), not for
+// every write; the handler lifts it at the end.
+func (r *recorder) arm() {
+	now := time.Now()
+	if !r.h2 && r.armed.Sub(now) >= r.idle-r.idle/16 {
+		return
 	}
-	return func() { rc.SetWriteDeadline(time.Time{}) }
+	if http.NewResponseController(r.ResponseWriter).SetWriteDeadline(now.Add(r.idle)) == nil {
+		r.armed = now.Add(r.idle)
+	}
+}
+
+// lift ends an HTTP/2 write's deadline once the write returns. Go's
+// HTTP/2 server makes the deadline a timer on the stream that resets it
+// whether or not a write is under way: left armed, it cut an event stream
+// or a long poll whose server stayed quiet that long.
+func (r *recorder) lift() {
+	if r.h2 && !r.armed.IsZero() {
+		http.NewResponseController(r.ResponseWriter).SetWriteDeadline(time.Time{})
+		r.armed = time.Time{}
+	}
 }
 
 // Unwrap lets http.ResponseController reach Flush and deadlines.
