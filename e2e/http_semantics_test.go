@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/cookiejar"
+	"net/textproto"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -174,6 +175,81 @@ func TestNoInterimResponsesToHTTP10(t *testing.T) {
 	if line, _ := br.ReadString('\n'); line != "HTTP/1.1 103 Early Hints\r\n" {
 		t.Errorf("HTTP/1.1 visitor: first line %q", line)
 	}
+}
+
+// An interim response reaches the visitor without the local server's
+// connection headers: a proxy does not pass them on (RFC 9110 7.6.1), and
+// an HTTP/2 visitor (curl, browsers) takes one in a 103 for a protocol
+// error that fails the request.
+func TestInterimResponseWithoutConnectionHeaders(t *testing.T) {
+	rl, _ := handlerTunnel(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</a.css>; rel=preload")
+		w.Header().Set("Connection", "keep-alive, X-Hop")
+		w.Header().Set("Keep-Alive", "timeout=5")
+		w.Header().Set("X-Hop", "1")
+		w.Header().Set("Upgrade", "h2c")
+		w.WriteHeader(http.StatusEarlyHints)
+		for _, h := range []string{"Connection", "Keep-Alive", "X-Hop", "Upgrade"} {
+			w.Header().Del(h)
+		}
+		io.WriteString(w, "page")
+	})
+	c, br := rawVisitor(t, rl.addr)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: demo.localhost\r\n\r\n")
+	tp := textproto.NewReader(br)
+	if line, _ := tp.ReadLine(); line != "HTTP/1.1 103 Early Hints" {
+		t.Fatalf("first line %q, want the 103", line)
+	}
+	h, err := tp.ReadMIMEHeader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Get("Link") == "" {
+		t.Errorf("the 103 lost its Link header: %v", h)
+	}
+	for _, name := range []string{"Connection", "Keep-Alive", "X-Hop", "Upgrade"} {
+		if v := h.Values(name); len(v) > 0 {
+			t.Errorf("the 103 passed on %s: %q", name, v)
+		}
+	}
+}
+
+// A request's trailers reach the local server with their values.
+func TestRequestTrailersReachLocalServer(t *testing.T) {
+	got := make(chan http.Header, 1)
+	rl, url := handlerTunnel(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // trailers come after the body
+		got <- r.Trailer.Clone()
+	})
+	req, _ := http.NewRequest("POST", url+"/upload", io.MultiReader(strings.NewReader("part one, "), strings.NewReader("part two")))
+	req.ContentLength = -1 // chunked: the only way to send trailers
+	req.Trailer = http.Header{"X-Checksum": nil}
+	req.Body = &trailerSetter{ReadCloser: req.Body, set: func() { req.Trailer.Set("X-Checksum", "abc123") }}
+	res, err := visitorClient(rl.addr).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if tr := <-got; tr.Get("X-Checksum") != "abc123" {
+		t.Errorf("the local server got trailers %v, want X-Checksum: abc123", tr)
+	}
+}
+
+// trailerSetter calls set once its body has been read to the end, as a
+// client fills in a trailer computed over the body.
+type trailerSetter struct {
+	io.ReadCloser
+	set  func()
+	done bool
+}
+
+func (b *trailerSetter) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF && !b.done {
+		b.done = true
+		b.set()
+	}
+	return n, err
 }
 
 // Headers that spell a relay-owned one with '_' for '-' are dropped:

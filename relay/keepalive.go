@@ -219,6 +219,10 @@ func (t *keepAliveTransport) roundTrip(c net.Conn, e *idleStream, req *http.Requ
 		// for the final one (RFC 9110 section 15.2: a server MUST NOT
 		// send it a 1xx).
 		if trace != nil && trace.Got1xxResponse != nil && req.ProtoAtLeast(1, 1) {
+			// ReverseProxy passes an interim response's headers on as
+			// they are; an HTTP/2 visitor takes a connection header
+			// among them for a protocol error.
+			removeHopHeaders(res.Header)
 			if err := trace.Got1xxResponse(res.StatusCode, textproto.MIMEHeader(res.Header)); err != nil {
 				b.release()
 				return fail(err)
@@ -593,4 +597,22 @@ func (g *continueGate) Read(p []byte) (int, error) {
 		return 0, errNoContinue
 	}
 	return g.ReadCloser.Read(p)
+}
+
+// hopHeaders are the headers of one connection (RFC 9110 7.6.1), which a
+// proxy does not pass on; ReverseProxy removes them from final responses.
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// removeHopHeaders removes the headers Connection names, then hopHeaders.
+func removeHopHeaders(h http.Header) {
+	for _, v := range h["Connection"] {
+		for _, name := range strings.Split(v, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
 }

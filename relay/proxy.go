@@ -46,6 +46,10 @@ func (as *agentSession) setupProxy() {
 			// in sorted order before calling us. The relay never reads
 			// the query: the local server gets it as the visitor sent it.
 			pr.Out.URL.RawQuery = pr.In.URL.RawQuery
+			// The request's trailers: net/http fills them in the
+			// incoming request's map once the body has been read, and
+			// the outgoing request is written from a copy made before.
+			pr.Out.Trailer = pr.In.Trailer
 			pr.Out.URL.Host = poolKey(v.name, pr.In.RemoteAddr)
 			// The local server sees the public host name it is served under,
 			// unless the agent asked for another Host header (its local
