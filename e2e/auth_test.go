@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -494,6 +495,41 @@ func TestIdleKeptStreamsYieldTheirSlots(t *testing.T) {
 	for i, c := range clients {
 		if status, _ := get(t, c, "http://demo.localhost/"); status != 200 {
 			t.Errorf("visitor %d after the WebSocket: %d", i, status)
+		}
+	}
+}
+
+// More visitors at once than the tunnel has slots queue for them, and
+// every one is answered: a request that ends gives its slot to one that
+// waits, rather than keeping its stream for its visitor's next request.
+func TestQueuedRequestsGetSlotsOfFinishedOnes(t *testing.T) {
+	rl := startRelay(t, "", func(c *relay.Config) {
+		c.Limits.MaxStreamsPerTunnel = 5
+		c.OpenTimeout = 3 * time.Second
+	})
+	local := serveHandler(t, func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(200 * time.Millisecond)
+		io.WriteString(w, "done")
+	})
+	startAgent(t, rl.url(), []agent.Tunnel{{Name: "demo", Local: local}})
+	// 25 visitors, each on a connection of its own that it keeps open (a
+	// browser would): five rounds of 200 ms through five slots, well
+	// inside the 3 s each may wait.
+	var wg sync.WaitGroup
+	statuses := make(chan int, 25)
+	for i := range 25 {
+		c := &http.Client{Transport: visitorTransport(rl.addr, &net.TCPAddr{IP: net.ParseIP(fmt.Sprintf("127.0.0.%d", 30+i))})}
+		defer c.CloseIdleConnections()
+		wg.Go(func() {
+			status, _ := get(t, c, "http://demo.localhost/")
+			statuses <- status
+		})
+	}
+	wg.Wait()
+	close(statuses)
+	for s := range statuses {
+		if s != 200 {
+			t.Errorf("a visitor got %d, want every one answered", s)
 		}
 	}
 }

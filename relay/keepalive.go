@@ -390,10 +390,15 @@ func (t *keepAliveTransport) setList(key string, list []*idleStream) {
 }
 
 // put keeps c for key's next request, or closes it when the session is
-// closing or has kept enough. vc, the visitor connection the key stands
+// closing, has kept enough, or a request to the same tunnel waits for a
+// slot. vc, the visitor connection the key stands
 // for, drops the key's streams when it closes. e is c's entry from an
 // earlier keep, nil if it has none yet.
 func (t *keepAliveTransport) put(key string, vc *visitorConn, c net.Conn, e *idleStream) {
+	if name, _, _ := strings.Cut(key, "."); t.as != nil && t.as.tunnel(name).waiting.Load() > 0 {
+		c.Close() // its slot serves a request that waits for one
+		return
+	}
 	t.mu.Lock()
 	if t.closed || len(t.idle[key]) >= maxIdlePerKey || t.nidle >= maxIdleStreams {
 		t.mu.Unlock()

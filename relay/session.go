@@ -562,19 +562,26 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 	default:
 		// Full. A stream kept for some visitor's next request is worth
 		// less than this one: close the tunnel's longest idle, which
-		// frees its slot, then wait for a slot.
+		// frees its slot, then wait for a slot. Meanwhile the streams
+		// that finish are not kept (see waiting).
+		ts.waiting.Add(1)
 		if as.ka != nil {
 			as.ka.evictOldest(name)
 		}
+		var err error
 		select {
 		case tunnelSlots <- struct{}{}:
 		case <-as.done:
-			return nil, errSessionGone
+			err = errSessionGone
 		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return nil, errTooManyStreams
+			err = ctx.Err()
+			if errors.Is(err, context.DeadlineExceeded) {
+				err = errTooManyStreams
 			}
-			return nil, ctx.Err()
+		}
+		ts.waiting.Add(-1)
+		if err != nil {
+			return nil, err
 		}
 	}
 	// The agent-wide slot covers only the opening: yamux blocks once 256
@@ -630,6 +637,7 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 // semaphore of its open streams and its counters for the admin API.
 type tunnelState struct {
 	slots             chan struct{} // at most Limits.MaxStreamsPerTunnel
+	waiting           atomic.Int32  // requests waiting for a slot: keep no stream
 	streams           atomic.Int64  // open now
 	requests          atomic.Int64  // finished
 	bytesIn, bytesOut atomic.Int64
