@@ -275,3 +275,58 @@ func TestStalledHTTP2VisitorIsCutOff(t *testing.T) {
 		t.Fatal("the stalled HTTP/2 visitor still holds the stream after 30s")
 	}
 }
+
+// An HTTP/2 visitor's upload that its local server does not read holds
+// back that request only: another request on the same connection is
+// answered at once. (The streams share the connection's receive window,
+// which Go sizes for one stream by default.)
+func TestStalledHTTP2UploadDoesNotBlockOthers(t *testing.T) {
+	rl := startTLSRelay(t)
+	release := make(chan struct{})
+	local := serveHandler(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stall" {
+			select { // reads nothing
+			case <-release:
+			case <-r.Context().Done():
+			}
+			io.Copy(io.Discard, r.Body) // then ends cleanly
+			return
+		}
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprint(w, n)
+	})
+	_, urls := startAgent(t, "https://localhost:"+port(rl.addr), []agent.Tunnel{{Name: "demo", Local: local}}, agentTLS(rl.ca, rl.addr))
+	c := httpsClient(rl.ca, rl.addr, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	stalled := make(chan struct{})
+	go func() {
+		defer close(stalled)
+		req, _ := http.NewRequestWithContext(ctx, "POST", urls[0]+"/stall", io.LimitReader(newPattern(), 32<<20))
+		req.ContentLength = 32 << 20
+		if res, err := c.Do(req); err == nil {
+			res.Body.Close()
+		}
+	}()
+	defer func() {
+		// The local server reads the stalled upload to its end, so
+		// that every connection ends cleanly.
+		close(release)
+		<-stalled
+	}()
+	time.Sleep(time.Second) // the stalled upload fills what it may
+	sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
+	defer scancel()
+	req, _ := http.NewRequestWithContext(sctx, "POST", urls[0]+"/small", io.LimitReader(newPattern(), 100<<10))
+	req.ContentLength = 100 << 10
+	start := time.Now()
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("a 100 KiB upload beside a stalled one on the same connection: %v after %v", err, time.Since(start).Round(time.Millisecond))
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.ProtoMajor != 2 || string(b) != fmt.Sprint(100<<10) {
+		t.Errorf("%s %d %q", res.Proto, res.StatusCode, b)
+	}
+}

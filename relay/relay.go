@@ -489,8 +489,16 @@ func (s *Server) serve(ln net.Listener, h http.Handler, useTLS bool) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          log.New(errorLogWriter{s.log}, "", 0),
-		ConnState:         s.connState,
+		// An HTTP/2 visitor's streams share the connection's receive
+		// window. Go's default makes it one stream's: a single upload
+		// whose local server does not read stalled every other request
+		// on the connection. Four streams' worth lets the others on.
+		HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerConnection: 4 << 20,
+			MaxReceiveBufferPerStream:     1 << 20,
+		},
+		ErrorLog:  log.New(errorLogWriter{s.log}, "", 0),
+		ConnState: s.connState,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			vc := &visitorConn{}
 			s.visitorConns.Store(c, vc)
