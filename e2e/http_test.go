@@ -340,6 +340,7 @@ func TestLocalExtraBytesNotReused(t *testing.T) {
 // connection: the visitor still gets its answer, every time, as it would
 // from the server directly, not a 502.
 func TestEarlyAnswerThenResetReachesVisitor(t *testing.T) {
+	waitLingeringCloses(t)
 	rl := startRelay(t, "")
 	local := serveConns(t, func(c net.Conn) {
 		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
@@ -369,6 +370,7 @@ func TestEarlyAnswerThenResetReachesVisitor(t *testing.T) {
 // A complete answer followed by a reset (SO_LINGER 0) is the visitor's
 // answer.
 func TestCompleteAnswerThenResetReachesVisitor(t *testing.T) {
+	waitLingeringCloses(t)
 	rl := startRelay(t, "")
 	local := serveConns(t, func(c net.Conn) {
 		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {

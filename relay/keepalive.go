@@ -163,10 +163,10 @@ func (t *keepAliveTransport) roundTrip(c net.Conn, e *idleStream, req *http.Requ
 				// The local server answered without the body: the
 				// answer is read on, and done closes the stream.
 				err = errNoContinue
-			} else if err != nil {
+			} else if err != nil && !resetByPeer(c) {
 				// A request cut short: no answer can come on this stream.
 				c.Close()
-			} else {
+			} else if err == nil {
 				b.await()
 			}
 			b.written <- err
@@ -620,4 +620,12 @@ func removeHopHeaders(h http.Header) {
 	for _, name := range hopHeaders {
 		h.Del(name)
 	}
+}
+
+// resetByPeer reports whether the agent reset stream c: what it sent
+// before the reset, an answer to an upload it stopped reading, say, is
+// still to be read, and a Read fails only after it.
+func resetByPeer(c net.Conn) bool {
+	r, ok := c.(interface{ ResetByPeer() bool })
+	return ok && r.ResetByPeer()
 }

@@ -697,6 +697,7 @@ func (c *slotConn) Abort() {
 func (c *slotConn) AwaitReply() error { return c.Conn.(*tunnel.Stream).AwaitReply() }
 func (c *slotConn) Replied() bool     { return c.Conn.(*tunnel.Stream).Replied() }
 func (c *slotConn) Readable() bool    { return c.Conn.(*tunnel.Stream).Readable() }
+func (c *slotConn) ResetByPeer() bool { return c.Conn.(*tunnel.Stream).ResetByPeer() }
 
 // roundTripErr is what a round trip on c that failed with err reports:
 // the request's own end if its context ended, and for a deadline that ran

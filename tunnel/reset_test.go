@@ -2,6 +2,7 @@ package tunnel_test
 
 import (
 	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -75,5 +76,54 @@ func TestResetKeepsWhatCameBefore(t *testing.T) {
 	}
 	if err == nil {
 		t.Error("the reset read as a clean end of the stream")
+	}
+}
+
+// slowDest takes 60 ms for every write: longer than the read deadline
+// Join keeps on its source while it copies.
+type slowDest struct {
+	net.Conn
+	got int
+}
+
+func (w *slowDest) Write(p []byte) (int, error) {
+	time.Sleep(60 * time.Millisecond)
+	w.got += len(p)
+	return len(p), nil
+}
+
+// Join passes on all that came before the peer's reset even to a slow
+// destination: its own read deadline, passed during a slow write, does not
+// turn the reset stream's Reads into failures before the data is out.
+func TestJoinPassesOnWhatCameBeforeReset(t *testing.T) {
+	agent, relay, stop := sessionPair(t)
+	t.Cleanup(stop)
+	opened, accepted := rawStreamPair(t, relay, agent)
+	st := tunnel.NewStream(opened, nil)
+	r := tunnel.NewResets(func(uint32) {})
+	r.Track(st)
+	const size = 64 << 10
+	if _, err := accepted.Write(make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !st.Readable(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the data did not arrive")
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // all of it
+	r.Reset(st.ID())
+	c1, c2 := tcpPair(t)
+	defer c2.Close()
+	dst := &slowDest{Conn: c1}
+	done := make(chan error, 1)
+	go func() { done <- tunnel.Join(st, dst, nil) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Join still running 20 s after the reset")
+	}
+	if dst.got != size {
+		t.Errorf("Join passed on %d of the %d bytes that came before the reset", dst.got, size)
 	}
 }

@@ -291,7 +291,9 @@ func (c *Stream) mapErr(op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	if c.isClosed() || c.peerReset.Load() {
+	if c.isClosed() || (c.peerReset.Load() && errors.Is(err, yamux.ErrTimeout)) {
+		// After the peer's reset, yamux's timeout is the past deadline
+		// that stops Reads and Writes waiting (resetByPeer).
 		err = net.ErrClosed
 	} else if errors.Is(err, yamux.ErrTimeout) {
 		err = os.ErrDeadlineExceeded
@@ -313,7 +315,9 @@ func (c *Stream) Read(b []byte) (int, error) {
 	if c.isClosed() {
 		return 0, c.mapErr("read", net.ErrClosed)
 	}
-	if expired(&c.readDeadline) {
+	if expired(&c.readDeadline) && !c.peerReset.Load() {
+		// (After the peer's reset no Read waits: it returns what is
+		// there, whatever the caller's deadline, or fails.)
 		return 0, c.mapErr("read", os.ErrDeadlineExceeded)
 	}
 	c.readers.Add(1)
@@ -486,6 +490,10 @@ func (c *Stream) resetByPeer() {
 	c.Unpark()
 	time.AfterFunc(abortLinger, func() { c.Close() })
 }
+
+// ResetByPeer reports whether the peer reset the stream (see resetByPeer):
+// its Writes fail, and its Reads return what came before, then fail.
+func (c *Stream) ResetByPeer() bool { return c.peerReset.Load() }
 
 // Close closes both directions. Blocked Reads and Writes return at once.
 func (c *Stream) Close() error {
