@@ -175,7 +175,13 @@ func (j *joiner) fail() {
 // read, as a local server's 413 does when it answers an upload early and
 // closes without reading the rest. The direction reading that socket
 // should get it before the join ends.
+// A stream's write failing so (its session's connection died) is not
+// one: nothing waits to be read on a dead session.
 func peerReset(err error) bool {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Net == "tunnel" {
+		return false
+	}
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
