@@ -32,7 +32,7 @@ func TestEarlyLargeAnswerThenResetReachesVisitor(t *testing.T) {
 		c.Write(body)
 		// Every byte acknowledged by the agent's kernel, so that a
 		// direct client would get it all; then the reset.
-		for deadline := time.Now().Add(5 * time.Second); unacked(c.(*net.TCPConn)) > 0 && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(20 * time.Second); unacked(c.(*net.TCPConn)) > 0 && time.Now().Before(deadline); {
 			time.Sleep(100 * time.Microsecond)
 		}
 		c.(*net.TCPConn).SetLinger(0)
