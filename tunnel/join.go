@@ -170,13 +170,13 @@ func (j *joiner) fail() {
 	})
 }
 
-// peerReset reports whether err, a write's, says the destination's peer
-// reset the connection: what that peer sent before may still wait to be
-// read, as a local server's 413 does when it answers an upload early and
-// closes without reading the rest. The direction reading that socket
-// should get it before the join ends.
-// A stream's write failing so (its session's connection died) is not
-// one: nothing waits to be read on a dead session.
+// peerReset reports whether err, a write's, says the destination socket's
+// peer reset the connection: what that peer sent before may still wait to
+// be read, as a local server's 413 does when it answers an upload early
+// and closes without reading the rest, and the direction reading that
+// socket should get it before the join ends. A stream's write failing so
+// (its session's connection died) is not one: nothing waits to be read on
+// a dead session.
 func peerReset(err error) bool {
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Net == "tunnel" {
