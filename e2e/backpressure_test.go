@@ -33,14 +33,7 @@ func TestStalledVisitorIsCutOff(t *testing.T) {
 			io.WriteString(w, "ok")
 			return
 		}
-		buf := make([]byte, 64<<10)
-		for i := 0; i < 16384; i++ { // at most 1 GiB
-			if _, err := w.Write(buf); err != nil {
-				writeErr <- err
-				return
-			}
-		}
-		writeErr <- nil
+		flood(w, writeErr)
 	})}
 	go srv.Serve(ln)
 	defer srv.Close()
@@ -54,14 +47,7 @@ func TestStalledVisitorIsCutOff(t *testing.T) {
 	defer c.Close()
 	c.(*net.TCPConn).SetReadBuffer(4096)
 	io.WriteString(c, "GET /flood HTTP/1.1\r\nHost: demo.localhost\r\n\r\n")
-	select {
-	case err := <-writeErr:
-		if err == nil {
-			t.Fatal("the local server wrote 1 GiB to a visitor that reads nothing")
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the stalled visitor still holds the stream after 30s")
-	}
+	waitFloodCut(t, writeErr)
 	// The slot is free again: the next visitor gets through.
 	waitFor(t, 5*time.Second, "the stream slot to be freed", func() bool {
 		status, _ := get(t, visitorClient(rl.addr), "http://demo.localhost/next")
@@ -247,16 +233,7 @@ func TestQuietEventStreamOutlivesWriteIdleTimeout(t *testing.T) {
 func TestStalledHTTP2VisitorIsCutOff(t *testing.T) {
 	rl := startTLSRelay(t, func(c *relay.Config) { c.Limits.WriteIdleTimeout = time.Second })
 	writeErr := make(chan error, 1)
-	local := serveHandler(t, func(w http.ResponseWriter, r *http.Request) {
-		buf := make([]byte, 64<<10)
-		for i := 0; i < 16384; i++ { // at most 1 GiB
-			if _, err := w.Write(buf); err != nil {
-				writeErr <- err
-				return
-			}
-		}
-		writeErr <- nil
-	})
+	local := serveHandler(t, func(w http.ResponseWriter, r *http.Request) { flood(w, writeErr) })
 	_, urls := startAgent(t, "https://localhost:"+port(rl.addr), []agent.Tunnel{{Name: "demo", Local: local}}, agentTLS(rl.ca, rl.addr))
 	res, err := httpsClient(rl.ca, rl.addr, true).Get(urls[0] + "/flood")
 	if err != nil {
@@ -266,13 +243,33 @@ func TestStalledHTTP2VisitorIsCutOff(t *testing.T) {
 	if res.ProtoMajor != 2 {
 		t.Fatalf("the visitor spoke %s", res.Proto)
 	}
+	waitFloodCut(t, writeErr)
+}
+
+// flood writes up to 1 GiB as a local server's answer, and reports its
+// first write error (nil: it all went out) on writeErr.
+func flood(w http.ResponseWriter, writeErr chan<- error) {
+	buf := make([]byte, 64<<10)
+	for i := 0; i < 16384; i++ {
+		if _, err := w.Write(buf); err != nil {
+			writeErr <- err
+			return
+		}
+	}
+	writeErr <- nil
+}
+
+// waitFloodCut fails t unless flood's writes to a visitor that reads
+// nothing fail within 30 s: the relay cut the stalled visitor off.
+func waitFloodCut(t *testing.T, writeErr <-chan error) {
+	t.Helper()
 	select {
 	case err := <-writeErr:
 		if err == nil {
 			t.Fatal("the local server wrote 1 GiB to a visitor that reads nothing")
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("the stalled HTTP/2 visitor still holds the stream after 30s")
+		t.Fatal("the stalled visitor still holds the stream after 30s")
 	}
 }
 

@@ -395,7 +395,7 @@ func (t *keepAliveTransport) setList(key string, list []*idleStream) {
 // for, drops the key's streams when it closes. e is c's entry from an
 // earlier keep, nil if it has none yet.
 func (t *keepAliveTransport) put(key string, vc *visitorConn, c net.Conn, e *idleStream) {
-	if name, _, _ := strings.Cut(key, "."); t.as != nil && t.as.tunnel(name).waiting.Load() > 0 {
+	if sc, ok := c.(*slotConn); ok && sc.tunnel.waiting.Load() > 0 {
 		c.Close() // its slot serves a request that waits for one
 		return
 	}

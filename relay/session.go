@@ -626,7 +626,7 @@ func (as *agentSession) openStream(ctx context.Context, name string) (net.Conn, 
 	as.resets.Track(st)
 	ts.streams.Add(1)
 	as.srv.metrics.streams.Inc()
-	return &slotConn{Conn: st, release: func() {
+	return &slotConn{Conn: st, tunnel: ts, release: func() {
 		as.srv.metrics.streams.Dec()
 		ts.streams.Add(-1)
 		<-tunnelSlots
@@ -658,6 +658,7 @@ func (as *agentSession) tunnel(name string) *tunnelState {
 // slotConn gives back its stream slot when closed.
 type slotConn struct {
 	net.Conn
+	tunnel  *tunnelState // whose slot it holds
 	once    sync.Once
 	release func()
 }

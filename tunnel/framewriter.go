@@ -60,7 +60,8 @@ func newFrameWriter(conn, raw net.Conn) *frameWriter {
 }
 
 // unwrapWriter returns the connection c's writes go to unchanged, seeing
-// through our own read-side wrappers.
+// through our own read-side wrappers (and so the one c reads from, for
+// unread).
 func unwrapWriter(c net.Conn) net.Conn {
 	for {
 		switch w := c.(type) {

@@ -49,24 +49,8 @@ func TestResetsTrackRacesReset(t *testing.T) {
 // by its reset reaches the relay's reader. The Read after it fails; it
 // never looks like a clean end. A Write fails at once.
 func TestResetKeepsWhatCameBefore(t *testing.T) {
-	agent, relay, stop := sessionPair(t)
-	t.Cleanup(stop)
-	opened, accepted := rawStreamPair(t, relay, agent)
-	st := tunnel.NewStream(opened, nil)
-	r := tunnel.NewResets(func(uint32) {})
-	r.Track(st)
 	const answer = "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!"
-	if _, err := accepted.Write([]byte(answer)); err != nil {
-		t.Fatal(err)
-	}
-	// The reset comes after the data (on the control stream, behind it on
-	// the shared connection): wait until the data is here.
-	for deadline := time.Now().Add(5 * time.Second); !st.Readable(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the answer did not arrive")
-		}
-	}
-	r.Reset(st.ID())
+	st := resetAfter(t, []byte(answer))
 	if _, err := st.Write([]byte("more of the upload")); err == nil {
 		t.Error("Write after the peer's reset succeeded")
 	}
@@ -96,23 +80,8 @@ func (w *slowDest) Write(p []byte) (int, error) {
 // destination: its own read deadline, passed during a slow write, does not
 // turn the reset stream's Reads into failures before the data is out.
 func TestJoinPassesOnWhatCameBeforeReset(t *testing.T) {
-	agent, relay, stop := sessionPair(t)
-	t.Cleanup(stop)
-	opened, accepted := rawStreamPair(t, relay, agent)
-	st := tunnel.NewStream(opened, nil)
-	r := tunnel.NewResets(func(uint32) {})
-	r.Track(st)
 	const size = 64 << 10
-	if _, err := accepted.Write(make([]byte, size)); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(5 * time.Second); !st.Readable(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the data did not arrive")
-		}
-	}
-	time.Sleep(100 * time.Millisecond) // all of it
-	r.Reset(st.ID())
+	st := resetAfter(t, make([]byte, size))
 	c1, c2 := tcpPair(t)
 	defer c2.Close()
 	dst := &slowDest{Conn: c1}
@@ -126,4 +95,29 @@ func TestJoinPassesOnWhatCameBeforeReset(t *testing.T) {
 	if dst.got != size {
 		t.Errorf("Join passed on %d of the %d bytes that came before the reset", dst.got, size)
 	}
+}
+
+// resetAfter returns a tracked stream whose peer sent data and then reset
+// it, as a local server's answer followed by its reset reaches the relay.
+// The reset comes behind the data on the shared connection (on the control
+// stream), so it is handled once the data is here.
+func resetAfter(t *testing.T, data []byte) *tunnel.Stream {
+	t.Helper()
+	agent, relay, stop := sessionPair(t)
+	t.Cleanup(stop)
+	opened, accepted := rawStreamPair(t, relay, agent)
+	st := tunnel.NewStream(opened, nil)
+	r := tunnel.NewResets(func(uint32) {})
+	r.Track(st)
+	if _, err := accepted.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !st.Readable(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the data did not arrive")
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // the rest of it, on loopback
+	r.Reset(st.ID())
+	return st
 }

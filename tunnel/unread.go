@@ -17,23 +17,15 @@ import (
 // on resuming, the ping's timer runs before the poller hands the reader
 // the answer that came meanwhile.
 func unread(c net.Conn) int {
-	for {
-		switch v := c.(type) {
-		case *Guard:
-			c = v.Conn
-		case *bufferedConn:
-			c = v.Conn
-		case interface{ NetConn() net.Conn }:
-			c = v.NetConn()
-		case syscall.Conn:
-			if socketUnread == nil {
-				return 0
-			}
-			return socketUnread(v)
-		default:
-			return 0
-		}
+	c = unwrapWriter(c)
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = unwrapWriter(tc.NetConn())
 	}
+	sc, ok := c.(syscall.Conn)
+	if !ok || socketUnread == nil {
+		return 0
+	}
+	return socketUnread(sc)
 }
 
 // socketUnread returns the bytes in a socket's receive queue, on the
